@@ -1,0 +1,1 @@
+"""Telemetry: structured logs now; tracing and metrics hang off the same package."""

@@ -1,0 +1,1 @@
+"""Plumbing shared by the shop's services (storage, errors, identity, pagination)."""

@@ -1,0 +1,194 @@
+"""One service's own database: SQLite (a WAL file, the default) or PostgreSQL (by DSN).
+
+Stores are written as small synchronous functions over a :class:`Tx` and run through
+:meth:`Database.transact`, which executes them on a worker thread inside one transaction,
+retries them on lock or serialization conflicts, and turns a lost connection into
+``DependencyUnavailable`` naming the database, so callers get UNAVAILABLE, never INTERNAL.
+Statements use ``?`` placeholders for both engines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg.errors
+
+from mesh.errors import DependencyUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Row = dict[str, Any]
+
+MAX_CONFLICT_RETRIES = 20
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+class Conflict(Exception):
+    """A lock or serialization conflict: the whole transaction is safe to run again."""
+
+
+@dataclass
+class Tx:
+    """An open transaction; what store functions receive."""
+
+    connection: Any
+    dialect: str
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; returns the number of rows it changed."""
+        cursor = self.connection.execute(self._sql(sql), tuple(params))
+        return int(cursor.rowcount)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Run a query; rows come back as dicts keyed by column name."""
+        cursor = self.connection.execute(self._sql(sql), tuple(params))
+        names = [d[0] for d in cursor.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        """The first row of a query, or None."""
+        rows = self.query(sql, params)
+        return rows[0] if rows else None
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.dialect == "postgresql" else sql
+
+
+class Database:
+    """A service's database. Create with :func:`open_database`; close with :meth:`close`."""
+
+    def __init__(self, name: str, url: str, workers: int = 4) -> None:
+        self.name = name
+        self.url = url
+        self.dialect = "postgresql" if url.startswith(POSTGRES_SCHEMES) else "sqlite"
+        self._local = threading.local()
+        self._connections: list[Any] = []
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"db-{name}")
+
+    @property
+    def description(self) -> str:
+        """A name for errors and logs that never includes credentials."""
+        return f"{self.name} database ({self.dialect})"
+
+    async def transact(self, work: Callable[[Tx], T]) -> T:
+        """Run ``work`` in one transaction on a worker thread; commit if it returns."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._transact_with_retries, work)
+
+    def transact_sync(self, work: Callable[[Tx], T]) -> T:
+        """The same as :meth:`transact`, for tools and tests without an event loop."""
+        return self._transact_with_retries(work)
+
+    async def close(self) -> None:
+        """Close every connection and stop the worker threads."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._executor.shutdown, True)
+        with self._lock:
+            for connection in self._connections:
+                try:
+                    connection.close()
+                except Exception:  # closing a broken connection must not stop shutdown
+                    log.debug("error closing connection", exc_info=True)
+            self._connections.clear()
+
+    def _transact_with_retries(self, work: Callable[[Tx], T]) -> T:
+        for attempt in range(MAX_CONFLICT_RETRIES):
+            try:
+                return self._transact_once(work)
+            except Conflict:
+                time.sleep(min(0.002 * 2**attempt, 0.1))
+        raise DependencyUnavailable(self.description, "too many concurrent conflicts")
+
+    def _transact_once(self, work: Callable[[Tx], T]) -> T:
+        try:
+            connection = self._connection()
+            if self.dialect == "sqlite":
+                return self._sqlite_tx(connection, work)
+            return self._postgres_tx(connection, work)
+        except sqlite3.OperationalError as error:
+            if "locked" in str(error) or "busy" in str(error):
+                raise Conflict() from error
+            self._forget_connection()
+            raise DependencyUnavailable(self.description, str(error)) from error
+        except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as error:
+            raise Conflict() from error
+        except psycopg.OperationalError as error:
+            self._forget_connection()
+            raise DependencyUnavailable(self.description, type(error).__name__) from error
+
+    def _sqlite_tx(self, connection: sqlite3.Connection, work: Callable[[Tx], T]) -> T:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(Tx(connection, "sqlite"))
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+        return result
+
+    def _postgres_tx(self, connection: psycopg.Connection[Any], work: Callable[[Tx], T]) -> T:
+        with connection.transaction():
+            return work(Tx(connection, "postgresql"))
+
+    def _connection(self) -> Any:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._connect()
+            self._local.connection = connection
+            with self._lock:
+                self._connections.append(connection)
+        return connection
+
+    def _forget_connection(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            with self._lock:
+                if connection in self._connections:
+                    self._connections.remove(connection)
+            try:
+                connection.close()
+            except Exception:
+                log.debug("error closing a broken connection", exc_info=True)
+
+    def _connect(self) -> Any:
+        if self.dialect == "postgresql":
+            return psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+        path = Path(self.url.removeprefix("sqlite:///").removeprefix("sqlite://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(path, isolation_level=None, timeout=10, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")
+        # FULL: an acknowledged commit survives power loss, not only a process crash.
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute("PRAGMA foreign_keys=ON")
+        connection.execute("PRAGMA busy_timeout=10000")
+        return connection
+
+
+def split_statements(script: str) -> Iterable[str]:
+    """Statements of a migration file: separated by ';' at the end of a line."""
+    statement: list[str] = []
+    for line in script.splitlines():
+        if line.strip().startswith("--"):
+            continue
+        statement.append(line)
+        if line.rstrip().endswith(";"):
+            text = "\n".join(statement).strip().rstrip(";").strip()
+            if text:
+                yield text
+            statement = []
+    tail = "\n".join(statement).strip()
+    if tail:
+        yield tail

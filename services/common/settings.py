@@ -1,0 +1,61 @@
+"""One typed settings object per service process, read from the environment once.
+
+``<SERVICE>_DATABASE_URL`` picks the database: a ``postgresql://`` DSN, or a SQLite file path
+(default ``$MESH_DATA_DIR/<service>.sqlite3``). Each service has its own variable, so no two
+services can end up sharing one database by accident of a shared setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mesh.config import (
+    ServerSettings,
+    UpstreamSettings,
+    env_str,
+    server_settings_from_env,
+    upstream_settings_from_env,
+)
+from mesh.identity import JwtSettings, jwt_settings_from_env
+
+DEFAULT_PORTS = {
+    "user": 50051,
+    "order": 50052,
+    "payment": 50053,
+    "inventory": 50054,
+    "shipping": 50055,
+}
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Everything one shop service process needs to start."""
+
+    server: ServerSettings
+    database_url: str = field(repr=False)
+    jwt: JwtSettings
+    upstreams: UpstreamSettings
+    log_level: str = "INFO"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.server.service_name
+
+
+def service_settings_from_env(name: str, environ: Mapping[str, str]) -> ServiceSettings:
+    """Build the settings of service ``name`` from the environment."""
+    data_dir = Path(env_str(environ, "MESH_DATA_DIR", "data"))
+    database_url = env_str(environ, f"{name.upper()}_DATABASE_URL", str(data_dir / f"{name}.sqlite3"))
+    upstream_defaults = {svc: f"127.0.0.1:{port}" for svc, port in DEFAULT_PORTS.items() if svc != name}
+    prefix = f"{name.upper()}_"
+    return ServiceSettings(
+        server=server_settings_from_env(environ, name, DEFAULT_PORTS[name]),
+        database_url=database_url,
+        jwt=jwt_settings_from_env(environ),
+        upstreams=upstream_settings_from_env(environ, upstream_defaults),
+        log_level=env_str(environ, "MESH_LOG_LEVEL", "INFO"),
+        extra={k.removeprefix(prefix): v for k, v in environ.items() if k.startswith(prefix)},
+    )

@@ -1,0 +1,1 @@
+"""Inventory: the product catalog and stock held by reservations."""
