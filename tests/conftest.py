@@ -1,0 +1,72 @@
+"""Fixtures shared by every test: key pairs, databases (SQLite and PostgreSQL), processes."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from mesh.identity import generate_keypair
+from tests.support.processes import ServiceProcess, free_port, service_env
+from tests.support.tokens import KID, KeyPair
+
+POSTGRES_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def jwt_keys(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
+    private, public = generate_keypair(tmp_path_factory.mktemp("keys"))
+    return KeyPair(private, public)
+
+
+@pytest.fixture
+def postgres_dsn() -> Iterator[str]:
+    """A fresh PostgreSQL database on this machine's server, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store test runs against a SQLite file and against a PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.sqlite3")
+    return str(request.getfixturevalue("postgres_dsn"))
+
+
+StartService = Callable[..., ServiceProcess]
+
+
+@pytest.fixture
+def start_service(tmp_path: Path, jwt_keys: KeyPair) -> Iterator[StartService]:
+    """Start ``python -m services.<name>`` processes; every one is stopped afterwards."""
+    started: list[ServiceProcess] = []
+
+    def start(name: str, **env: str) -> ServiceProcess:
+        port = int(env.pop("MESH_PORT", 0)) or free_port()
+        base = {
+            "MESH_PORT": str(port),
+            "MESH_DATA_DIR": str(tmp_path / "data"),
+            "MESH_JWT_PUBLIC_KEY_FILE": str(jwt_keys.public),
+            "MESH_JWT_KID": KID,
+        }
+        if name == "user":
+            base["MESH_JWT_PRIVATE_KEY_FILE"] = str(jwt_keys.private)
+        process = ServiceProcess(name, port, service_env(base, **env), tmp_path / f"{name}-{port}.log")
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in reversed(started):
+        process.terminate()

@@ -1,0 +1,121 @@
+"""Real service processes for integration tests: started on free ports, ready by health.
+
+A process is ready when grpc.health.v1 says SERVING (polled, never slept on), and it is
+stopped by its own PID only. Its stderr (JSON logs) is kept in a file so a failing test can
+show what the service said.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_serving(address: str, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll the standard health service at ``address`` until it answers SERVING."""
+    deadline = time.monotonic() + timeout
+    last_error = "no answer"
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"process exited with {process.returncode} before serving")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last_error = f"status {reply.status}"
+            except grpc.RpcError as error:
+                last_error = str(error.code())
+            time.sleep(0.05)  # poll interval, not a readiness guess
+    raise TimeoutError(f"{address} not SERVING after {timeout}s ({last_error})")
+
+
+@dataclass
+class ServiceProcess:
+    """One running ``python -m services.<name>`` process."""
+
+    name: str
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    _log: object = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout: float = 20.0) -> ServiceProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
+        self._log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_serving(self.address, timeout, self.process)
+        except Exception as error:
+            self.kill()
+            raise RuntimeError(f"{self.name} did not start: {error}\n{self.logs()}") from error
+        return self
+
+    def signal(self, signum: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signum)
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait; returns the exit code (SIGKILL after timeout)."""
+        if self.process is None:
+            return 0
+        self.signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.process.wait()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def service_env(base: Mapping[str, str], **overrides: str) -> dict[str, str]:
+    """The environment for a service process: the test's settings over a clean copy of ours."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_"))}
+    env.update(base)
+    env.update(overrides)
+    env["PYTHONPATH"] = str(ROOT)
+    env.setdefault("MESH_GRACE_SECONDS", "5")
+    return env
