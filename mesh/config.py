@@ -112,9 +112,7 @@ def server_settings_from_env(
     )
 
 
-def upstream_settings_from_env(
-    environ: Mapping[str, str], defaults: Mapping[str, str]
-) -> UpstreamSettings:
+def upstream_settings_from_env(environ: Mapping[str, str], defaults: Mapping[str, str]) -> UpstreamSettings:
     """Static upstream targets: ``MESH_UPSTREAM_<NAME>=host:port[,host:port]`` over defaults."""
     static: dict[str, tuple[str, ...]] = {}
     for name, default in defaults.items():

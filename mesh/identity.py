@@ -173,6 +173,8 @@ def generate_keypair(directory: Path) -> tuple[Path, Path]:
     )
     private.chmod(0o600)
     public.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
     return private, public

@@ -86,9 +86,15 @@ class FailedPrecondition(DomainError):
 
 def to_status(error: DomainError | DependencyUnavailable) -> grpc.Status:
     """A grpc.Status carrying google.rpc.Status (with details) in its trailing metadata."""
-    details = error.details() if isinstance(error, DomainError) else [
-        error_details_pb2.ErrorInfo(reason="DEPENDENCY_UNAVAILABLE", domain="tsunagu", metadata={"name": error.name})
-    ]
+    details = (
+        error.details()
+        if isinstance(error, DomainError)
+        else [
+            error_details_pb2.ErrorInfo(
+                reason="DEPENDENCY_UNAVAILABLE", domain="tsunagu", metadata={"name": error.name}
+            )
+        ]
+    )
     packed = []
     for detail in details:
         holder = any_pb2.Any()
@@ -98,7 +104,9 @@ def to_status(error: DomainError | DependencyUnavailable) -> grpc.Status:
     return rpc_status.to_status(status_pb2.Status(code=code, message=str(error), details=packed))
 
 
-async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: DomainError | DependencyUnavailable) -> None:
+async def abort_with(
+    context: grpc.aio.ServicerContext[Any, Any], error: DomainError | DependencyUnavailable
+) -> None:
     """Abort the call with the rich status of ``error`` (raises, as context.abort does)."""
     status = to_status(error)
     await context.abort(status.code, status.details, status.trailing_metadata)
@@ -136,7 +144,9 @@ def _unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[
             return await behaviour(request, context)
         except (DomainError, DependencyUnavailable) as error:
             if isinstance(error, DependencyUnavailable):
-                log.warning("dependency unavailable", extra={"dependency": error.name, "detail": error.detail})
+                log.warning(
+                    "dependency unavailable", extra={"dependency": error.name, "detail": error.detail}
+                )
             await abort_with(context, error)
 
     return wrapped

@@ -18,12 +18,19 @@ from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name
 
 
-async def build(settings: ServiceSettings, database: Database, auth: Authenticator) -> Sequence[HostedService]:
+async def build(
+    settings: ServiceSettings, database: Database, auth: Authenticator
+) -> Sequence[HostedService]:
     store = InventoryStore(database)
     if settings.extra.get("SEED_DEMO", "") == "1":
         await store.seed(DEMO_CATALOG)
     servicer = InventoryServicer(store, auth)
-    return [HostedService(SERVICE, lambda server: inventory_pb2_grpc.add_InventoryServiceServicer_to_server(servicer, server))]
+    return [
+        HostedService(
+            SERVICE,
+            lambda server: inventory_pb2_grpc.add_InventoryServiceServicer_to_server(servicer, server),
+        )
+    ]
 
 
 if __name__ == "__main__":

@@ -42,7 +42,9 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         self._store = store
         self._auth = auth
 
-    async def ListProducts(self, request: pb.ListProductsRequest, context: Context) -> pb.ListProductsResponse:
+    async def ListProducts(
+        self, request: pb.ListProductsRequest, context: Context
+    ) -> pb.ListProductsResponse:
         limit = page_size(request.page_size)
         records = await self._store.list_products(decode_page_token(request.page_token), limit + 1)
         more = len(records) > limit
@@ -61,7 +63,9 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         record = await self._store.restock(request.sku, request.quantity, request.request_id)
         return pb.RestockProductResponse(product=product_pb(record))
 
-    async def ReserveStock(self, request: pb.ReserveStockRequest, context: Context) -> pb.ReserveStockResponse:
+    async def ReserveStock(
+        self, request: pb.ReserveStockRequest, context: Context
+    ) -> pb.ReserveStockResponse:
         self._auth.required(context)
         lines = domain.validate_reservation(
             request.reservation_id,
@@ -71,7 +75,9 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         record = await self._store.reserve(request.reservation_id, request.order_id, lines)
         return pb.ReserveStockResponse(reservation=reservation_pb(record))
 
-    async def ReleaseStock(self, request: pb.ReleaseStockRequest, context: Context) -> pb.ReleaseStockResponse:
+    async def ReleaseStock(
+        self, request: pb.ReleaseStockRequest, context: Context
+    ) -> pb.ReleaseStockResponse:
         self._auth.required(context)
         domain.validate_reservation_id(request.reservation_id)
         record = await self._store.release(request.reservation_id)

@@ -33,7 +33,12 @@ class ReservationRecord:
 
 def _product(row: Row) -> ProductRecord:
     return ProductRecord(
-        row["sku"], row["name"], int(row["price_minor"]), row["currency"], int(row["stock"]), row["update_time"]
+        row["sku"],
+        row["name"],
+        int(row["price_minor"]),
+        row["currency"],
+        int(row["stock"]),
+        row["update_time"],
     )
 
 
@@ -72,7 +77,9 @@ class InventoryStore:
 
     async def list_products(self, after_sku: str, limit: int) -> list[ProductRecord]:
         rows = await self._db.transact(
-            lambda tx: tx.query("SELECT * FROM products WHERE sku > ? ORDER BY sku LIMIT ?", (after_sku, limit))
+            lambda tx: tx.query(
+                "SELECT * FROM products WHERE sku > ? ORDER BY sku LIMIT ?", (after_sku, limit)
+            )
         )
         return [_product(r) for r in rows]
 
@@ -95,7 +102,8 @@ class InventoryStore:
                     (request_id, sku, quantity, utc_now()),
                 )
             changed = tx.execute(
-                "UPDATE products SET stock = stock + ?, update_time = ? WHERE sku = ?", (quantity, utc_now(), sku)
+                "UPDATE products SET stock = stock + ?, update_time = ? WHERE sku = ?",
+                (quantity, utc_now(), sku),
             )
             if not changed:
                 raise NotFound(f"product '{sku}' not found")

@@ -12,13 +12,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mesh.health import wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,26 +26,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def wait_serving(address: str, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll the standard health service at ``address`` until it answers SERVING."""
-    deadline = time.monotonic() + timeout
-    last_error = "no answer"
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process is not None and process.poll() is not None:
-                raise RuntimeError(f"process exited with {process.returncode} before serving")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-                last_error = f"status {reply.status}"
-            except grpc.RpcError as error:
-                last_error = str(error.code())
-            time.sleep(0.05)  # poll interval, not a readiness guess
-    raise TimeoutError(f"{address} not SERVING after {timeout}s ({last_error})")
 
 
 @dataclass

@@ -20,7 +20,14 @@ class KeyPair:
 
     def token(self, subject: str, roles: tuple[str, ...] = ("customer",), ttl: int = 600) -> str:
         now = int(time.time())
-        claims = {"sub": subject, "roles": list(roles), "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + ttl}
+        claims = {
+            "sub": subject,
+            "roles": list(roles),
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "iat": now,
+            "exp": now + ttl,
+        }
         return jwt.encode(claims, self.private.read_text(), algorithm="EdDSA", headers={"kid": KID})
 
     def metadata(self, subject: str, roles: tuple[str, ...] = ("customer",)) -> tuple[tuple[str, str], ...]:

@@ -22,12 +22,16 @@ async def test_catalog_reservations_and_errors(start_service: StartService, jwt_
         stub = inventory_pb2_grpc.InventoryServiceStub(channel)
         listed = await stub.ListProducts(pb.ListProductsRequest(page_size=2))
         assert len(listed.products) == 2 and listed.next_page_token
-        rest = await stub.ListProducts(pb.ListProductsRequest(page_size=100, page_token=listed.next_page_token))
+        rest = await stub.ListProducts(
+            pb.ListProductsRequest(page_size=100, page_token=listed.next_page_token)
+        )
         assert len(rest.products) == 3
         assert listed.products[0].price.currency_code == "EUR"
 
         reserved = await stub.ReserveStock(
-            pb.ReserveStockRequest(reservation_id="r-1", order_id="o-1", items=[pb.StockItem(sku="CUP-KYUSU", quantity=2)]),
+            pb.ReserveStockRequest(
+                reservation_id="r-1", order_id="o-1", items=[pb.StockItem(sku="CUP-KYUSU", quantity=2)]
+            ),
             metadata=customer,
         )
         assert reserved.reservation.state == pb.RESERVATION_STATE_HELD
@@ -45,7 +49,9 @@ async def test_catalog_reservations_and_errors(start_service: StartService, jwt_
 
         with pytest.raises(grpc.aio.AioRpcError) as short:
             await stub.ReserveStock(
-                pb.ReserveStockRequest(reservation_id="r-3", order_id="o-3", items=[pb.StockItem(sku="CUP-KYUSU", quantity=99)]),
+                pb.ReserveStockRequest(
+                    reservation_id="r-3", order_id="o-3", items=[pb.StockItem(sku="CUP-KYUSU", quantity=99)]
+                ),
                 metadata=customer,
             )
         assert short.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -60,7 +66,9 @@ async def test_catalog_reservations_and_errors(start_service: StartService, jwt_
         assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
         with pytest.raises(grpc.aio.AioRpcError) as not_admin:
-            await stub.RestockProduct(pb.RestockProductRequest(sku="CUP-KYUSU", quantity=5), metadata=customer)
+            await stub.RestockProduct(
+                pb.RestockProductRequest(sku="CUP-KYUSU", quantity=5), metadata=customer
+            )
         assert not_admin.value.code() == grpc.StatusCode.PERMISSION_DENIED
         admin = jwt_keys.metadata("admin-1", ("admin",))
         restocked = await stub.RestockProduct(

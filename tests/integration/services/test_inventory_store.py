@@ -22,7 +22,9 @@ async def store(database_url: str) -> AsyncIterator[InventoryStore]:
     database = Database("inventory", database_url)
     await migrate(database, MIGRATIONS)
     store = InventoryStore(database)
-    await store.seed((ProductRecord("TEA", "Tea", 1250, "EUR", 50), ProductRecord("CUP", "Cup", 900, "EUR", 3)))
+    await store.seed(
+        (ProductRecord("TEA", "Tea", 1250, "EUR", 50), ProductRecord("CUP", "Cup", 900, "EUR", 3))
+    )
     yield store
     await database.close()
 

@@ -1,0 +1,58 @@
+# Two commands matter: `make run` (the whole shop, from a fresh clone) and `make test`.
+# Everything they need is installed by the targets below: the venv from pyproject.toml, buf
+# from npm, Consul from Debian bullseye's package (tools/install-consul.sh).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF_VERSION := 1.75.0
+BUF := .tools/node_modules/.bin/buf
+PYTEST_WORKERS ?= 2
+
+.PHONY: run test lint gen gen-check breaking tools clean help
+
+help:
+	@echo "make run    - install what is missing, start the shop, Ctrl-C to stop"
+	@echo "make test   - install what is missing, run the whole test suite"
+	@echo "make lint   - ruff, mypy --strict (mesh, gateway), buf lint"
+	@echo "make gen    - regenerate shop/ from protos/"
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(BUF):
+	mkdir -p .tools
+	test -f .tools/package.json || echo '{"private": true}' > .tools/package.json
+	npm install --prefix .tools --no-audit --no-fund --silent @bufbuild/buf@$(BUF_VERSION)
+
+tools: $(VENV)/.installed $(BUF)
+
+gen: $(VENV)/.installed
+	$(PY) tools/gen.py
+
+gen-check: $(VENV)/.installed
+	$(PY) tools/gen.py --check
+
+run: tools gen
+	$(PY) -m services.launcher
+
+test: tools
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q
+
+lint: tools
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(BUF) lint
+
+# Breaking-change check of the contracts against the previous commit (needs git history).
+breaking: $(BUF)
+	@if git rev-parse --verify -q HEAD~1 >/dev/null; then \
+		$(BUF) breaking --against '.git#ref=HEAD~1'; \
+	else echo "no previous commit: nothing to compare"; fi
+
+clean:
+	rm -rf $(VENV) .tools .run data .pytest_cache .mypy_cache .ruff_cache
