@@ -10,6 +10,7 @@ Statements use ``?`` placeholders for both engines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -139,7 +140,15 @@ class Database:
         return result
 
     def _postgres_tx(self, connection: psycopg.Connection[Any], work: Callable[[Tx], T]) -> T:
-        with connection.transaction():
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(connection.transaction())  # sends BEGIN
+            except psycopg.OperationalError:
+                # The idle connection died (server restart, terminated backend). Nothing was
+                # sent for this transaction yet, so one fresh connection may safely try again.
+                self._forget_connection()
+                connection = self._connection()
+                stack.enter_context(connection.transaction())
             return work(Tx(connection, "postgresql"))
 
     def _connection(self) -> Any:
