@@ -1,0 +1,1 @@
+"""User: accounts, password login that issues JWTs, and profiles."""

@@ -1,0 +1,37 @@
+"""``python -m services.user``: the user service process."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from mesh.server import HostedService
+from services.common.app import main
+from services.common.auth import Authenticator
+from services.common.database import Database
+from services.common.settings import ServiceSettings
+from services.user.hashing import PasswordHasher
+from services.user.servicer import UserServicer
+from services.user.store import UserStore
+from services.user.tokens import TokenIssuer
+from shop.user.v1 import user_pb2, user_pb2_grpc
+
+SERVICE = user_pb2.DESCRIPTOR.services_by_name["UserService"].full_name
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+async def build(
+    settings: ServiceSettings, database: Database, auth: Authenticator
+) -> Sequence[HostedService]:
+    # First, so a missing or unusable signing key stops the process with ConfigError.
+    issuer = TokenIssuer(settings.jwt)
+    servicer = UserServicer(UserStore(database), auth, PasswordHasher(), issuer)
+    return [
+        HostedService(
+            SERVICE, lambda server: user_pb2_grpc.add_UserServiceServicer_to_server(servicer, server)
+        )
+    ]
+
+
+if __name__ == "__main__":
+    main("user", MIGRATIONS, build)
