@@ -71,7 +71,11 @@ def start(env: dict[str, str]) -> list[Child]:
         child_env = dict(env, MESH_PORT=str(port))
         if name != "user":
             child_env.pop("MESH_JWT_PRIVATE_KEY_FILE", None)  # only the issuer holds the signing key
-        process = subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=child_env)
+        # Own session: a terminal's Ctrl-C reaches only the launcher, which then sends each
+        # child exactly one SIGTERM (a second signal would make a child skip its drain).
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=child_env, start_new_session=True
+        )
         children.append(Child(name, port, process))
     for child in children:
         wait_serving(f"127.0.0.1:{child.port}", timeout=30, process=child.process)
@@ -112,7 +116,8 @@ def main() -> int:
     try:
         children = start(env)
         ports = {c.name: c.port for c in children}
-        print("\ntry:\n" + "\n".join(f"  {line}" for line in try_lines(ports)), flush=True)
+        lines = ["source .venv/bin/activate", *try_lines(ports)]
+        print("\ntry (in another terminal):\n" + "\n".join(f"  {line}" for line in lines), flush=True)
         print("\nCtrl-C stops everything.", flush=True)
         while all(c.process.poll() is None for c in children):
             time.sleep(0.5)

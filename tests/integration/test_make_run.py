@@ -1,0 +1,98 @@
+"""What `make run` starts, driven the way the README says: the printed grpcurl lines work.
+
+The launcher runs as a real process on free ports; the README's grpcurl block is executed
+by bash with the real grpcurl binary, only the ports swapped; Ctrl-C (SIGINT) stops all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from services.common.settings import DEFAULT_PORTS
+from services.launcher import try_lines
+from tests.support.processes import ROOT, free_port
+from tests.support.tokens import KeyPair
+
+READY_LINE = "Ctrl-C stops everything."
+
+
+def readme_block() -> str:
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"## Try it with grpcurl.*?```sh\n(.*?)```", text, re.S)
+    assert match, "README has no grpcurl block"
+    return match.group(1)
+
+
+def test_readme_shows_the_lines_the_launcher_prints() -> None:
+    block = readme_block()
+    for line in try_lines(dict(DEFAULT_PORTS)):
+        assert line in block
+
+
+def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> str:
+    assert process.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.5)
+        if ready:
+            line = process.stdout.readline()
+            if not line and process.poll() is not None:
+                break
+            seen.append(line)
+            if marker in line:
+                return "".join(seen)
+    raise AssertionError(f"launcher never printed {marker!r}:\n{''.join(seen)}")
+
+
+@pytest.mark.xdist_group("make-run")
+def test_launcher_starts_the_shop_and_the_readme_lines_work(tmp_path: Path, jwt_keys: KeyPair) -> None:
+    ports = {name: free_port() for name in DEFAULT_PORTS}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+    env.update({f"{name.upper()}_PORT": str(port) for name, port in ports.items()})
+    env.update(
+        MESH_DATA_DIR=str(tmp_path / "data"),
+        MESH_JWT_PRIVATE_KEY_FILE=str(jwt_keys.private),
+        MESH_JWT_PUBLIC_KEY_FILE=str(jwt_keys.public),
+        MESH_GRACE_SECONDS="5",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update({f"MESH_UPSTREAM_{name.upper()}": f"127.0.0.1:{port}" for name, port in ports.items()})
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "services.launcher"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        printed = read_until(launcher, READY_LINE, timeout=90)
+        assert "admin@example.com" in printed
+        block = readme_block()
+        for name, default in DEFAULT_PORTS.items():
+            block = block.replace(f"localhost:{default}", f"localhost:{ports[name]}")
+        shell = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block],
+            cwd=ROOT,
+            env=dict(env, PATH=f"{Path(sys.executable).parent}:{env['PATH']}", VIRTUAL_ENV=""),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert shell.returncode == 0, shell.stdout + shell.stderr
+        assert "shop.inventory.v1.InventoryService" in shell.stdout
+        assert '"status": "ORDER_STATUS_CONFIRMED"' in shell.stdout
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(30) == 0
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    for port in ports.values():  # every child stopped: nothing listens any more
+        probe = subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"], capture_output=True)
+        assert probe.returncode != 0
