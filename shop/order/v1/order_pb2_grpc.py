@@ -51,6 +51,11 @@ class OrderServiceStub:
                 request_serializer=shop_dot_order_dot_v1_dot_order__pb2.ListOrdersRequest.SerializeToString,
                 response_deserializer=shop_dot_order_dot_v1_dot_order__pb2.ListOrdersResponse.FromString,
                 _registered_method=True)
+        self.WatchOrder = channel.unary_stream(
+                '/shop.order.v1.OrderService/WatchOrder',
+                request_serializer=shop_dot_order_dot_v1_dot_order__pb2.WatchOrderRequest.SerializeToString,
+                response_deserializer=shop_dot_order_dot_v1_dot_order__pb2.WatchOrderResponse.FromString,
+                _registered_method=True)
         self.CancelOrder = channel.unary_unary(
                 '/shop.order.v1.OrderService/CancelOrder',
                 request_serializer=shop_dot_order_dot_v1_dot_order__pb2.CancelOrderRequest.SerializeToString,
@@ -86,6 +91,14 @@ class OrderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchOrder(self, request, context):
+        """Streams one of the caller's orders: the current state first, then every change (status
+        or step), ending once the order is terminal (CONFIRMED or CANCELLED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CancelOrder(self, request, context):
         """Cancels one of the caller's orders: cancels the shipment, refunds or voids the payment
         and returns the stock. Cancelling a cancelled order returns it unchanged.
@@ -111,6 +124,11 @@ def add_OrderServiceServicer_to_server(servicer, server):
                     servicer.ListOrders,
                     request_deserializer=shop_dot_order_dot_v1_dot_order__pb2.ListOrdersRequest.FromString,
                     response_serializer=shop_dot_order_dot_v1_dot_order__pb2.ListOrdersResponse.SerializeToString,
+            ),
+            'WatchOrder': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchOrder,
+                    request_deserializer=shop_dot_order_dot_v1_dot_order__pb2.WatchOrderRequest.FromString,
+                    response_serializer=shop_dot_order_dot_v1_dot_order__pb2.WatchOrderResponse.SerializeToString,
             ),
             'CancelOrder': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelOrder,
@@ -201,6 +219,33 @@ class OrderService:
             '/shop.order.v1.OrderService/ListOrders',
             shop_dot_order_dot_v1_dot_order__pb2.ListOrdersRequest.SerializeToString,
             shop_dot_order_dot_v1_dot_order__pb2.ListOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shop.order.v1.OrderService/WatchOrder',
+            shop_dot_order_dot_v1_dot_order__pb2.WatchOrderRequest.SerializeToString,
+            shop_dot_order_dot_v1_dot_order__pb2.WatchOrderResponse.FromString,
             options,
             channel_credentials,
             insecure,
