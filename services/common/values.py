@@ -32,7 +32,7 @@ def money(amount_minor: int, currency: str) -> money_pb2.Money:
 
 def minor_units(value: money_pb2.Money, field: str) -> int:
     """Minor units of a google.type.Money; INVALID_ARGUMENT when it has sub-cent precision."""
-    if not CURRENCY.match(value.currency_code):
+    if not CURRENCY.fullmatch(value.currency_code):
         raise InvalidArgument({f"{field}.currency_code": "must be a three-letter ISO 4217 code"})
     if value.nanos % NANOS_PER_MINOR:
         raise InvalidArgument({f"{field}.nanos": "must be a whole number of cents"})

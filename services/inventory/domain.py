@@ -34,7 +34,7 @@ class Line:
 def validate_reservation(reservation_id: str, order_id: str, lines: list[Line]) -> list[Line]:
     """Check a reservation request; lines for the same sku are merged, in sku order."""
     violations: dict[str, str] = {}
-    if not ID.match(reservation_id):
+    if not ID.fullmatch(reservation_id):
         violations["reservation_id"] = "required; letters, digits and . _ : - (at most 128)"
     if not order_id:
         violations["order_id"] = "required"
@@ -44,7 +44,7 @@ def validate_reservation(reservation_id: str, order_id: str, lines: list[Line]) 
         violations["items"] = f"at most {MAX_ITEMS} items"
     merged: dict[str, int] = {}
     for index, line in enumerate(lines):
-        if not SKU.match(line.sku):
+        if not SKU.fullmatch(line.sku):
             violations[f"items[{index}].sku"] = "required; letters, digits and . _ - (at most 64)"
         if not 1 <= line.quantity <= MAX_QUANTITY:
             violations[f"items[{index}].quantity"] = f"must be between 1 and {MAX_QUANTITY}"
@@ -58,7 +58,7 @@ def validate_reservation(reservation_id: str, order_id: str, lines: list[Line]) 
 
 def validate_restock(sku: str, quantity: int) -> None:
     violations: dict[str, str] = {}
-    if not SKU.match(sku):
+    if not SKU.fullmatch(sku):
         violations["sku"] = "required; letters, digits and . _ - (at most 64)"
     if not 1 <= quantity <= MAX_QUANTITY:
         violations["quantity"] = f"must be between 1 and {MAX_QUANTITY}"
@@ -67,7 +67,7 @@ def validate_restock(sku: str, quantity: int) -> None:
 
 
 def validate_reservation_id(reservation_id: str) -> None:
-    if not ID.match(reservation_id):
+    if not ID.fullmatch(reservation_id):
         raise InvalidArgument({"reservation_id": "required; letters, digits and . _ : - (at most 128)"})
 
 

@@ -81,7 +81,7 @@ def _email_violation(email: str) -> str | None:
         return "required"
     if len(email) > MAX_EMAIL:
         return f"at most {MAX_EMAIL} characters"
-    if not EMAIL.match(email) or len(email.rsplit("@", 1)[0]) > MAX_LOCAL_PART:
+    if not EMAIL.fullmatch(email) or len(email.rsplit("@", 1)[0]) > MAX_LOCAL_PART:
         return "must be an email address such as name@example.com"
     if any(unicodedata.category(c) in ("Cc", "Cf") for c in email):
         return "must not contain control characters"
@@ -105,7 +105,7 @@ def _display_name_violation(display_name: str) -> str | None:
 
 
 def _request_id_violation(request_id: str) -> str | None:
-    if request_id and not REQUEST_ID.match(request_id):
+    if request_id and not REQUEST_ID.fullmatch(request_id):
         return "letters, digits and . _ : - (at most 128)"
     return None
 
@@ -147,14 +147,14 @@ def validate_login(email: str, password: str) -> str:
 
 
 def validate_user_id(user_id: str, field: str = "user_id") -> None:
-    if not USER_ID.match(user_id):
+    if not USER_ID.fullmatch(user_id):
         raise InvalidArgument({field: "required; letters, digits and . _ : - (at most 128)"})
 
 
 def validate_update(user_id: str, paths: Sequence[str], display_name: str) -> str:
     """The new display name of an UpdateUser; an empty mask means display_name."""
     violations: dict[str, str] = {}
-    if not USER_ID.match(user_id):
+    if not USER_ID.fullmatch(user_id):
         violations["user.user_id"] = "required; letters, digits and . _ : - (at most 128)"
     for index, path in enumerate(paths):
         if path not in UPDATABLE_PATHS:

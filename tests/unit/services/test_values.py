@@ -47,3 +47,8 @@ def test_page_size_defaults_and_caps() -> None:
     assert page_size(10_000) == 100
     with pytest.raises(InvalidArgument):
         page_size(-1)
+
+
+def test_currency_with_a_trailing_newline_is_rejected() -> None:
+    with pytest.raises(InvalidArgument):
+        minor_units(money_pb2.Money(currency_code="EUR\n", units=1), "amount")

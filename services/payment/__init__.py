@@ -1,0 +1,1 @@
+"""Payment: authorizations, captures, voids and refunds, and the invoices of captured payments."""

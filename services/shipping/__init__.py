@@ -1,0 +1,1 @@
+"""Shipping: deliveries scheduled for orders, and their cancellation."""

@@ -1,0 +1,152 @@
+"""The payment service as a real process, called through the generated stubs."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from google.type import money_pb2
+from grpc_status import rpc_status
+
+from shop.payment.v1 import payment_pb2 as pb
+from shop.payment.v1 import payment_pb2_grpc
+from tests.conftest import StartService
+from tests.support.tokens import KeyPair
+
+
+def eur(units: int, cents: int = 0) -> money_pb2.Money:
+    return money_pb2.Money(currency_code="EUR", units=units, nanos=cents * 10_000_000)
+
+
+def authorize(payment_id: str, amount: money_pb2.Money, user_id: str = "u-1") -> pb.AuthorizePaymentRequest:
+    return pb.AuthorizePaymentRequest(
+        payment_id=payment_id, order_id=f"o-{payment_id}", user_id=user_id, amount=amount
+    )
+
+
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    return info
+
+
+def violated_fields(error: grpc.aio.AioRpcError) -> set[str]:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    bad = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad)
+    return {v.field for v in bad.field_violations}
+
+
+async def test_payments_invoices_and_errors(start_service: StartService, jwt_keys: KeyPair) -> None:
+    service = start_service("payment")
+    customer = jwt_keys.metadata("u-1")
+    stranger = jwt_keys.metadata("u-2")
+    admin = jwt_keys.metadata("admin-1", ("admin",))
+    async with grpc.aio.insecure_channel(service.address) as channel:
+        stub = payment_pb2_grpc.PaymentServiceStub(channel)
+
+        # Exactly the default limit (1000.00) is authorized; a re-sent request returns the same payment.
+        authorized = await stub.AuthorizePayment(authorize("p-1", eur(1000)), metadata=customer)
+        assert authorized.payment.state == pb.PAYMENT_STATE_AUTHORIZED
+        assert authorized.payment.amount == eur(1000)
+        again = await stub.AuthorizePayment(authorize("p-1", eur(1000)), metadata=customer)
+        assert again.payment == authorized.payment
+        with pytest.raises(grpc.aio.AioRpcError) as reused:
+            await stub.AuthorizePayment(authorize("p-1", eur(999)), metadata=customer)
+        assert reused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+        captured = await stub.CapturePayment(pb.CapturePaymentRequest(payment_id="p-1"), metadata=customer)
+        assert captured.payment.state == pb.PAYMENT_STATE_CAPTURED
+        recaptured = await stub.CapturePayment(pb.CapturePaymentRequest(payment_id="p-1"), metadata=customer)
+        assert recaptured.payment == captured.payment
+        invoices = await stub.ListInvoices(pb.ListInvoicesRequest(), metadata=customer)
+        assert [(i.payment_id, i.amount) for i in invoices.invoices] == [("p-1", eur(1000))]
+        invoice_id = invoices.invoices[0].invoice_id
+        got = await stub.GetInvoice(pb.GetInvoiceRequest(invoice_id=invoice_id), metadata=customer)
+        assert got.invoice == invoices.invoices[0]
+
+        with pytest.raises(grpc.aio.AioRpcError) as void_captured:
+            await stub.VoidPayment(pb.VoidPaymentRequest(payment_id="p-1"), metadata=customer)
+        assert void_captured.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_info(void_captured.value).reason == "PAYMENT_CAPTURED"
+        refunded = await stub.RefundPayment(pb.RefundPaymentRequest(payment_id="p-1"), metadata=customer)
+        assert refunded.payment.state == pb.PAYMENT_STATE_REFUNDED
+
+        # One cent above the limit is declined with the reason, and nothing is stored.
+        with pytest.raises(grpc.aio.AioRpcError) as declined:
+            await stub.AuthorizePayment(authorize("p-2", eur(1000, 1)), metadata=customer)
+        assert declined.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        info = error_info(declined.value)
+        assert (info.reason, info.domain) == ("PAYMENT_DECLINED", "shop.payment")
+        assert "1000.01 EUR is above the per-payment limit of 1000.00 EUR" in (declined.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as never_stored:
+            await stub.GetPayment(pb.GetPaymentRequest(payment_id="p-2"), metadata=customer)
+        assert never_stored.value.code() == grpc.StatusCode.NOT_FOUND
+
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await stub.AuthorizePayment(pb.AuthorizePaymentRequest(payment_id="bad id"), metadata=customer)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violated_fields(bad.value) == {"payment_id", "order_id", "user_id", "amount"}
+        with pytest.raises(grpc.aio.AioRpcError) as bad_amount:
+            odd = money_pb2.Money(currency_code="eur", units=1, nanos=5)
+            await stub.AuthorizePayment(authorize("p-3", odd), metadata=customer)
+        assert violated_fields(bad_amount.value) == {"amount.currency_code", "amount.nanos"}
+
+        # Another user's payment and invoice do not exist for them; the owner's are untouched.
+        for call in (
+            stub.GetPayment(pb.GetPaymentRequest(payment_id="p-1"), metadata=stranger),
+            stub.RefundPayment(pb.RefundPaymentRequest(payment_id="p-1"), metadata=stranger),
+            stub.GetInvoice(pb.GetInvoiceRequest(invoice_id=invoice_id), metadata=stranger),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as hidden:
+                await call
+            assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+        assert not (await stub.ListInvoices(pb.ListInvoicesRequest(), metadata=stranger)).invoices
+        with pytest.raises(grpc.aio.AioRpcError) as for_someone_else:
+            await stub.AuthorizePayment(authorize("p-4", eur(5)), metadata=stranger)
+        assert for_someone_else.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        seen_by_admin = await stub.GetPayment(pb.GetPaymentRequest(payment_id="p-1"), metadata=admin)
+        assert seen_by_admin.payment.state == pb.PAYMENT_STATE_REFUNDED
+
+        # Voiding an unknown payment is a no-op, so a compensation can be re-sent.
+        unknown = await stub.VoidPayment(pb.VoidPaymentRequest(payment_id="never-made"), metadata=customer)
+        assert not unknown.HasField("payment")
+
+        with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+            await stub.AuthorizePayment(authorize("p-5", eur(5)))
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as anonymous_list:
+            await stub.ListInvoices(pb.ListInvoicesRequest())
+        assert anonymous_list.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_service_pays_for_users_and_the_limit_comes_from_the_environment(
+    start_service: StartService, jwt_keys: KeyPair
+) -> None:
+    service = start_service("payment", PAYMENT_DECLINE_ABOVE_MINOR="500")
+    saga = jwt_keys.metadata("order", ("service",))
+    admin = jwt_keys.metadata("admin-1", ("admin",))
+    async with grpc.aio.insecure_channel(service.address) as channel:
+        stub = payment_pb2_grpc.PaymentServiceStub(channel)
+        for n, user in enumerate(("u-1", "u-2", "u-1")):
+            await stub.AuthorizePayment(authorize(f"s-{n}", eur(5), user_id=user), metadata=saga)
+            await stub.CapturePayment(pb.CapturePaymentRequest(payment_id=f"s-{n}"), metadata=saga)
+        await stub.AuthorizePayment(authorize("s-void", eur(2)), metadata=saga)
+        voided = await stub.VoidPayment(pb.VoidPaymentRequest(payment_id="s-void"), metadata=saga)
+        assert voided.payment.state == pb.PAYMENT_STATE_VOIDED
+        with pytest.raises(grpc.aio.AioRpcError) as declined:
+            await stub.AuthorizePayment(authorize("s-big", eur(5, 1)), metadata=saga)
+        assert error_info(declined.value).reason == "PAYMENT_DECLINED"
+
+        first = await stub.ListInvoices(pb.ListInvoicesRequest(page_size=2), metadata=admin)
+        assert [i.payment_id for i in first.invoices] == ["s-2", "s-1"] and first.next_page_token
+        rest = await stub.ListInvoices(
+            pb.ListInvoicesRequest(page_size=2, page_token=first.next_page_token), metadata=admin
+        )
+        assert [i.payment_id for i in rest.invoices] == ["s-0"] and not rest.next_page_token
+        with pytest.raises(grpc.aio.AioRpcError) as forged:
+            await stub.ListInvoices(pb.ListInvoicesRequest(page_token="not-ours"), metadata=admin)
+        assert violated_fields(forged.value) == {"page_token"}
