@@ -1,0 +1,119 @@
+"""OrderService over gRPC: proto in, use case, proto out; nothing more."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from services.common.auth import Authenticator
+from services.common.errors import InvalidArgument
+from services.common.values import decode_page_token, encode_page_token, money, page_size, timestamp
+from services.order import domain
+from services.order.clients import Upstreams
+from services.order.domain import Address, Line, Order
+from services.order.orders import Orders
+from shop.order.v1 import order_pb2 as pb
+from shop.order.v1 import order_pb2_grpc
+from shop.shipping.v1 import shipping_pb2
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def order_pb(order: Order) -> pb.Order:
+    a = order.address
+    return pb.Order(
+        order_id=order.order_id,
+        user_id=order.user_id,
+        items=[
+            pb.OrderItem(sku=i.sku, quantity=i.quantity, unit_price=money(i.unit_price_minor, order.currency))
+            for i in order.items
+        ],
+        total=money(order.total_minor, order.currency),
+        status=pb.OrderStatus.Value(f"ORDER_STATUS_{order.status.value}"),
+        status_reason=order.status_reason,
+        shipping_address=shipping_pb2.Address(
+            recipient=a.recipient,
+            line1=a.line1,
+            city=a.city,
+            postal_code=a.postal_code,
+            country_code=a.country_code,
+        ),
+        payment_id=order.payment_id,
+        reservation_id=order.reservation_id,
+        shipment_id=order.shipment_id,
+        steps=[
+            pb.OrderStep(name=s.name, outcome=s.outcome.value, detail=s.detail, time=timestamp(s.time))
+            for s in order.steps
+        ],
+        create_time=timestamp(order.create_time),
+        update_time=timestamp(order.update_time),
+    )
+
+
+def address(request: pb.CreateOrderRequest) -> Address | None:
+    if not request.HasField("shipping_address"):
+        return None
+    a = request.shipping_address
+    return Address(a.recipient, a.line1, a.city, a.postal_code, a.country_code)
+
+
+def page_position(token: str) -> tuple[str, str] | None:
+    """(create_time, order_id) of the last order of the previous page."""
+    if not token:
+        return None
+    time, separator, order_id = decode_page_token(token).partition("|")
+    if not separator or not time or not order_id:
+        raise InvalidArgument({"page_token": "is not a token returned by this service"})
+    return time, order_id
+
+
+def require_order_id(order_id: str) -> None:
+    if not order_id:
+        raise InvalidArgument({"order_id": "required"})
+
+
+class OrderServicer(order_pb2_grpc.OrderServiceServicer):
+    def __init__(self, orders: Orders, upstreams: Upstreams, auth: Authenticator) -> None:
+        self._orders = orders
+        self._upstreams = upstreams
+        self._auth = auth
+
+    async def CreateOrder(self, request: pb.CreateOrderRequest, context: Context) -> pb.CreateOrderResponse:
+        principal = self._auth.required(context)
+        lines = [Line(item.sku, item.quantity) for item in request.items]
+        draft = domain.validate_create(lines, address(request), request.request_id)
+        calls = self._upstreams.for_call(context)
+        order = await self._orders.create(principal.subject, draft, calls, calls)
+        return pb.CreateOrderResponse(order=order_pb(order))
+
+    async def GetOrder(self, request: pb.GetOrderRequest, context: Context) -> pb.GetOrderResponse:
+        principal = self._auth.required(context)
+        require_order_id(request.order_id)
+        return pb.GetOrderResponse(order=order_pb(await self._orders.get(principal, request.order_id)))
+
+    async def ListOrders(self, request: pb.ListOrdersRequest, context: Context) -> pb.ListOrdersResponse:
+        principal = self._auth.required(context)
+        limit = page_size(request.page_size)
+        orders = await self._orders.list(principal.subject, page_position(request.page_token), limit + 1)
+        more = len(orders) > limit
+        orders = orders[:limit]
+        token = encode_page_token(f"{orders[-1].create_time}|{orders[-1].order_id}") if more else ""
+        return pb.ListOrdersResponse(orders=[order_pb(o) for o in orders], next_page_token=token)
+
+    async def WatchOrder(
+        self, request: pb.WatchOrderRequest, context: Context
+    ) -> AsyncIterator[pb.WatchOrderResponse]:
+        principal = self._auth.required(context)
+        require_order_id(request.order_id)
+        async for order in self._orders.watch(principal, request.order_id):
+            yield pb.WatchOrderResponse(order=order_pb(order))
+
+    async def CancelOrder(self, request: pb.CancelOrderRequest, context: Context) -> pb.CancelOrderResponse:
+        principal = self._auth.required(context)
+        require_order_id(request.order_id)
+        if len(request.request_id) > domain.MAX_REQUEST_ID:
+            raise InvalidArgument({"request_id": f"at most {domain.MAX_REQUEST_ID} characters"})
+        order = await self._orders.cancel(principal, request.order_id, self._upstreams.for_call(context))
+        return pb.CancelOrderResponse(order=order_pb(order))

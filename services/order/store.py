@@ -1,0 +1,155 @@
+"""The order service's own database: each order is one JSON document plus lookup columns.
+
+Saves are optimistic: every row carries a version, and a save made from a stale copy (another
+runner moved the order on meanwhile) changes nothing and raises :class:`StaleOrder`, so two
+runners can never silently overwrite each other's step history.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from typing import Any
+
+import grpc
+
+from services.common.database import Database, Row, Tx
+from services.common.errors import DomainError, NotFound
+from services.order.domain import Address, Item, Order, OrderStatus, Outcome, StepRecord
+
+COLUMNS = "order_id, user_id, request_id, status, create_time, update_time, version, document"
+
+
+class StaleOrder(DomainError):
+    """The order changed since it was read; re-read it (ABORTED if it reaches a client)."""
+
+    code = grpc.StatusCode.ABORTED
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__(f"order '{order_id}' was changed concurrently; read it again")
+        self.order_id = order_id
+
+
+def document(order: Order) -> str:
+    """The order as the JSON text stored in the ``document`` column (without its version)."""
+    body = asdict(order)
+    body.pop("version")
+    return json.dumps(body, separators=(",", ":"))
+
+
+def from_document(body: dict[str, Any], version: int) -> Order:
+    return Order(
+        order_id=body["order_id"],
+        user_id=body["user_id"],
+        request_id=body["request_id"],
+        items=tuple(Item(i["sku"], int(i["quantity"]), int(i["unit_price_minor"])) for i in body["items"]),
+        currency=body["currency"],
+        total_minor=int(body["total_minor"]),
+        address=Address(**body["address"]),
+        status=OrderStatus(body["status"]),
+        create_time=body["create_time"],
+        update_time=body["update_time"],
+        status_reason=body.get("status_reason", ""),
+        cancel_reason=body.get("cancel_reason", ""),
+        reservation_id=body.get("reservation_id", ""),
+        payment_id=body.get("payment_id", ""),
+        shipment_id=body.get("shipment_id", ""),
+        steps=tuple(
+            StepRecord(s["name"], Outcome(s["outcome"]), s["detail"], s["time"], bool(s.get("uncertain")))
+            for s in body.get("steps", ())
+        ),
+        version=version,
+    )
+
+
+def _order(row: Row) -> Order:
+    raw = row["document"]
+    body = raw if isinstance(raw, dict) else json.loads(raw)  # JSONB arrives decoded, TEXT does not
+    return from_document(body, int(row["version"]))
+
+
+class OrderStore:
+    """Every read and write of orders, each in one transaction."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    async def create(self, order: Order) -> tuple[Order, bool]:
+        """Store a new order; when (user, request_id) is taken, the existing one and False."""
+
+        def work(tx: Tx) -> tuple[Order, bool]:
+            added = tx.execute(
+                f"INSERT INTO orders ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (user_id, request_id) DO NOTHING",
+                (
+                    order.order_id,
+                    order.user_id,
+                    order.request_id,
+                    order.status.value,
+                    order.create_time,
+                    order.update_time,
+                    1,
+                    document(order),
+                ),
+            )
+            if added:
+                return replace(order, version=1), True
+            existing = self._find_in(tx, order.user_id, order.request_id)
+            assert existing is not None  # the conflict was on exactly this key
+            return existing, False
+
+        return await self._db.transact(work)
+
+    async def find(self, user_id: str, request_id: str) -> Order | None:
+        """The user's order for an idempotency key, if there is one."""
+        return await self._db.transact(lambda tx: self._find_in(tx, user_id, request_id))
+
+    async def get(self, order_id: str) -> Order:
+        row = await self._db.transact(
+            lambda tx: tx.one(f"SELECT {COLUMNS} FROM orders WHERE order_id = ?", (order_id,))
+        )
+        if row is None:
+            raise NotFound(f"order '{order_id}' not found")
+        return _order(row)
+
+    async def save(self, order: Order) -> Order:
+        """Write the order over the version it was read at; StaleOrder if that moved on."""
+
+        def work(tx: Tx) -> Order:
+            changed = tx.execute(
+                "UPDATE orders SET status = ?, update_time = ?, version = version + 1, document = ? "
+                "WHERE order_id = ? AND version = ?",
+                (order.status.value, order.update_time, document(order), order.order_id, order.version),
+            )
+            if not changed:
+                raise StaleOrder(order.order_id)
+            return replace(order, version=order.version + 1)
+
+        return await self._db.transact(work)
+
+    async def list_for_user(self, user_id: str, after: tuple[str, str] | None, limit: int) -> list[Order]:
+        """The user's orders newest first, starting after (create_time, order_id) when given."""
+
+        def work(tx: Tx) -> list[Row]:
+            if after is None:
+                return tx.query(
+                    f"SELECT {COLUMNS} FROM orders WHERE user_id = ? "
+                    "ORDER BY create_time DESC, order_id DESC LIMIT ?",
+                    (user_id, limit),
+                )
+            time, order_id = after
+            return tx.query(
+                f"SELECT {COLUMNS} FROM orders WHERE user_id = ? "
+                "AND (create_time < ? OR (create_time = ? AND order_id < ?)) "
+                "ORDER BY create_time DESC, order_id DESC LIMIT ?",
+                (user_id, time, time, order_id, limit),
+            )
+
+        return [_order(row) for row in await self._db.transact(work)]
+
+    @staticmethod
+    def _find_in(tx: Tx, user_id: str, request_id: str) -> Order | None:
+        row = tx.one(
+            f"SELECT {COLUMNS} FROM orders WHERE user_id = ? AND request_id = ?", (user_id, request_id)
+        )
+        return _order(row) if row is not None else None

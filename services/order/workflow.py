@@ -1,0 +1,108 @@
+"""Runs an order's step table: forward to CONFIRMED, or undone in reverse to CANCELLED.
+
+The orchestrator keeps no state of its own. It reads what to do next from the order's step
+history (:func:`domain.remaining`, :func:`domain.to_compensate`) and saves the order after
+every step outcome, so running it again on the same order (a re-sent CreateOrder, a
+CancelOrder, or later the durable saga log resuming after a crash) carries on where the last
+run stopped and never repeats a completed step's effect: participants are called with the
+order's deterministic step keys.
+
+A compensation that fails does not stop the others; the order then keeps its status with a
+reason saying what is left, and re-running finishes the job. That is the seam the durable
+saga issue fills with retries, a saga log and resume-on-start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+
+from services.common.values import utc_now
+from services.order import domain
+from services.order.domain import Order, OrderStatus, Outcome, SagaStep
+from services.order.participants import FailureKind, Participants, StepFailure
+
+Save = Callable[[Order], Awaitable[Order]]
+
+
+class Orchestrator:
+    """Drives orders through ``steps``; ``save`` persists (and returns) each new state."""
+
+    def __init__(self, steps: Sequence[SagaStep], save: Save, clock: Callable[[], str] = utc_now) -> None:
+        self._steps = tuple(steps)
+        self._save = save
+        self._clock = clock
+
+    async def run(self, order: Order, participants: Participants) -> Order:
+        """Carry a PENDING order on: the remaining forward steps, or its compensation."""
+        if order.status is OrderStatus.CANCELLED:
+            return order
+        if order.cancel_reason:
+            return await self.compensate(order, participants)
+        if order.status is not OrderStatus.PENDING:
+            return order
+        for step in domain.remaining(self._steps, order):
+            try:
+                detail = await step.action(participants, order)
+            except StepFailure as failure:
+                uncertain = failure.kind is FailureKind.UNCERTAIN
+                failed = domain.record(order, step, Outcome.FAILED, failure.reason, self._clock(), uncertain)
+                # The failure and the decision to undo are saved together: a later run compensates.
+                order = await self._save(domain.begin_cancel(failed, failure.reason, self._clock()))
+                return await self.compensate(order, participants)
+            order = await self._save(domain.record(order, step, Outcome.COMPLETED, detail, self._clock()))
+        return await self._save(domain.confirm(order, self._steps, self._clock()))
+
+    async def cancel(self, order: Order, participants: Participants, reason: str) -> Order:
+        """Undo a PENDING or CONFIRMED order; a CANCELLED one is returned unchanged."""
+        if order.status is OrderStatus.CANCELLED:
+            return order
+        if not order.cancel_reason:
+            order = await self._save(domain.begin_cancel(order, reason, self._clock()))
+        return await self.compensate(order, participants)
+
+    async def compensate(self, order: Order, participants: Participants) -> Order:
+        """Undo every completed step in reverse, then CANCELLED (or say what is left)."""
+        failures: list[str] = []
+        for step in domain.to_compensate(self._steps, order):
+            assert step.compensation is not None  # to_compensate returns only undoable steps
+            try:
+                detail = await step.compensation(participants, order)
+            except StepFailure as failure:
+                failures.append(f"{step.name}: {failure.reason}")
+                detail = f"compensation failed: {failure.reason}"
+                order = await self._save(domain.record(order, step, Outcome.FAILED, detail, self._clock()))
+                continue
+            order = await self._save(domain.record(order, step, Outcome.COMPENSATED, detail, self._clock()))
+        if failures:
+            return await self._save(domain.stuck(order, failures, self._clock()))
+        return await self._save(domain.cancel(order, self._steps, self._clock()))
+
+
+class KeyedLocks:
+    """One asyncio lock per key, dropped when nobody holds or waits for it.
+
+    Serializes runs of the same order inside one process, so a re-sent CreateOrder or a
+    CancelOrder waits for the run in progress and then sees its result instead of racing it.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)

@@ -1,0 +1,182 @@
+"""The clients seam with in-memory channels: deadlines, forwarded credentials, error mapping.
+
+The channel factory is the seam the discovery issue swaps; here it hands out fake channels
+that record what the generated stubs send, so no network is involved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from google.type import money_pb2
+
+from mesh.config import UpstreamSettings
+from mesh.errors import DependencyUnavailable
+from services.common.errors import FailedPrecondition
+from services.order import domain
+from services.order.clients import CallerClients, Upstreams, step_failure
+from services.order.domain import Address, Line, Order, Price
+from services.order.participants import FailureKind, StepFailure
+from shop.inventory.v1 import inventory_pb2 as inv
+from shop.user.v1 import user_pb2
+
+TOKEN = (("authorization", "Bearer t0k3n"),)
+
+
+def rpc_error(code: grpc.StatusCode, details: str = "") -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+
+
+class FakeChannel:
+    """Answers each method path with a canned reply (or error) and records every call."""
+
+    def __init__(self, name: str, log: list[tuple[str, Any, float, Any]], replies: dict[str, Any]) -> None:
+        self.name, self.log, self.replies = name, log, replies
+
+    def unary_unary(self, path: str, **_: Any) -> Callable[..., Any]:
+        async def call(request: Any, **options: Any) -> Any:  # the stubs pass timeout= and metadata=
+            self.log.append((path.rsplit("/", 1)[1], request, options["timeout"], options["metadata"]))
+            reply = self.replies.get(path.rsplit("/", 1)[1])
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
+
+        return call
+
+    async def close(self) -> None:
+        self.log.append(("close", self.name, 0.0, None))
+
+
+class FakeContext:
+    def __init__(self, remaining: float | None) -> None:
+        self.remaining = remaining
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("user-agent", "test"), *TOKEN)
+
+
+def clients(
+    remaining: float | None = None, **replies: Any
+) -> tuple[CallerClients, list[tuple[str, Any, float, Any]]]:
+    log: list[tuple[str, Any, float, Any]] = []
+    settings = UpstreamSettings(default_timeout_seconds=5.0)
+    upstreams = Upstreams.connect(settings, lambda name: FakeChannel(name, log, replies))
+    return upstreams.for_call(FakeContext(remaining)), log
+
+
+def an_order() -> Order:
+    draft = domain.validate_create([Line("TEA", 2)], Address("Ada", "1 St", "Tokyo", "100", "JP"), "r")
+    return domain.new_order("ord_1", "u-1", draft, {"TEA": Price(1250, "EUR")}, "2025-01-01T00:00:00+00:00")
+
+
+async def test_calls_carry_the_callers_token_and_the_default_timeout() -> None:
+    calls, log = clients(None, ReserveStock=inv.ReserveStockResponse())
+    await calls.reserve_stock(an_order())
+    [(method, request, timeout, metadata)] = log
+    assert (method, timeout, metadata) == ("ReserveStock", 5.0, TOKEN)
+    assert (request.reservation_id, request.order_id, request.request_id) == (
+        "ord_1.reserve",
+        "ord_1",
+        "ord_1.reserve_stock",
+    )
+    assert [(i.sku, i.quantity) for i in request.items] == [("TEA", 2)]
+
+
+async def test_timeouts_never_pass_the_callers_deadline() -> None:
+    calls, log = clients(0.8, AuthorizePayment=object())
+    await calls.authorize_payment(an_order())
+    assert 0 < log[0][2] <= 0.8
+    request = log[0][1]
+    assert (request.payment_id, request.user_id, request.amount.units, request.amount.currency_code) == (
+        "ord_1.pay",
+        "u-1",
+        25,
+        "EUR",
+    )
+
+
+async def test_no_time_left_means_no_call() -> None:
+    calls, log = clients(0.0)
+    with pytest.raises(StepFailure) as failure:
+        await calls.capture_payment(an_order())
+    assert failure.value.kind is FailureKind.UNAVAILABLE and log == []
+    with pytest.raises(DependencyUnavailable):
+        await calls.check_user("u-1")
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "reason"),
+    [
+        (grpc.StatusCode.FAILED_PRECONDITION, FailureKind.BUSINESS, "payment declined: too much"),
+        (grpc.StatusCode.NOT_FOUND, FailureKind.BUSINESS, "payment service refused the request (NOT_FOUND)"),
+        (grpc.StatusCode.UNAVAILABLE, FailureKind.UNAVAILABLE, "payment service is unavailable"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, FailureKind.UNCERTAIN, "payment service did not answer in time"),
+        (grpc.StatusCode.INTERNAL, FailureKind.UNCERTAIN, "payment service failed (INTERNAL)"),
+    ],
+)
+def test_upstream_errors_map_to_failure_kinds(code: grpc.StatusCode, kind: FailureKind, reason: str) -> None:
+    details = "payment declined: too much" if code is grpc.StatusCode.FAILED_PRECONDITION else "boom"
+    failure = step_failure("payment service", rpc_error(code, details))
+    assert failure.kind is kind and failure.reason.startswith(reason)
+
+
+async def test_a_declined_step_raises_its_reason() -> None:
+    calls, _ = clients(
+        None, AuthorizePayment=rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "payment declined")
+    )
+    with pytest.raises(StepFailure) as failure:
+        await calls.authorize_payment(an_order())
+    assert (failure.value.kind, failure.value.reason) == (FailureKind.BUSINESS, "payment declined")
+
+
+async def test_compensations_report_what_they_undid() -> None:
+    held = inv.ReleaseStockResponse(reservation=inv.Reservation(reservation_id="ord_1.reserve"))
+    calls, log = clients(None, ReleaseStock=held)
+    assert await calls.release_stock(an_order()) == "stock returned to the shelf"
+    assert (log[0][1].reservation_id, log[0][1].request_id) == ("ord_1.reserve", "ord_1.release_stock")
+    calls, _ = clients(None, ReleaseStock=inv.ReleaseStockResponse())
+    assert await calls.release_stock(an_order()) == "no stock was held"
+
+
+async def test_lookups_map_errors_before_anything_is_stored() -> None:
+    missing, _ = clients(None, GetUser=rpc_error(grpc.StatusCode.NOT_FOUND, "gone"))
+    with pytest.raises(FailedPrecondition) as gone:
+        await missing.check_user("u-1")
+    assert gone.value.reason == "USER_NOT_FOUND"
+    down, _ = clients(None, GetUser=rpc_error(grpc.StatusCode.UNAVAILABLE, "refused"))
+    with pytest.raises(DependencyUnavailable) as unavailable:
+        await down.check_user("u-1")
+    assert unavailable.value.name == "user service"
+    found, log = clients(None, GetUser=user_pb2.GetUserResponse())
+    await found.check_user("u-1")
+    assert log[0][1].user_id == "u-1" and log[0][3] == TOKEN
+
+
+async def test_the_catalog_prices_known_skus_and_leaves_unknown_ones_out() -> None:
+    product = inv.GetProductResponse(
+        product=inv.Product(
+            sku="TEA", price=money_pb2.Money(currency_code="EUR", units=12, nanos=500_000_000)
+        )
+    )
+    calls, log = clients(None, GetProduct=product)
+    assert await calls.catalog(["TEA", "TEA"]) == {"TEA": Price(1250, "EUR")}
+    assert len(log) == 1  # asked once per distinct sku
+    calls, _ = clients(None, GetProduct=rpc_error(grpc.StatusCode.NOT_FOUND))
+    assert await calls.catalog(["GONE"]) == {}
+    calls, _ = clients(None, GetProduct=rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED))
+    with pytest.raises(DependencyUnavailable) as down:
+        await calls.catalog(["TEA"])
+    assert down.value.name == "inventory service"
+
+
+async def test_closing_closes_every_channel() -> None:
+    log: list[tuple[str, Any, float, Any]] = []
+    upstreams = Upstreams.connect(UpstreamSettings(), lambda name: FakeChannel(name, log, {}))
+    await upstreams.close()
+    assert sorted(entry[1] for entry in log) == ["inventory", "payment", "shipping", "user"]
