@@ -8,6 +8,7 @@ are accepted: the token's own ``alg`` header never chooses, and ``none`` never p
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from mesh.config import env_float, env_str
 from mesh.errors import ConfigError
 
 AUTHORIZATION = "authorization"
+SERVICE_KID = "mesh-service"
 ADMIN_ROLE = "admin"
 SERVICE_ROLE = "service"
 MAX_TOKEN_BYTES = 8192
@@ -60,6 +62,8 @@ class JwtSettings:
     private_key_pem: str = field(default="", repr=False)
     ttl_seconds: float = 3600.0
     leeway_seconds: float = 30.0
+    service_public_key_pem: str = ""
+    service_private_key_pem: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if "none" in {a.lower() for a in self.algorithms}:
@@ -75,7 +79,10 @@ class JwtVerifier:
         if not settings.public_keys:
             raise ConfigError("no JWT public key configured (MESH_JWT_PUBLIC_KEY_FILE)")
         self._settings = settings
-        self._keys = {kid: _load_public_key(pem) for kid, pem in settings.public_keys.items()}
+        keys = dict(settings.public_keys)
+        if settings.service_public_key_pem:
+            keys[SERVICE_KID] = settings.service_public_key_pem
+        self._keys = {kid: _load_public_key(pem) for kid, pem in keys.items()}
 
     def verify(self, token: str) -> Principal:
         """The principal of a valid token; InvalidToken with the reason otherwise."""
@@ -107,6 +114,9 @@ class JwtVerifier:
         roles = claims.get("roles", [])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise InvalidToken("roles claim must be a list of strings")
+        if header.get("kid") == SERVICE_KID and set(roles) != {SERVICE_ROLE}:
+            # The service key is shared by the mesh's services; it can vouch for nothing more.
+            raise InvalidToken("service tokens carry only the service role")
         return Principal(subject=str(claims["sub"]), roles=frozenset(roles))
 
     def from_metadata(self, metadata: Iterable[tuple[str, str | bytes]]) -> Principal | None:
@@ -119,6 +129,42 @@ class JwtVerifier:
                     raise InvalidToken("authorization must be 'Bearer <token>'")
                 return self.verify(token.strip())
         return None
+
+
+class ServiceTokens:
+    """Short-lived tokens that say "this call comes from service X", minted and cached.
+
+    A service acting for the mesh (the order service running an order's steps, possibly
+    after a restart, long after the customer's token expired) authenticates as itself. The
+    shared service key only ever signs the ``service`` role, and verifiers enforce that.
+    """
+
+    def __init__(self, settings: JwtSettings, service_name: str, ttl_seconds: float = 300.0) -> None:
+        if not settings.service_private_key_pem:
+            raise ConfigError(f"service '{service_name}' needs MESH_SERVICE_PRIVATE_KEY_FILE to call others")
+        self._settings = settings
+        self._subject = f"service:{service_name}"
+        self._ttl = ttl_seconds
+        self._token = ""
+        self._expires = 0.0
+
+    def metadata(self) -> tuple[tuple[str, str]]:
+        """``authorization`` metadata with a token valid for at least a third of its life."""
+        now = time.time()
+        if now > self._expires - self._ttl / 3:
+            claims = {
+                "sub": self._subject,
+                "roles": [SERVICE_ROLE],
+                "iss": self._settings.issuer,
+                "aud": self._settings.audience,
+                "iat": int(now),
+                "exp": int(now + self._ttl),
+            }
+            self._token = jwt.encode(
+                claims, self._settings.service_private_key_pem, algorithm="EdDSA", headers={"kid": SERVICE_KID}
+            )
+            self._expires = now + self._ttl
+        return ((AUTHORIZATION, f"Bearer {self._token}"),)
 
 
 def _load_public_key(pem: str) -> Any:
@@ -147,7 +193,14 @@ def jwt_settings_from_env(environ: Mapping[str, str]) -> JwtSettings:
         private_key_pem=_read_key(private_file, "MESH_JWT_PRIVATE_KEY_FILE") if private_file else "",
         ttl_seconds=env_float(environ, "MESH_JWT_TTL_SECONDS", 3600.0),
         leeway_seconds=env_float(environ, "MESH_JWT_LEEWAY_SECONDS", 30.0),
+        service_public_key_pem=_optional_key(environ, "MESH_SERVICE_PUBLIC_KEY_FILE"),
+        service_private_key_pem=_optional_key(environ, "MESH_SERVICE_PRIVATE_KEY_FILE"),
     )
+
+
+def _optional_key(environ: Mapping[str, str], variable: str) -> str:
+    path = env_str(environ, variable, "")
+    return _read_key(path, variable) if path else ""
 
 
 def _read_key(path: str, variable: str) -> str:
@@ -157,15 +210,15 @@ def _read_key(path: str, variable: str) -> str:
         raise ConfigError(f"{variable}: cannot read {path}: {error.strerror}") from None
 
 
-def generate_keypair(directory: Path) -> tuple[Path, Path]:
-    """Write a fresh Ed25519 key pair (``jwt-private.pem``, ``jwt-public.pem``) into directory."""
+def generate_keypair(directory: Path, stem: str = "jwt") -> tuple[Path, Path]:
+    """Write a fresh Ed25519 key pair (``<stem>-private.pem``, ``<stem>-public.pem``)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     directory.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
-    private = directory / "jwt-private.pem"
-    public = directory / "jwt-public.pem"
+    private = directory / f"{stem}-private.pem"
+    public = directory / f"{stem}-public.pem"
     private.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

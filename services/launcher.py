@@ -22,6 +22,7 @@ from services.common.settings import DEFAULT_PORTS
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
 START_ORDER = ("user", "inventory", "payment", "shipping", "order")
+SERVICE_CALLERS = ("order",)
 
 
 @dataclass
@@ -54,10 +55,13 @@ def prepare(environ: dict[str, str]) -> dict[str, str]:
     """The environment every child gets: keys and data under .run/ unless already configured."""
     env = dict(environ)
     keys = RUN_DIR / "keys"
-    if not (keys / "jwt-private.pem").exists():
-        generate_keypair(keys)
+    for stem in ("jwt", "service"):
+        if not (keys / f"{stem}-private.pem").exists():
+            generate_keypair(keys, stem)
     env.setdefault("MESH_JWT_PRIVATE_KEY_FILE", str(keys / "jwt-private.pem"))
     env.setdefault("MESH_JWT_PUBLIC_KEY_FILE", str(keys / "jwt-public.pem"))
+    env.setdefault("MESH_SERVICE_PRIVATE_KEY_FILE", str(keys / "service-private.pem"))
+    env.setdefault("MESH_SERVICE_PUBLIC_KEY_FILE", str(keys / "service-public.pem"))
     env.setdefault("MESH_DATA_DIR", str(RUN_DIR / "data"))
     env.setdefault("INVENTORY_SEED_DEMO", "1")
     env["PYTHONPATH"] = str(ROOT)
@@ -70,7 +74,9 @@ def start(env: dict[str, str]) -> list[Child]:
         port = int(env.get(f"{name.upper()}_PORT", DEFAULT_PORTS[name]))
         child_env = dict(env, MESH_PORT=str(port))
         if name != "user":
-            child_env.pop("MESH_JWT_PRIVATE_KEY_FILE", None)  # only the issuer holds the signing key
+            child_env.pop("MESH_JWT_PRIVATE_KEY_FILE", None)  # only the issuer signs user tokens
+        if name not in SERVICE_CALLERS:
+            child_env.pop("MESH_SERVICE_PRIVATE_KEY_FILE", None)  # only callers sign as a service
         # Own session: a terminal's Ctrl-C reaches only the launcher, which then sends each
         # child exactly one SIGTERM (a second signal would make a child skip its drain).
         process = subprocess.Popen(

@@ -12,15 +12,17 @@ import pytest
 
 from mesh.identity import generate_keypair
 from tests.support.processes import ServiceProcess, free_port, service_env
-from tests.support.tokens import KID, KeyPair
+from tests.support.tokens import KeyPair
 
 POSTGRES_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture(scope="session")
 def jwt_keys(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
-    private, public = generate_keypair(tmp_path_factory.mktemp("keys"))
-    return KeyPair(private, public)
+    directory = tmp_path_factory.mktemp("keys")
+    private, public = generate_keypair(directory)
+    service_private, service_public = generate_keypair(directory, "service")
+    return KeyPair(private, public, service_private, service_public)
 
 
 @pytest.fixture
@@ -55,14 +57,7 @@ def start_service(tmp_path: Path, jwt_keys: KeyPair) -> Iterator[StartService]:
 
     def start(name: str, **env: str) -> ServiceProcess:
         port = int(env.pop("MESH_PORT", 0)) or free_port()
-        base = {
-            "MESH_PORT": str(port),
-            "MESH_DATA_DIR": str(tmp_path / "data"),
-            "MESH_JWT_PUBLIC_KEY_FILE": str(jwt_keys.public),
-            "MESH_JWT_KID": KID,
-        }
-        if name == "user":
-            base["MESH_JWT_PRIVATE_KEY_FILE"] = str(jwt_keys.private)
+        base = {"MESH_PORT": str(port), "MESH_DATA_DIR": str(tmp_path / "data"), **jwt_keys.env(name)}
         process = ServiceProcess(name, port, service_env(base, **env), tmp_path / f"{name}-{port}.log")
         started.append(process)
         return process.start()

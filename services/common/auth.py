@@ -43,6 +43,18 @@ class Authenticator:
         return principal
 
 
+    def service(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        """The caller, who must be a mesh service (or an admin): for the steps of an order.
+
+        Customers may read their payments and shipments but never move them: a customer who
+        could refund or cancel their own would keep the goods and the money.
+        """
+        principal = self.required(context)
+        if not (principal.is_service or principal.is_admin):
+            raise PermissionDenied("only the shop's services (or an admin) may call this method")
+        return principal
+
+
 def forwarded_credentials(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[tuple[str, str], ...]:
     """The caller's authorization metadata, to pass on when calling another service for them."""
     for key, value in context.invocation_metadata() or ():

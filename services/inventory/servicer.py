@@ -66,7 +66,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
     async def ReserveStock(
         self, request: pb.ReserveStockRequest, context: Context
     ) -> pb.ReserveStockResponse:
-        self._auth.required(context)
+        self._auth.service(context)
         lines = domain.validate_reservation(
             request.reservation_id,
             request.order_id,
@@ -78,13 +78,13 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
     async def ReleaseStock(
         self, request: pb.ReleaseStockRequest, context: Context
     ) -> pb.ReleaseStockResponse:
-        self._auth.required(context)
+        self._auth.service(context)
         domain.validate_reservation_id(request.reservation_id)
         record = await self._store.release(request.reservation_id)
         return pb.ReleaseStockResponse(reservation=reservation_pb(record) if record else None)
 
     async def CommitStock(self, request: pb.CommitStockRequest, context: Context) -> pb.CommitStockResponse:
-        self._auth.required(context)
+        self._auth.service(context)
         domain.validate_reservation_id(request.reservation_id)
         record = await self._store.commit(request.reservation_id)
         return pb.CommitStockResponse(reservation=reservation_pb(record))
@@ -92,7 +92,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
     async def GetReservation(
         self, request: pb.GetReservationRequest, context: Context
     ) -> pb.GetReservationResponse:
-        self._auth.required(context)
+        self._auth.service(context)
         domain.validate_reservation_id(request.reservation_id)
         record = await self._store.get_reservation(request.reservation_id)
         return pb.GetReservationResponse(reservation=reservation_pb(record))

@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from mesh.identity import ServiceTokens
 from mesh.server import HostedService
 from mesh.telemetry.logs import configure_logging
 from services.common.app import run
@@ -34,7 +35,7 @@ async def serve_order(settings: ServiceSettings) -> None:
     async def build(
         settings: ServiceSettings, database: Database, auth: Authenticator
     ) -> Sequence[HostedService]:
-        upstreams = Upstreams.connect(settings.upstreams)
+        upstreams = Upstreams.connect(settings.upstreams, ServiceTokens(settings.jwt, settings.name))
         opened.append(upstreams)
         servicer = OrderServicer(Orders(OrderStore(database)), upstreams, auth)
         return [

@@ -24,7 +24,7 @@ import grpc
 
 from mesh.config import UpstreamSettings
 from mesh.errors import DependencyUnavailable
-from services.common.auth import forwarded_credentials
+from mesh.identity import ServiceTokens
 from services.common.errors import FailedPrecondition, PermissionDenied, Unauthenticated
 from services.common.values import NANOS_PER_MINOR, money
 from services.order.domain import DOMAIN, Order, Price
@@ -99,8 +99,11 @@ def step_failure(service: str, error: grpc.aio.AioRpcError) -> StepFailure:
 class Upstreams:
     """One channel and stub per upstream service, shared by every call of this process."""
 
-    def __init__(self, channels: Mapping[str, grpc.aio.Channel], default_timeout: float) -> None:
+    def __init__(
+        self, channels: Mapping[str, grpc.aio.Channel], default_timeout: float, tokens: ServiceTokens
+    ) -> None:
         self._channels = dict(channels)
+        self._tokens = tokens
         self.default_timeout = default_timeout
         self.user = UserServiceStub(self._channels["user"])
         self.inventory = InventoryServiceStub(self._channels["inventory"])
@@ -108,9 +111,11 @@ class Upstreams:
         self.shipping = ShippingServiceStub(self._channels["shipping"])
 
     @classmethod
-    def connect(cls, settings: UpstreamSettings, factory: ChannelFactory | None = None) -> Upstreams:
+    def connect(
+        cls, settings: UpstreamSettings, tokens: ServiceTokens, factory: ChannelFactory | None = None
+    ) -> Upstreams:
         make = factory or static_channels(settings)
-        return cls({name: make(name) for name in UPSTREAMS}, settings.default_timeout_seconds)
+        return cls({name: make(name) for name in UPSTREAMS}, settings.default_timeout_seconds, tokens)
 
     async def close(self) -> None:
         for channel in self._channels.values():
@@ -120,7 +125,7 @@ class Upstreams:
         """Clients acting for the caller of ``context``, within its deadline."""
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        return CallerClients(self, forwarded_credentials(context), deadline)
+        return CallerClients(self, self._tokens.metadata(), deadline)
 
 
 class CallerClients:

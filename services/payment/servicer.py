@@ -51,7 +51,7 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     async def AuthorizePayment(
         self, request: pb.AuthorizePaymentRequest, context: Context
     ) -> pb.AuthorizePaymentResponse:
-        caller = self._auth.required(context)
+        caller = self._auth.service(context)
         amount = request.amount if request.HasField("amount") else None
         authorization = domain.validate_authorization(
             request.payment_id,
@@ -67,13 +67,13 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     async def CapturePayment(
         self, request: pb.CapturePaymentRequest, context: Context
     ) -> pb.CapturePaymentResponse:
-        caller = self._auth.required(context)
+        caller = self._auth.service(context)
         domain.validate_payment_id(request.payment_id)
         record = await self._store.capture(request.payment_id, caller)
         return pb.CapturePaymentResponse(payment=payment_pb(record))
 
     async def VoidPayment(self, request: pb.VoidPaymentRequest, context: Context) -> pb.VoidPaymentResponse:
-        caller = self._auth.required(context)
+        caller = self._auth.service(context)
         domain.validate_payment_id(request.payment_id)
         record = await self._store.void(request.payment_id, caller)
         return pb.VoidPaymentResponse(payment=payment_pb(record) if record else None)
@@ -81,7 +81,7 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     async def RefundPayment(
         self, request: pb.RefundPaymentRequest, context: Context
     ) -> pb.RefundPaymentResponse:
-        caller = self._auth.required(context)
+        caller = self._auth.service(context)
         domain.validate_payment_id(request.payment_id)
         record = await self._store.refund(request.payment_id, caller)
         return pb.RefundPaymentResponse(payment=payment_pb(record))

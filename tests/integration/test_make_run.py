@@ -63,6 +63,8 @@ def test_launcher_starts_the_shop_and_the_readme_lines_work(tmp_path: Path, jwt_
         MESH_DATA_DIR=str(tmp_path / "data"),
         MESH_JWT_PRIVATE_KEY_FILE=str(jwt_keys.private),
         MESH_JWT_PUBLIC_KEY_FILE=str(jwt_keys.public),
+        MESH_SERVICE_PRIVATE_KEY_FILE=str(jwt_keys.service_private),
+        MESH_SERVICE_PUBLIC_KEY_FILE=str(jwt_keys.service_public),
         MESH_GRACE_SECONDS="5",
         PYTHONUNBUFFERED="1",
     )

@@ -18,6 +18,7 @@ from tests.support.tokens import KeyPair
 async def test_catalog_reservations_and_errors(start_service: StartService, jwt_keys: KeyPair) -> None:
     service = start_service("inventory", INVENTORY_SEED_DEMO="1")
     customer = jwt_keys.metadata("u-1")
+    order_service = jwt_keys.service_metadata("order")
     async with grpc.aio.insecure_channel(service.address) as channel:
         stub = inventory_pb2_grpc.InventoryServiceStub(channel)
         listed = await stub.ListProducts(pb.ListProductsRequest(page_size=2))
@@ -32,14 +33,16 @@ async def test_catalog_reservations_and_errors(start_service: StartService, jwt_
             pb.ReserveStockRequest(
                 reservation_id="r-1", order_id="o-1", items=[pb.StockItem(sku="CUP-KYUSU", quantity=2)]
             ),
-            metadata=customer,
+            metadata=order_service,
         )
         assert reserved.reservation.state == pb.RESERVATION_STATE_HELD
         product = await stub.GetProduct(pb.GetProductRequest(sku="CUP-KYUSU"))
         assert product.product.stock == 18
 
         with pytest.raises(grpc.aio.AioRpcError) as bad:
-            await stub.ReserveStock(pb.ReserveStockRequest(reservation_id="r-2", items=[]), metadata=customer)
+            await stub.ReserveStock(
+                pb.ReserveStockRequest(reservation_id="r-2", items=[]), metadata=order_service
+            )
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         status = rpc_status.from_call(bad.value)
         assert status is not None
@@ -52,7 +55,7 @@ async def test_catalog_reservations_and_errors(start_service: StartService, jwt_
                 pb.ReserveStockRequest(
                     reservation_id="r-3", order_id="o-3", items=[pb.StockItem(sku="CUP-KYUSU", quantity=99)]
                 ),
-                metadata=customer,
+                metadata=order_service,
             )
         assert short.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "insufficient stock for 'CUP-KYUSU'" in (short.value.details() or "")
@@ -60,6 +63,15 @@ async def test_catalog_reservations_and_errors(start_service: StartService, jwt_
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await stub.GetProduct(pb.GetProductRequest(sku="NOPE"))
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+        with pytest.raises(grpc.aio.AioRpcError) as customer_reserves:
+            await stub.ReserveStock(
+                pb.ReserveStockRequest(
+                    reservation_id="r-9", order_id="o-9", items=[pb.StockItem(sku="CUP-KYUSU", quantity=1)]
+                ),
+                metadata=customer,
+            )
+        assert customer_reserves.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
         with pytest.raises(grpc.aio.AioRpcError) as anonymous:
             await stub.ReleaseStock(pb.ReleaseStockRequest(reservation_id="r-1"))
@@ -83,7 +95,7 @@ async def test_concurrent_reservations_through_two_instances_never_oversell(
     """Two instances on one PostgreSQL database, 200 concurrent one-unit reservations of 20 units."""
     first = start_service("inventory", INVENTORY_DATABASE_URL=postgres_dsn, INVENTORY_SEED_DEMO="1")
     second = start_service("inventory", INVENTORY_DATABASE_URL=postgres_dsn)
-    customer = jwt_keys.metadata("u-1")
+    customer = jwt_keys.service_metadata("order")
     async with grpc.aio.insecure_channel(first.address) as a, grpc.aio.insecure_channel(second.address) as b:
         stubs = [inventory_pb2_grpc.InventoryServiceStub(a), inventory_pb2_grpc.InventoryServiceStub(b)]
 

@@ -46,6 +46,7 @@ class Shop:
     start: Callable[..., ServiceProcess]
     ada: Metadata
     bob: Metadata
+    service: Metadata  # what the order service itself presents; reservations are its business
 
     def address(self, name: str) -> str:
         return self.processes[name].address
@@ -74,14 +75,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory, jwt_keys: KeyPair) -> Iterato
 
     def start(name: str, **env: str) -> ServiceProcess:
         port = free_port()
-        base = {
-            "MESH_PORT": str(port),
-            "MESH_DATA_DIR": str(root / f"data-{port}"),
-            "MESH_JWT_PUBLIC_KEY_FILE": str(jwt_keys.public),
-            "MESH_JWT_KID": KID,
-        }
-        if name == "user":
-            base["MESH_JWT_PRIVATE_KEY_FILE"] = str(jwt_keys.private)
+        base = {"MESH_PORT": str(port), "MESH_DATA_DIR": str(root / f"data-{port}"), **jwt_keys.env(name)}
         process = ServiceProcess(name, port, service_env(base, **env), root / f"{name}-{port}.log")
         started.append(process)
         return process.start()
@@ -96,13 +90,14 @@ def shop(tmp_path_factory: pytest.TempPathFactory, jwt_keys: KeyPair) -> Iterato
         with ThreadPoolExecutor(len(settings)) as pool:
             futures = {name: pool.submit(start, name, **env) for name, env in settings.items()}
             processes = {name: future.result() for name, future in futures.items()}
-        partial = Shop(processes, start, (), ())
+        partial = Shop(processes, start, (), (), ())
         processes["order"] = start("order", **partial.upstreams())
         yield Shop(
             processes,
             start,
             login(partial.address("user"), "ada@example.com"),
             login(partial.address("user"), "bob@example.com"),
+            jwt_keys.service_metadata("order"),
         )
     finally:
         for process in reversed(started):
@@ -194,7 +189,7 @@ async def test_happy_path_confirms_holds_nothing_back(shop: Shop, stubs: Stubs) 
         )
     ]
     assert await stubs.stock("TEA-SENCHA") == before - 2
-    assert await reservation_state(stubs, shop.ada, order.reservation_id) == inv.RESERVATION_STATE_COMMITTED
+    assert await reservation_state(stubs, shop.service, order.reservation_id) == inv.RESERVATION_STATE_COMMITTED
     payment = (
         await stubs.payment.GetPayment(pay.GetPaymentRequest(payment_id=order.payment_id), metadata=shop.ada)
     ).payment
@@ -222,7 +217,7 @@ async def test_out_of_stock_cancels_and_holds_no_stock(shop: Shop, stubs: Stubs)
     assert "insufficient stock for 'WHISK-CHASEN'" in order.status_reason
     assert outcomes(order) == [("reserve_stock", "failed")]
     assert await stubs.stock("WHISK-CHASEN") == before
-    assert await reservation_state(stubs, shop.ada, f"{order.order_id}.reserve") is None
+    assert await reservation_state(stubs, shop.service, f"{order.order_id}.reserve") is None
     assert order.payment_id == "" and await payment_state(stubs, shop.ada, f"{order.order_id}.pay") is None
 
 
@@ -237,7 +232,7 @@ async def test_declined_payment_cancels_and_releases_the_stock(shop: Shop, stubs
         ("reserve_stock", "compensated"),
     ]
     assert await stubs.stock("CUP-KYUSU") == before
-    assert await reservation_state(stubs, shop.ada, order.reservation_id) == inv.RESERVATION_STATE_RELEASED
+    assert await reservation_state(stubs, shop.service, order.reservation_id) == inv.RESERVATION_STATE_RELEASED
     assert await payment_state(stubs, shop.ada, f"{order.order_id}.pay") is None  # never authorized
 
 
@@ -256,7 +251,7 @@ async def test_refused_destination_cancels_voids_and_releases(shop: Shop, stubs:
     ]
     assert await stubs.stock("TEA-SENCHA") == before
     assert await payment_state(stubs, shop.ada, order.payment_id) == pay.PAYMENT_STATE_VOIDED
-    assert await reservation_state(stubs, shop.ada, order.reservation_id) == inv.RESERVATION_STATE_RELEASED
+    assert await reservation_state(stubs, shop.service, order.reservation_id) == inv.RESERVATION_STATE_RELEASED
 
 
 async def test_resending_create_order_returns_the_same_order_once(shop: Shop, stubs: Stubs) -> None:

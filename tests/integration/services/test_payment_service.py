@@ -43,24 +43,29 @@ def violated_fields(error: grpc.aio.AioRpcError) -> set[str]:
 async def test_payments_invoices_and_errors(start_service: StartService, jwt_keys: KeyPair) -> None:
     service = start_service("payment")
     customer = jwt_keys.metadata("u-1")
+    order_service = jwt_keys.service_metadata("order")
     stranger = jwt_keys.metadata("u-2")
     admin = jwt_keys.metadata("admin-1", ("admin",))
     async with grpc.aio.insecure_channel(service.address) as channel:
         stub = payment_pb2_grpc.PaymentServiceStub(channel)
 
         # Exactly the default limit (1000.00) is authorized; a re-sent request returns the same payment.
-        authorized = await stub.AuthorizePayment(authorize("p-1", eur(1000)), metadata=customer)
+        authorized = await stub.AuthorizePayment(authorize("p-1", eur(1000)), metadata=order_service)
         assert authorized.payment.state == pb.PAYMENT_STATE_AUTHORIZED
         assert authorized.payment.amount == eur(1000)
-        again = await stub.AuthorizePayment(authorize("p-1", eur(1000)), metadata=customer)
+        again = await stub.AuthorizePayment(authorize("p-1", eur(1000)), metadata=order_service)
         assert again.payment == authorized.payment
         with pytest.raises(grpc.aio.AioRpcError) as reused:
-            await stub.AuthorizePayment(authorize("p-1", eur(999)), metadata=customer)
+            await stub.AuthorizePayment(authorize("p-1", eur(999)), metadata=order_service)
         assert reused.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
-        captured = await stub.CapturePayment(pb.CapturePaymentRequest(payment_id="p-1"), metadata=customer)
+        captured = await stub.CapturePayment(
+            pb.CapturePaymentRequest(payment_id="p-1"), metadata=order_service
+        )
         assert captured.payment.state == pb.PAYMENT_STATE_CAPTURED
-        recaptured = await stub.CapturePayment(pb.CapturePaymentRequest(payment_id="p-1"), metadata=customer)
+        recaptured = await stub.CapturePayment(
+            pb.CapturePaymentRequest(payment_id="p-1"), metadata=order_service
+        )
         assert recaptured.payment == captured.payment
         invoices = await stub.ListInvoices(pb.ListInvoicesRequest(), metadata=customer)
         assert [(i.payment_id, i.amount) for i in invoices.invoices] == [("p-1", eur(1000))]
@@ -69,15 +74,15 @@ async def test_payments_invoices_and_errors(start_service: StartService, jwt_key
         assert got.invoice == invoices.invoices[0]
 
         with pytest.raises(grpc.aio.AioRpcError) as void_captured:
-            await stub.VoidPayment(pb.VoidPaymentRequest(payment_id="p-1"), metadata=customer)
+            await stub.VoidPayment(pb.VoidPaymentRequest(payment_id="p-1"), metadata=order_service)
         assert void_captured.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert error_info(void_captured.value).reason == "PAYMENT_CAPTURED"
-        refunded = await stub.RefundPayment(pb.RefundPaymentRequest(payment_id="p-1"), metadata=customer)
+        refunded = await stub.RefundPayment(pb.RefundPaymentRequest(payment_id="p-1"), metadata=order_service)
         assert refunded.payment.state == pb.PAYMENT_STATE_REFUNDED
 
         # One cent above the limit is declined with the reason, and nothing is stored.
         with pytest.raises(grpc.aio.AioRpcError) as declined:
-            await stub.AuthorizePayment(authorize("p-2", eur(1000, 1)), metadata=customer)
+            await stub.AuthorizePayment(authorize("p-2", eur(1000, 1)), metadata=order_service)
         assert declined.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         info = error_info(declined.value)
         assert (info.reason, info.domain) == ("PAYMENT_DECLINED", "shop.payment")
@@ -87,32 +92,43 @@ async def test_payments_invoices_and_errors(start_service: StartService, jwt_key
         assert never_stored.value.code() == grpc.StatusCode.NOT_FOUND
 
         with pytest.raises(grpc.aio.AioRpcError) as bad:
-            await stub.AuthorizePayment(pb.AuthorizePaymentRequest(payment_id="bad id"), metadata=customer)
+            await stub.AuthorizePayment(
+                pb.AuthorizePaymentRequest(payment_id="bad id"), metadata=order_service
+            )
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert violated_fields(bad.value) == {"payment_id", "order_id", "user_id", "amount"}
         with pytest.raises(grpc.aio.AioRpcError) as bad_amount:
             odd = money_pb2.Money(currency_code="eur", units=1, nanos=5)
-            await stub.AuthorizePayment(authorize("p-3", odd), metadata=customer)
+            await stub.AuthorizePayment(authorize("p-3", odd), metadata=order_service)
         assert violated_fields(bad_amount.value) == {"amount.currency_code", "amount.nanos"}
 
         # Another user's payment and invoice do not exist for them; the owner's are untouched.
         for call in (
             stub.GetPayment(pb.GetPaymentRequest(payment_id="p-1"), metadata=stranger),
-            stub.RefundPayment(pb.RefundPaymentRequest(payment_id="p-1"), metadata=stranger),
             stub.GetInvoice(pb.GetInvoiceRequest(invoice_id=invoice_id), metadata=stranger),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as hidden:
                 await call
             assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
         assert not (await stub.ListInvoices(pb.ListInvoicesRequest(), metadata=stranger)).invoices
-        with pytest.raises(grpc.aio.AioRpcError) as for_someone_else:
-            await stub.AuthorizePayment(authorize("p-4", eur(5)), metadata=stranger)
-        assert for_someone_else.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # Customers never move money themselves, not even their own: only the order service does.
+        for call in (
+            stub.AuthorizePayment(authorize("p-4", eur(5)), metadata=customer),
+            stub.CapturePayment(pb.CapturePaymentRequest(payment_id="p-1"), metadata=customer),
+            stub.VoidPayment(pb.VoidPaymentRequest(payment_id="p-1"), metadata=customer),
+            stub.RefundPayment(pb.RefundPaymentRequest(payment_id="p-1"), metadata=customer),
+            stub.RefundPayment(pb.RefundPaymentRequest(payment_id="p-1"), metadata=stranger),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as not_a_service:
+                await call
+            assert not_a_service.value.code() == grpc.StatusCode.PERMISSION_DENIED
         seen_by_admin = await stub.GetPayment(pb.GetPaymentRequest(payment_id="p-1"), metadata=admin)
         assert seen_by_admin.payment.state == pb.PAYMENT_STATE_REFUNDED
 
         # Voiding an unknown payment is a no-op, so a compensation can be re-sent.
-        unknown = await stub.VoidPayment(pb.VoidPaymentRequest(payment_id="never-made"), metadata=customer)
+        unknown = await stub.VoidPayment(
+            pb.VoidPaymentRequest(payment_id="never-made"), metadata=order_service
+        )
         assert not unknown.HasField("payment")
 
         with pytest.raises(grpc.aio.AioRpcError) as anonymous:
@@ -127,7 +143,7 @@ async def test_a_service_pays_for_users_and_the_limit_comes_from_the_environment
     start_service: StartService, jwt_keys: KeyPair
 ) -> None:
     service = start_service("payment", PAYMENT_DECLINE_ABOVE_MINOR="500")
-    saga = jwt_keys.metadata("order", ("service",))
+    saga = jwt_keys.service_metadata("order")
     admin = jwt_keys.metadata("admin-1", ("admin",))
     async with grpc.aio.insecure_channel(service.address) as channel:
         stub = payment_pb2_grpc.PaymentServiceStub(channel)

@@ -42,23 +42,24 @@ def details(error: grpc.aio.AioRpcError) -> list[object]:
 async def test_shipments_and_errors(start_service: StartService, jwt_keys: KeyPair) -> None:
     service = start_service("shipping")
     customer = jwt_keys.metadata("u-1")
+    order_service = jwt_keys.service_metadata("order")
     stranger = jwt_keys.metadata("u-2")
     async with grpc.aio.insecure_channel(service.address) as channel:
         stub = shipping_pb2_grpc.ShippingServiceStub(channel)
 
-        scheduled = (await stub.ScheduleShipment(schedule("s-1"), metadata=customer)).shipment
+        scheduled = (await stub.ScheduleShipment(schedule("s-1"), metadata=order_service)).shipment
         assert scheduled.state == pb.SHIPMENT_STATE_SCHEDULED
         assert scheduled.address == TOKYO
         assert scheduled.tracking_number.startswith("TSG")
         transit = scheduled.estimated_delivery_time.ToDatetime() - scheduled.create_time.ToDatetime()
         assert transit == timedelta(days=3)
-        again = await stub.ScheduleShipment(schedule("s-1"), metadata=customer)
+        again = await stub.ScheduleShipment(schedule("s-1"), metadata=order_service)
         assert again.shipment == scheduled
         elsewhere = pb.Address(
             recipient="A", line1="B", city="Osaka", postal_code="530-0001", country_code="JP"
         )
         with pytest.raises(grpc.aio.AioRpcError) as reused:
-            await stub.ScheduleShipment(schedule("s-1", elsewhere), metadata=customer)
+            await stub.ScheduleShipment(schedule("s-1", elsewhere), metadata=order_service)
         assert reused.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
         got = await stub.GetShipment(pb.GetShipmentRequest(shipment_id="s-1"), metadata=customer)
@@ -67,7 +68,7 @@ async def test_shipments_and_errors(start_service: StartService, jwt_keys: KeyPa
         # An unsupported country is refused by name, and nothing is stored.
         rio = pb.Address(recipient="A", line1="B", city="Rio", postal_code="20000-000", country_code="BR")
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await stub.ScheduleShipment(schedule("s-2", rio), metadata=customer)
+            await stub.ScheduleShipment(schedule("s-2", rio), metadata=order_service)
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "'BR'" in (refused.value.details() or "")
         [info] = details(refused.value)
@@ -84,7 +85,7 @@ async def test_shipments_and_errors(start_service: StartService, jwt_keys: KeyPa
         with pytest.raises(grpc.aio.AioRpcError) as bad:
             await stub.ScheduleShipment(
                 schedule("s-3", pb.Address(recipient="A", line1="B", city="C", country_code="jp")),
-                metadata=customer,
+                metadata=order_service,
             )
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         [violations] = details(bad.value)
@@ -97,17 +98,25 @@ async def test_shipments_and_errors(start_service: StartService, jwt_keys: KeyPa
         with pytest.raises(grpc.aio.AioRpcError) as hidden:
             await stub.GetShipment(pb.GetShipmentRequest(shipment_id="s-1"), metadata=stranger)
         assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
-        with pytest.raises(grpc.aio.AioRpcError) as for_someone_else:
-            await stub.ScheduleShipment(schedule("s-4"), metadata=stranger)
-        assert for_someone_else.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # Customers never schedule or cancel shipments themselves: only the order service does.
+        for call in (
+            stub.ScheduleShipment(schedule("s-4"), metadata=stranger),
+            stub.ScheduleShipment(schedule("s-5"), metadata=customer),
+            stub.CancelShipment(pb.CancelShipmentRequest(shipment_id="s-1"), metadata=customer),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as not_a_service:
+                await call
+            assert not_a_service.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
         # Cancelling is repeatable, and cancelling an unknown shipment is a no-op.
-        cancelled = await stub.CancelShipment(pb.CancelShipmentRequest(shipment_id="s-1"), metadata=customer)
+        cancelled = await stub.CancelShipment(
+            pb.CancelShipmentRequest(shipment_id="s-1"), metadata=order_service
+        )
         assert cancelled.shipment.state == pb.SHIPMENT_STATE_CANCELLED
-        twice = await stub.CancelShipment(pb.CancelShipmentRequest(shipment_id="s-1"), metadata=customer)
+        twice = await stub.CancelShipment(pb.CancelShipmentRequest(shipment_id="s-1"), metadata=order_service)
         assert twice.shipment == cancelled.shipment
         unknown = await stub.CancelShipment(
-            pb.CancelShipmentRequest(shipment_id="never-made"), metadata=customer
+            pb.CancelShipmentRequest(shipment_id="never-made"), metadata=order_service
         )
         assert not unknown.HasField("shipment")
 
@@ -123,7 +132,7 @@ async def test_a_service_ships_for_users_where_the_environment_allows(
     start_service: StartService, jwt_keys: KeyPair
 ) -> None:
     service = start_service("shipping", SHIPPING_SUPPORTED_COUNTRIES="BR")
-    saga = jwt_keys.metadata("order", ("service",))
+    saga = jwt_keys.service_metadata("order")
     async with grpc.aio.insecure_channel(service.address) as channel:
         stub = shipping_pb2_grpc.ShippingServiceStub(channel)
         rio = pb.Address(recipient="A", line1="B", city="Rio", postal_code="20000-000", country_code="BR")

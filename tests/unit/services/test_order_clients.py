@@ -1,4 +1,4 @@
-"""The clients seam with in-memory channels: deadlines, forwarded credentials, error mapping.
+"""The clients seam with in-memory channels: deadlines, service credentials, error mapping.
 
 The channel factory is the seam the discovery issue swaps; here it hands out fake channels
 that record what the generated stubs send, so no network is involved.
@@ -15,6 +15,7 @@ from google.type import money_pb2
 
 from mesh.config import UpstreamSettings
 from mesh.errors import DependencyUnavailable
+from mesh.identity import ServiceTokens
 from services.common.errors import FailedPrecondition
 from services.order import domain
 from services.order.clients import CallerClients, Upstreams, step_failure
@@ -23,7 +24,20 @@ from services.order.participants import FailureKind, StepFailure
 from shop.inventory.v1 import inventory_pb2 as inv
 from shop.user.v1 import user_pb2
 
-TOKEN = (("authorization", "Bearer t0k3n"),)
+CALLER_TOKEN = (("authorization", "Bearer customer-t0k3n"),)
+
+
+class FixedTokens(ServiceTokens):
+    """The order service's own credentials, fixed so calls can be compared."""
+
+    def __init__(self) -> None:
+        pass
+
+    def metadata(self) -> tuple[tuple[str, str]]:
+        return (("authorization", "Bearer service-t0k3n"),)
+
+
+TOKEN = FixedTokens().metadata()
 
 
 def rpc_error(code: grpc.StatusCode, details: str = "") -> grpc.aio.AioRpcError:
@@ -58,7 +72,7 @@ class FakeContext:
         return self.remaining
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("user-agent", "test"), *TOKEN)
+        return (("user-agent", "test"), *CALLER_TOKEN)
 
 
 def clients(
@@ -66,7 +80,7 @@ def clients(
 ) -> tuple[CallerClients, list[tuple[str, Any, float, Any]]]:
     log: list[tuple[str, Any, float, Any]] = []
     settings = UpstreamSettings(default_timeout_seconds=5.0)
-    upstreams = Upstreams.connect(settings, lambda name: FakeChannel(name, log, replies))
+    upstreams = Upstreams.connect(settings, FixedTokens(), lambda name: FakeChannel(name, log, replies))
     return upstreams.for_call(FakeContext(remaining)), log
 
 
@@ -75,7 +89,7 @@ def an_order() -> Order:
     return domain.new_order("ord_1", "u-1", draft, {"TEA": Price(1250, "EUR")}, "2025-01-01T00:00:00+00:00")
 
 
-async def test_calls_carry_the_callers_token_and_the_default_timeout() -> None:
+async def test_calls_carry_the_service_token_not_the_callers_and_the_default_timeout() -> None:
     calls, log = clients(None, ReserveStock=inv.ReserveStockResponse())
     await calls.reserve_stock(an_order())
     [(method, request, timeout, metadata)] = log
@@ -177,6 +191,6 @@ async def test_the_catalog_prices_known_skus_and_leaves_unknown_ones_out() -> No
 
 async def test_closing_closes_every_channel() -> None:
     log: list[tuple[str, Any, float, Any]] = []
-    upstreams = Upstreams.connect(UpstreamSettings(), lambda name: FakeChannel(name, log, {}))
+    upstreams = Upstreams.connect(UpstreamSettings(), FixedTokens(), lambda name: FakeChannel(name, log, {}))
     await upstreams.close()
     assert sorted(entry[1] for entry in log) == ["inventory", "payment", "shipping", "user"]
