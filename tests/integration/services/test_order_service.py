@@ -28,7 +28,7 @@ from shop.shipping.v1.shipping_pb2_grpc import ShippingServiceStub
 from shop.user.v1 import user_pb2
 from shop.user.v1.user_pb2_grpc import UserServiceStub
 from tests.support.processes import ServiceProcess, free_port, service_env
-from tests.support.tokens import KID, KeyPair
+from tests.support.tokens import KeyPair
 
 # One shop per module: under xdist's loadgroup every test of this file runs on one worker.
 pytestmark = pytest.mark.xdist_group("order-service-e2e")
