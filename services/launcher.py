@@ -7,6 +7,7 @@ prints the commands to try, and on Ctrl-C or SIGTERM stops the processes it star
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
 START_ORDER = ("user", "inventory", "payment", "shipping", "order")
 SERVICE_CALLERS = ("order",)
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -68,6 +70,17 @@ def prepare(environ: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def _terminate_with_parent() -> None:
+    """In the child, before exec: ask Linux for SIGTERM should the launcher die (even by SIGKILL).
+
+    The children run in their own session, so without this a killed launcher would leave
+    the whole shop running with nobody to stop it.
+    """
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def start(env: dict[str, str]) -> list[Child]:
     children: list[Child] = []
     for name in START_ORDER:
@@ -80,11 +93,15 @@ def start(env: dict[str, str]) -> list[Child]:
         # Own session: a terminal's Ctrl-C reaches only the launcher, which then sends each
         # child exactly one SIGTERM (a second signal would make a child skip its drain).
         process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=child_env, start_new_session=True
+            [sys.executable, "-m", f"services.{name}"],
+            cwd=ROOT,
+            env=child_env,
+            start_new_session=True,
+            preexec_fn=_terminate_with_parent,
         )
         children.append(Child(name, port, process))
     for child in children:
-        wait_serving(f"127.0.0.1:{child.port}", timeout=30, process=child.process)
+        wait_serving(f"127.0.0.1:{child.port}", timeout=120, process=child.process)
         print(f"  {child.name:<10} 127.0.0.1:{child.port}  pid {child.process.pid}  SERVING", flush=True)
     return children
 

@@ -7,11 +7,12 @@ by bash with the real grpcurl binary, only the ports swapped; Ctrl-C (SIGINT) st
 from __future__ import annotations
 
 import os
+import queue
 import re
-import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,18 +40,22 @@ def test_readme_shows_the_lines_the_launcher_prints() -> None:
 
 
 def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> str:
+    """Lines the process prints, up to the one containing ``marker`` (read on a thread)."""
     assert process.stdout is not None
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout or ()], daemon=True).start()
     seen: list[str] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], 0.5)
-        if ready:
-            line = process.stdout.readline()
-            if not line and process.poll() is not None:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            if process.poll() is not None:
                 break
-            seen.append(line)
-            if marker in line:
-                return "".join(seen)
+            continue
+        seen.append(line)
+        if marker in line:
+            return "".join(seen)
     raise AssertionError(f"launcher never printed {marker!r}:\n{''.join(seen)}")
 
 
@@ -73,7 +78,7 @@ def test_launcher_starts_the_shop_and_the_readme_lines_work(tmp_path: Path, jwt_
         [sys.executable, "-m", "services.launcher"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
     )
     try:
-        printed = read_until(launcher, READY_LINE, timeout=90)
+        printed = read_until(launcher, READY_LINE, timeout=240)
         assert "admin@example.com" in printed
         block = readme_block()
         for name, default in DEFAULT_PORTS.items():
@@ -92,9 +97,13 @@ def test_launcher_starts_the_shop_and_the_readme_lines_work(tmp_path: Path, jwt_
         launcher.send_signal(signal.SIGINT)
         assert launcher.wait(30) == 0
     finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.wait()
+        if launcher.poll() is None:  # stop it the way a user would, so it stops its children
+            launcher.send_signal(signal.SIGINT)
+            try:
+                launcher.wait(30)
+            except subprocess.TimeoutExpired:
+                launcher.kill()
+                launcher.wait()
     for port in ports.values():  # every child stopped: nothing listens any more
         probe = subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"], capture_output=True)
         assert probe.returncode != 0

@@ -48,7 +48,7 @@ class ServiceProcess:
         assert self.process is not None
         return self.process.pid
 
-    def start(self, timeout: float = 20.0) -> ServiceProcess:
+    def start(self, timeout: float = 60.0) -> ServiceProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
         self._log = log
         self.process = subprocess.Popen(
