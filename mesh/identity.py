@@ -161,7 +161,10 @@ class ServiceTokens:
                 "exp": int(now + self._ttl),
             }
             self._token = jwt.encode(
-                claims, self._settings.service_private_key_pem, algorithm="EdDSA", headers={"kid": SERVICE_KID}
+                claims,
+                self._settings.service_private_key_pem,
+                algorithm="EdDSA",
+                headers={"kid": SERVICE_KID},
             )
             self._expires = now + self._ttl
         return ((AUTHORIZATION, f"Bearer {self._token}"),)

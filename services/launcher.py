@@ -8,11 +8,13 @@ prints the commands to try, and on Ctrl-C or SIGTERM stops the processes it star
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ RUN_DIR = ROOT / ".run"
 START_ORDER = ("user", "inventory", "payment", "shipping", "order")
 SERVICE_CALLERS = ("order",)
 PR_SET_PDEATHSIG = 1
+GATEWAY_PORT = 8080
 
 
 @dataclass
@@ -81,8 +84,22 @@ def _terminate_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def start(env: dict[str, str]) -> list[Child]:
-    children: list[Child] = []
+def spawn(module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start ``python -m module`` in its own session, tied to the launcher's life."""
+    # Own session: a terminal's Ctrl-C reaches only the launcher, which then sends each
+    # child exactly one SIGTERM (a second signal would make a child skip its drain).
+    return subprocess.Popen(
+        [sys.executable, "-m", module],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_terminate_with_parent,
+    )
+
+
+def start_services(env: dict[str, str], children: list[Child]) -> None:
+    """Start every service, then wait until each reports SERVING."""
+    first = len(children)
     for name in START_ORDER:
         port = int(env.get(f"{name.upper()}_PORT", DEFAULT_PORTS[name]))
         child_env = dict(env, MESH_PORT=str(port))
@@ -90,20 +107,76 @@ def start(env: dict[str, str]) -> list[Child]:
             child_env.pop("MESH_JWT_PRIVATE_KEY_FILE", None)  # only the issuer signs user tokens
         if name not in SERVICE_CALLERS:
             child_env.pop("MESH_SERVICE_PRIVATE_KEY_FILE", None)  # only callers sign as a service
-        # Own session: a terminal's Ctrl-C reaches only the launcher, which then sends each
-        # child exactly one SIGTERM (a second signal would make a child skip its drain).
-        process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"],
-            cwd=ROOT,
-            env=child_env,
-            start_new_session=True,
-            preexec_fn=_terminate_with_parent,
-        )
+        process = spawn(f"services.{name}", child_env)
         children.append(Child(name, port, process))
-    for child in children:
+    for child in children[first:]:
         wait_serving(f"127.0.0.1:{child.port}", timeout=120, process=child.process)
         print(f"  {child.name:<10} 127.0.0.1:{child.port}  pid {child.process.pid}  SERVING", flush=True)
-    return children
+
+
+def start_gateway(env: dict[str, str], services: dict[str, int], children: list[Child]) -> int:
+    """Start the REST gateway in front of the services; wait until /readyz answers 200."""
+    port = int(env.get("GATEWAY_PORT", GATEWAY_PORT))
+    gateway_env = {k: v for k, v in env.items() if not k.endswith("PRIVATE_KEY_FILE")}
+    gateway_env.update({f"GATEWAY_UPSTREAM_{n.upper()}": f"127.0.0.1:{p}" for n, p in services.items()})
+    gateway_env["GATEWAY_PORT"] = str(port)
+    process = spawn("gateway", gateway_env)
+    children.append(Child("gateway", port, process))
+    wait_ready(f"http://127.0.0.1:{port}/readyz", process, timeout=120)
+    print(f"  {'gateway':<10} 127.0.0.1:{port}  pid {process.pid}  READY", flush=True)
+    return port
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Poll an HTTP readiness endpoint until it answers 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)  # poll interval
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+def curl_lines(port: int, host: str = "localhost") -> list[str]:
+    """The REST walk-through printed at start and shown in the README, for this port."""
+    address = json.dumps(
+        {
+            "recipient": "Ada",
+            "line1": "1-1 Chiyoda",
+            "city": "Tokyo",
+            "postalCode": "100-0001",
+            "countryCode": "JP",
+        }
+    )
+    order = json.dumps(
+        {
+            "items": [{"sku": "TEA-MATCHA", "quantity": 1}],
+            "shippingAddress": json.loads(address),
+            "requestId": "order-2",
+        }
+    )
+    return [
+        f"G=http://{host}:{port}",
+        "curl -s -X POST $G/v1/users -H 'Content-Type: application/json' "
+        '-d \'{"email": "grace@example.com", "password": "correct-horse-9", '
+        '"displayName": "Grace", "requestId": "signup-grace"}\'',
+        "TOKEN=$(curl -s -X POST $G/v1/users:login -H 'Content-Type: application/json' "
+        '-d \'{"email": "grace@example.com", "password": "correct-horse-9"}\' '
+        "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"accessToken\"])')",
+        'curl -s "$G/v1/products?pageSize=3"',
+        'ORDER=$(curl -s -X POST $G/v1/orders -H "Authorization: Bearer $TOKEN" '
+        f"-H 'Content-Type: application/json' -d '{order}' "
+        "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"orderId\"])')",
+        'curl -s $G/v1/orders/$ORDER -H "Authorization: Bearer $TOKEN"',
+        'curl -s $G/v1/orders -H "Authorization: Bearer $TOKEN"',
+        'curl -sN $G/v1/orders/$ORDER:watch -H "Authorization: Bearer $TOKEN"',
+    ]
 
 
 def stop(children: list[Child], grace: float = 15.0) -> None:
@@ -137,10 +210,13 @@ def main() -> int:
     children: list[Child] = []
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        children = start(env)
+        start_services(env, children)
         ports = {c.name: c.port for c in children}
+        gateway_port = start_gateway(env, ports, children)
         lines = ["source .venv/bin/activate", *try_lines(ports)]
-        print("\ntry (in another terminal):\n" + "\n".join(f"  {line}" for line in lines), flush=True)
+        print("\ntry gRPC (in another terminal):\n" + "\n".join(f"  {line}" for line in lines), flush=True)
+        rest = curl_lines(gateway_port)
+        print("\ntry REST through the gateway:\n" + "\n".join(f"  {line}" for line in rest), flush=True)
         print("\nCtrl-C stops everything.", flush=True)
         while all(c.process.poll() is None for c in children):
             time.sleep(0.5)

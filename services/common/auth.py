@@ -42,7 +42,6 @@ class Authenticator:
             raise PermissionDenied("this method is for admins only")
         return principal
 
-
     def service(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
         """The caller, who must be a mesh service (or an admin): for the steps of an order.
 

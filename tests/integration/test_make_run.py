@@ -19,24 +19,27 @@ from pathlib import Path
 import pytest
 
 from services.common.settings import DEFAULT_PORTS
-from services.launcher import try_lines
+from services.launcher import GATEWAY_PORT, curl_lines, try_lines
 from tests.support.processes import ROOT, free_port
 from tests.support.tokens import KeyPair
 
 READY_LINE = "Ctrl-C stops everything."
 
 
-def readme_block() -> str:
+def readme_block(heading: str) -> str:
     text = (ROOT / "README.md").read_text()
-    match = re.search(r"## Try it with grpcurl.*?```sh\n(.*?)```", text, re.S)
-    assert match, "README has no grpcurl block"
+    match = re.search(rf"## {re.escape(heading)}.*?```sh\n(.*?)```", text, re.S)
+    assert match, f"README has no block under {heading!r}"
     return match.group(1)
 
 
 def test_readme_shows_the_lines_the_launcher_prints() -> None:
-    block = readme_block()
+    grpc_block = readme_block("Try it with grpcurl")
     for line in try_lines(dict(DEFAULT_PORTS)):
-        assert line in block
+        assert line in grpc_block
+    rest_block = readme_block("Try it with curl")
+    for line in curl_lines(GATEWAY_PORT):
+        assert line in rest_block
 
 
 def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> str:
@@ -59,11 +62,27 @@ def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> s
     raise AssertionError(f"launcher never printed {marker!r}:\n{''.join(seen)}")
 
 
+def run_block(block: str, env: dict[str, str]) -> str:
+    """Run a README block with bash, stopping at the first failing line; returns stdout."""
+    shell = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shell.returncode == 0, shell.stdout + shell.stderr
+    return shell.stdout
+
+
 @pytest.mark.xdist_group("make-run")
 def test_launcher_starts_the_shop_and_the_readme_lines_work(tmp_path: Path, jwt_keys: KeyPair) -> None:
     ports = {name: free_port() for name in DEFAULT_PORTS}
+    gateway_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
     env.update({f"{name.upper()}_PORT": str(port) for name, port in ports.items()})
+    env["GATEWAY_PORT"] = str(gateway_port)
     env.update(
         MESH_DATA_DIR=str(tmp_path / "data"),
         MESH_JWT_PRIVATE_KEY_FILE=str(jwt_keys.private),
@@ -80,20 +99,20 @@ def test_launcher_starts_the_shop_and_the_readme_lines_work(tmp_path: Path, jwt_
     try:
         printed = read_until(launcher, READY_LINE, timeout=240)
         assert "admin@example.com" in printed
-        block = readme_block()
+        grpc_block = readme_block("Try it with grpcurl")
         for name, default in DEFAULT_PORTS.items():
-            block = block.replace(f"localhost:{default}", f"localhost:{ports[name]}")
-        shell = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", block],
-            cwd=ROOT,
-            env=dict(env, PATH=f"{Path(sys.executable).parent}:{env['PATH']}", VIRTUAL_ENV=""),
-            capture_output=True,
-            text=True,
-            timeout=120,
+            grpc_block = grpc_block.replace(f"localhost:{default}", f"localhost:{ports[name]}")
+        rest_block = readme_block("Try it with curl").replace(
+            f"localhost:{GATEWAY_PORT}", f"localhost:{gateway_port}"
         )
-        assert shell.returncode == 0, shell.stdout + shell.stderr
-        assert "shop.inventory.v1.InventoryService" in shell.stdout
-        assert '"status": "ORDER_STATUS_CONFIRMED"' in shell.stdout
+        shell_env = dict(env, PATH=f"{Path(sys.executable).parent}:{env['PATH']}", VIRTUAL_ENV="")
+        grpc_run = run_block(grpc_block, shell_env)
+        assert "shop.inventory.v1.InventoryService" in grpc_run
+        assert '"status": "ORDER_STATUS_CONFIRMED"' in grpc_run
+        rest_run = run_block(rest_block, shell_env)
+        assert '"userId":' in rest_run
+        assert '"status":"ORDER_STATUS_CONFIRMED"' in rest_run.replace(" ", "")
+        assert '"sku":"TEA-MATCHA"' in rest_run.replace(" ", "")
         launcher.send_signal(signal.SIGINT)
         assert launcher.wait(30) == 0
     finally:
@@ -104,6 +123,6 @@ def test_launcher_starts_the_shop_and_the_readme_lines_work(tmp_path: Path, jwt_
             except subprocess.TimeoutExpired:
                 launcher.kill()
                 launcher.wait()
-    for port in ports.values():  # every child stopped: nothing listens any more
+    for port in [*ports.values(), gateway_port]:  # every child stopped: nothing listens any more
         probe = subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"], capture_output=True)
         assert probe.returncode != 0

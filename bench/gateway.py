@@ -1,0 +1,436 @@
+"""What the REST gateway costs: the same unary call as REST/JSON through it vs gRPC direct.
+
+One real inventory service (SQLite, demo catalog) is the backend. The call is
+``InventoryService.GetProduct`` (``GET /v1/products/TEA-SENCHA``), at concurrency 64:
+
+  rest_gateway      HTTP/1.1 keep-alive clients -> ``python -m gateway`` -> inventory
+  grpc_direct       gRPC through a MeshChannel (static discovery) -> inventory
+  rest_grpc_gateway HTTP/1.1 clients -> grpc-gateway (Go, built from Debian's packages) -> inventory
+
+Runs are interleaved (the order rotates every round) so drift of the machine hits every
+variant alike; each ratio is the median of the per-round ratios. CPU per request of each
+process is reported too (from /proc), because on this 2-core machine the gateway, the
+backend and the load generator share the CPUs.
+
+The Go peer is built once into a cache directory (GOPATH mode, GO111MODULE=off, Debian's Go
+source tree on GOPATH; apt packages: golang-go golang-grpc-gateway
+golang-github-grpc-ecosystem-grpc-gateway-dev golang-google-grpc-dev golang-goprotobuf-dev
+golang-google-protobuf-dev protobuf-compiler). When it cannot be built the run says why and
+reports ``ratio_vs_grpc_gateway: null``.
+
+    .venv/bin/python bench/gateway.py            # ~2 minutes
+    .venv/bin/python bench/gateway.py --quick    # under 60 s (peer already built)
+
+The last line printed is one JSON object with ``ratio_vs_direct`` and ``ratio_vs_grpc_gateway``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+import grpc.aio  # noqa: E402
+
+from mesh.health import wait_serving  # noqa: E402
+from mesh.identity import generate_keypair  # noqa: E402
+from shop.inventory.v1 import inventory_pb2  # noqa: E402
+
+CONCURRENCY = 64
+SKU = "TEA-SENCHA"
+PATH = f"/v1/products/{SKU}"
+GRPC_METHOD = "/shop.inventory.v1.InventoryService/GetProduct"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tsunagu-bench" / "grpc-gateway"
+
+GO_MAIN = """package main
+
+import (
+	"context"
+	"flag"
+	"log"
+	"net/http"
+
+	"github.com/grpc-ecosystem/grpc-gateway/runtime"
+	"google.golang.org/grpc"
+
+	"gw/pb"
+)
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:8090", "")
+	backend := flag.String("backend", "127.0.0.1:50054", "")
+	flag.Parse()
+	mux := runtime.NewServeMux()
+	opts := []grpc.DialOption{grpc.WithInsecure()}
+	if err := pb.RegisterInventoryServiceHandlerFromEndpoint(context.Background(), mux, *backend, opts); err != nil {
+		log.Fatal(err)
+	}
+	log.Fatal(http.ListenAndServe(*listen, mux))
+}
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- the Go peer ---------------------------------------------------------------------------
+
+
+def build_grpc_gateway() -> tuple[Path | None, str]:
+    """The peer binary (built once, cached), or None and the reason it could not be built."""
+    binary = CACHE / "grpc-gateway-peer"
+    proto = ROOT / "protos/shop/inventory/v1/inventory.proto"
+    stamp = CACHE / "source.stamp"
+    source_key = proto.read_text() + GO_MAIN
+    if binary.exists() and stamp.exists() and stamp.read_text() == source_key:
+        return binary, "cached"
+    for tool in ("go", "protoc", "protoc-gen-go", "protoc-gen-grpc-gateway"):
+        if shutil.which(tool) is None:
+            return None, f"{tool} not found (apt-get install the packages listed in bench/gateway.py)"
+    gopath_src = Path("/usr/share/gocode/src")
+    if not (gopath_src / "github.com/grpc-ecosystem/grpc-gateway/runtime").exists():
+        return (
+            None,
+            "Debian's grpc-gateway sources are missing (golang-github-grpc-ecosystem-grpc-gateway-dev)",
+        )
+    work = CACHE / "gopath"
+    shutil.rmtree(work, ignore_errors=True)
+    protos = work / "protos"
+    (protos / "shop/inventory/v1").mkdir(parents=True)
+    (protos / "google/type").mkdir(parents=True)
+    # Debian's golang/protobuf is APIv1 (1.3.5): generate every message with it (own go_package
+    # for money.proto, the APIv1 Timestamp type) so no APIv2 type ends up in the message tree.
+    (protos / "shop/inventory/v1/inventory.proto").write_text(
+        proto.read_text().replace(
+            "package shop.inventory.v1;", 'package shop.inventory.v1;\noption go_package = "gw/pb;pb";'
+        )
+    )
+    money = (ROOT / "third_party/googleapis/google/type/money.proto").read_text()
+    lines = [
+        'option go_package = "gw/money;money";' if line.startswith("option go_package") else line
+        for line in money.splitlines()
+    ]
+    (protos / "google/type/money.proto").write_text("\n".join(lines) + "\n")
+    src = work / "src"
+    (src / "gw").mkdir(parents=True)
+    (src / "gw/main.go").write_text(GO_MAIN)
+    mapping = "Mgoogle/protobuf/timestamp.proto=github.com/golang/protobuf/ptypes/timestamp"
+    includes = ["-I", str(protos), "-I", str(ROOT / "third_party/googleapis"), "-I", "/usr/include"]
+    steps = [
+        [
+            "protoc",
+            *includes,
+            f"--go_out=plugins=grpc,{mapping}:{src}",
+            str(protos / "google/type/money.proto"),
+        ],
+        [
+            "protoc",
+            *includes,
+            f"--go_out=plugins=grpc,{mapping}:{src}",
+            str(protos / "shop/inventory/v1/inventory.proto"),
+        ],
+        [
+            "protoc",
+            *includes,
+            f"--grpc-gateway_out=logtostderr=true,{mapping}:{src}",
+            str(protos / "shop/inventory/v1/inventory.proto"),
+        ],
+        ["go", "build", "-o", str(binary), "gw"],
+    ]
+    env = dict(
+        os.environ, GOPATH=f"{work}:/usr/share/gocode", GO111MODULE="off", GOCACHE=str(CACHE / "gocache")
+    )
+    env.pop("GOFLAGS", None)
+    for step in steps:
+        done = subprocess.run(step, env=env, capture_output=True, text=True, cwd=work, check=False)
+        if done.returncode != 0:
+            return None, f"{' '.join(step[:2])} failed: {(done.stderr or done.stdout).strip()[:500]}"
+    stamp.write_text(source_key)
+    return binary, "built"
+
+
+# -- processes -----------------------------------------------------------------------------
+
+
+class Processes:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, args: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - kept for the process's life
+        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.started.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.started):
+            if process.poll() is None:
+                process.terminate()
+        for process in self.started:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Poll ``url`` until it answers 200 (the process's /healthz or a real route)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+# -- load ----------------------------------------------------------------------------------
+
+
+class HttpLoad:
+    """Keep-alive HTTP/1.1 clients sending one pre-encoded GET, reading by Content-Length."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.request = f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n".encode()
+        self.errors = 0
+
+    async def connect(self) -> Callable[[], Awaitable[None]]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        request = self.request
+
+        async def call() -> None:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                self.errors += 1
+            lower = head.lower()
+            start = lower.find(b"content-length:")
+            length = int(lower[start + 15 : lower.find(b"\r\n", start)])
+            await reader.readexactly(length)
+
+        return call
+
+
+async def grpc_caller(target: str) -> tuple[Callable[[], Awaitable[None]], Any]:
+    request = inventory_pb2.GetProductRequest(sku=SKU)
+    try:
+        from mesh.channel import mesh_channel
+        from mesh.registry.static import StaticDiscovery
+
+        channel: Any = mesh_channel("inventory", StaticDiscovery({"inventory": [target]}))
+    except ImportError:  # the mesh channel is optional for this benchmark
+        channel = grpc.aio.insecure_channel(target)
+    method = channel.unary_unary(
+        GRPC_METHOD,
+        request_serializer=inventory_pb2.GetProductRequest.SerializeToString,
+        response_deserializer=inventory_pb2.GetProductResponse.FromString,
+        _registered_method=True,
+    )
+
+    async def call() -> None:
+        await method(request, timeout=10.0)
+
+    return call, channel
+
+
+async def measure(
+    calls: list[Callable[[], Awaitable[None]]], seconds: float, warmup: float, pids: dict[str, int]
+) -> dict[str, float]:
+    count = 0
+    running = True
+
+    async def worker(call: Callable[[], Awaitable[None]]) -> None:
+        nonlocal count
+        while running:
+            await call()
+            count += 1
+
+    workers = [asyncio.ensure_future(worker(call)) for call in calls]
+    await asyncio.sleep(warmup)
+    start_count, start = count, time.perf_counter()
+    start_cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    start_client = time.process_time()
+    await asyncio.sleep(seconds)
+    done, elapsed = count - start_count, time.perf_counter() - start
+    cpu = {name: cpu_seconds(pid) - start_cpu[name] for name, pid in pids.items()}
+    client = time.process_time() - start_client
+    running = False
+    await asyncio.gather(*workers)
+    result = {"rps": done / elapsed, "client_cpu_us": client / max(done, 1) * 1e6}
+    for name, seconds_used in cpu.items():
+        result[f"{name}_cpu_us"] = seconds_used / max(done, 1) * 1e6
+    return result
+
+
+async def bench(rounds: int, seconds: float, warmup: float, with_peer: bool) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    processes = Processes(workdir)
+    peer, peer_note = build_grpc_gateway() if with_peer else (None, "skipped (--no-peer)")
+    print(f"grpc-gateway peer: {peer_note}", file=sys.stderr)
+    try:
+        _, public = generate_keypair(workdir / "keys")
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "GATEWAY_", "OTEL_"))}
+        base.update(PYTHONPATH=str(ROOT), MESH_JWT_PUBLIC_KEY_FILE=str(public), MESH_LOG_LEVEL="WARNING")
+        inventory_port, gateway_port, peer_port = free_port(), free_port(), free_port()
+        inventory = processes.start(
+            [sys.executable, "-m", "services.inventory"],
+            dict(
+                base,
+                MESH_PORT=str(inventory_port),
+                MESH_DATA_DIR=str(workdir / "data"),
+                INVENTORY_SEED_DEMO="1",
+            ),
+            "inventory",
+        )
+        wait_serving(f"127.0.0.1:{inventory_port}", 30, inventory)
+        gateway = processes.start(
+            [sys.executable, "-m", "gateway"],
+            dict(
+                base,
+                GATEWAY_PORT=str(gateway_port),
+                GATEWAY_UPSTREAM_INVENTORY=f"127.0.0.1:{inventory_port}",
+                GATEWAY_RATE_LIMIT_PER_SECOND="1000000000",
+                GATEWAY_RATE_LIMIT_BURST="1000000000",
+            ),
+            "gateway",
+        )
+        wait_http(f"http://127.0.0.1:{gateway_port}/healthz", gateway)
+        pids = {"gateway": gateway.pid, "backend": inventory.pid}
+        variants: dict[str, tuple[list[Callable[[], Awaitable[None]]], dict[str, int]]] = {}
+        load = HttpLoad(gateway_port)
+        variants["rest_gateway"] = ([await load.connect() for _ in range(CONCURRENCY)], pids)
+        grpc_call, channel = await grpc_caller(f"127.0.0.1:{inventory_port}")
+        variants["grpc_direct"] = ([grpc_call] * CONCURRENCY, {"backend": inventory.pid})
+        peer_load: HttpLoad | None = None
+        if peer is not None:
+            go = processes.start(
+                [str(peer), "-listen", f"127.0.0.1:{peer_port}", "-backend", f"127.0.0.1:{inventory_port}"],
+                dict(os.environ, GOMAXPROCS=os.environ.get("GOMAXPROCS", "2")),
+                "grpc-gateway",
+            )
+            wait_http(f"http://127.0.0.1:{peer_port}{PATH}", go)
+            peer_load = HttpLoad(peer_port)
+            variants["rest_grpc_gateway"] = (
+                [await peer_load.connect() for _ in range(CONCURRENCY)],
+                {"grpc_gateway": go.pid, "backend": inventory.pid},
+            )
+        for name, (calls, _) in variants.items():  # connect and warm every path
+            for call in calls[:8]:
+                for _ in range(20):
+                    await call()
+            print(f"warm: {name}", file=sys.stderr)
+
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+        order = list(variants)
+        for round_no in range(rounds):
+            shift = round_no % len(order)
+            for name in order[shift:] + order[:shift]:
+                calls, watched = variants[name]
+                results[name].append(await measure(calls, seconds, warmup, watched))
+            print(
+                f"round {round_no + 1}/{rounds}: "
+                + "  ".join(f"{n}={results[n][-1]['rps']:.0f}/s" for n in order),
+                file=sys.stderr,
+            )
+        await channel.close()
+        errors = load.errors + (peer_load.errors if peer_load else 0)
+
+        def rps(name: str) -> list[float]:
+            return [r["rps"] for r in results[name]]
+
+        vs_direct = [a / b for a, b in zip(rps("rest_gateway"), rps("grpc_direct"), strict=True)]
+        summary: dict[str, Any] = {
+            "ratio_vs_direct": round(statistics.median(vs_direct), 3),
+            "ratio_vs_grpc_gateway": None,
+        }
+        if "rest_grpc_gateway" in results:
+            vs_peer = [a / b for a, b in zip(rps("rest_gateway"), rps("rest_grpc_gateway"), strict=True)]
+            summary["ratio_vs_grpc_gateway"] = round(statistics.median(vs_peer), 3)
+            summary["ratios_per_round_vs_grpc_gateway"] = [round(x, 3) for x in vs_peer]
+        else:
+            summary["grpc_gateway_reason"] = peer_note
+        summary.update(
+            {
+                "ratios_per_round_vs_direct": [round(x, 3) for x in vs_direct],
+                "requests_per_second": {n: round(statistics.median(rps(n))) for n in results},
+                "cpu_us_per_request": {
+                    name: {
+                        key.removesuffix("_cpu_us"): round(statistics.median(r[key] for r in runs), 1)
+                        for key in runs[0]
+                        if key.endswith("_cpu_us")
+                    }
+                    for name, runs in results.items()
+                },
+                "http_errors": errors,
+                "call": f"GET {PATH} (InventoryService.GetProduct)",
+                "concurrency": CONCURRENCY,
+                "rounds": rounds,
+                "seconds_per_run": seconds,
+                "cpus": os.cpu_count(),
+                "grpc_gateway_peer": peer_note,
+            }
+        )
+        return summary
+    finally:
+        processes.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 2 s per variant (under 60 s)")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument("--no-peer", action="store_true", help="skip the grpc-gateway (Go) peer")
+    options = parser.parse_args()
+    rounds = options.rounds or (3 if options.quick else 7)
+    seconds = options.seconds or (2.0 if options.quick else 4.0)
+    started = time.monotonic()
+    try:
+        import uvloop
+
+        runner: Callable[[Any], Any] = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    result = runner(bench(rounds, seconds, 0.3 if options.quick else 0.5, not options.no_peer))
+    result["wall_seconds"] = round(time.monotonic() - started, 1)
+    result["quick"] = options.quick
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

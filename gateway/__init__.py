@@ -1,0 +1,1 @@
+"""REST/JSON <-> gRPC gateway built at runtime from the services' descriptors."""
