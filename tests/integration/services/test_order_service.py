@@ -189,7 +189,9 @@ async def test_happy_path_confirms_holds_nothing_back(shop: Shop, stubs: Stubs) 
         )
     ]
     assert await stubs.stock("TEA-SENCHA") == before - 2
-    assert await reservation_state(stubs, shop.service, order.reservation_id) == inv.RESERVATION_STATE_COMMITTED
+    assert (
+        await reservation_state(stubs, shop.service, order.reservation_id) == inv.RESERVATION_STATE_COMMITTED
+    )
     payment = (
         await stubs.payment.GetPayment(pay.GetPaymentRequest(payment_id=order.payment_id), metadata=shop.ada)
     ).payment
@@ -232,7 +234,9 @@ async def test_declined_payment_cancels_and_releases_the_stock(shop: Shop, stubs
         ("reserve_stock", "compensated"),
     ]
     assert await stubs.stock("CUP-KYUSU") == before
-    assert await reservation_state(stubs, shop.service, order.reservation_id) == inv.RESERVATION_STATE_RELEASED
+    assert (
+        await reservation_state(stubs, shop.service, order.reservation_id) == inv.RESERVATION_STATE_RELEASED
+    )
     assert await payment_state(stubs, shop.ada, f"{order.order_id}.pay") is None  # never authorized
 
 
@@ -251,7 +255,9 @@ async def test_refused_destination_cancels_voids_and_releases(shop: Shop, stubs:
     ]
     assert await stubs.stock("TEA-SENCHA") == before
     assert await payment_state(stubs, shop.ada, order.payment_id) == pay.PAYMENT_STATE_VOIDED
-    assert await reservation_state(stubs, shop.service, order.reservation_id) == inv.RESERVATION_STATE_RELEASED
+    assert (
+        await reservation_state(stubs, shop.service, order.reservation_id) == inv.RESERVATION_STATE_RELEASED
+    )
 
 
 async def test_resending_create_order_returns_the_same_order_once(shop: Shop, stubs: Stubs) -> None:
