@@ -1,0 +1,152 @@
+"""A small typed face on py-consul's asyncio client.
+
+py-consul is untyped and raises a mix of aiohttp, asyncio and Consul exceptions; this module
+is the one place that knows that. Everything it raises for an unreachable or failing agent
+is :class:`mesh.errors.RegistryUnavailable`, so callers handle one error type.
+
+Facts this leans on (DESIGN §4): ``consul.aio.Consul`` must be built inside a running loop,
+so the client is created lazily; the blocking-query index is a string and goes back
+unchanged; ``locality=``/``socket_path=`` are rejected by Consul 1.8.7 and never sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import consul
+import consul.aio
+
+from mesh.errors import RegistryUnavailable
+from mesh.registry.base import ServiceInstance
+
+_FAILURES = (aiohttp.ClientError, consul.ConsulException, OSError, asyncio.TimeoutError, ValueError)
+
+
+@dataclass(frozen=True)
+class HealthEntry:
+    """One row of ``/v1/health/service/<name>``: the instance and its aggregated status."""
+
+    instance: ServiceInstance
+    status: str  # "passing", "warning" or "critical" (the worst of its checks)
+    checks: tuple[tuple[str, str, str], ...]  # (check id, status, output)
+
+
+def parse_address(address: str) -> tuple[str, int, str]:
+    """``http://host:port``, ``https://host:port`` or ``host:port`` -> (host, port, scheme)."""
+    parts = urlsplit(address if "//" in address else f"//{address}")
+    try:
+        port = parts.port
+    except ValueError as exc:  # urlsplit validates the port lazily
+        raise ValueError(f"invalid Consul address {address!r}") from exc
+    if not parts.hostname:
+        raise ValueError(f"invalid Consul address {address!r}")
+    return parts.hostname, port or 8500, parts.scheme or "http"
+
+
+def _worst(statuses: list[str]) -> str:
+    for status in ("critical", "warning"):
+        if status in statuses:
+            return status
+    return "passing"
+
+
+def health_entry(raw: Mapping[str, Any]) -> HealthEntry:
+    """Turn one health row into a :class:`HealthEntry` (service address falls back to the node's)."""
+    service = raw["Service"]
+    address = service.get("Address") or raw["Node"]["Address"]
+    instance = ServiceInstance(
+        id=str(service["ID"]),
+        name=str(service["Service"]),
+        address=str(address),
+        port=int(service["Port"]),
+        tags=tuple(service.get("Tags") or ()),
+        meta=dict(service.get("Meta") or {}),
+    )
+    checks = tuple(
+        (str(c.get("CheckID", "")), str(c.get("Status", "")), str(c.get("Output", "")))
+        for c in raw.get("Checks") or ()
+    )
+    return HealthEntry(instance=instance, status=_worst([c[1] for c in checks]), checks=checks)
+
+
+class ConsulApi:
+    """The handful of Consul agent calls the mesh needs, typed and with one error type."""
+
+    def __init__(self, address: str = "http://127.0.0.1:8500", *, request_timeout: float = 5.0) -> None:
+        self.address = address
+        self._host, self._port, self._scheme = parse_address(address)
+        self._timeout = request_timeout
+        self._client: Any = None
+
+    def _consul(self) -> Any:
+        if self._client is None:
+            # verify only matters for https; for http it would only make py-consul build an
+            # unused SSL context (and trip aiohttp's ssl_context deprecation warning).
+            self._client = consul.aio.Consul(
+                host=self._host, port=self._port, scheme=self._scheme, verify=self._scheme == "https"
+            )
+        return self._client
+
+    async def _run(self, what: str, coro: Any, limit: float | None = None) -> Any:
+        try:
+            return await asyncio.wait_for(coro, limit or self._timeout)
+        except _FAILURES as exc:
+            raise RegistryUnavailable("consul", f"{what} at {self.address}: {exc!r}") from exc
+
+    async def register(self, instance: ServiceInstance, check: Mapping[str, Any]) -> None:
+        """Register ``instance`` with the local agent, replacing any earlier definition."""
+        agent = self._consul().agent
+        await self._run(
+            f"register {instance.id}",
+            agent.service.register(
+                instance.name,
+                service_id=instance.id,
+                address=instance.address,
+                port=instance.port,
+                tags=list(instance.tags),
+                meta=dict(instance.meta),
+                check=dict(check),
+                replace_existing_checks=True,
+            ),
+        )
+
+    async def deregister(self, service_id: str) -> None:
+        """Remove ``service_id`` (and its checks) from the local agent."""
+        await self._run(f"deregister {service_id}", self._consul().agent.service.deregister(service_id))
+
+    async def is_registered(self, service_id: str) -> bool:
+        """Whether the local agent still knows ``service_id`` (it forgets on restart in dev mode)."""
+        found = await self._run(f"read {service_id}", self._consul().agent.service_definition(service_id))
+        return found is not None
+
+    async def health(
+        self, name: str, *, index: str | None = None, wait: float = 0.0, passing: bool = True
+    ) -> tuple[str, list[HealthEntry]]:
+        """``/v1/health/service/<name>``; with ``index`` it blocks up to ``wait`` seconds for a change."""
+        if wait <= 0:
+            index = None  # an index without a wait would block for Consul's default 5 minutes
+        wait_arg = f"{wait:g}s" if index else None
+        # Consul adds up to wait/16 of jitter to a blocking query; allow for it and the network.
+        limit = self._timeout + (wait * 1.1 if wait_arg else 0.0)
+        new_index, rows = await self._run(
+            f"health of {name!r}",
+            self._consul().health.service(name, index=index, wait=wait_arg, passing=passing),
+            limit,
+        )
+        return str(new_index), [health_entry(row) for row in rows or ()]
+
+    async def services(self) -> dict[str, list[str]]:
+        """Every service name in the catalog with the union of its tags."""
+        _, data = await self._run("list services", self._consul().catalog.services())
+        return {str(k): [str(t) for t in v or ()] for k, v in (data or {}).items()}
+
+    async def close(self) -> None:
+        """Close the HTTP session (safe to call more than once)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()

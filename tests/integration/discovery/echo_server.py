@@ -1,0 +1,89 @@
+"""A tiny service for discovery tests: every answer names the instance that gave it.
+
+Run as ``python -m tests.integration.discovery.echo_server`` with ``MESH_PORT`` and
+``CONSUL_HTTP_ADDR`` set; it serves through :class:`mesh.server.MeshServer` with a
+:class:`mesh.registry.consul.ConsulRegistrar` hook, so start, registration and the shutdown
+order (deregister -> NOT_SERVING -> drain -> stop) are the real ones. ``ECHO_DELAY_MS``
+slows every call down, for balancer tests. The methods use raw bytes, no protos:
+
+- ``Echo`` (unary-unary) answers ``<label>|<request>``;
+- ``Count`` (unary-stream) answers ``int(request)`` messages ``<label>|<i>``;
+- ``Join`` (stream-unary) answers ``<label>|`` + the requests joined by ``,``;
+- ``Chat`` (stream-stream) answers each request as ``<label>|<request>``;
+- ``Fail`` (unary-unary) aborts with the status code named in the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+SERVICE = "tsunagu.test.Echo"
+ECHO = f"/{SERVICE}/Echo"
+COUNT = f"/{SERVICE}/Count"
+JOIN = f"/{SERVICE}/Join"
+CHAT = f"/{SERVICE}/Chat"
+FAIL = f"/{SERVICE}/Fail"
+
+
+def handlers(label: str, delay: float = 0.0) -> grpc.GenericRpcHandler:
+    """The Echo service's handlers; every response starts with ``label``."""
+    prefix = label.encode() + b"|"
+
+    async def echo(request: bytes, context: Any) -> bytes:
+        if delay:
+            await asyncio.sleep(delay)
+        return prefix + request
+
+    async def count(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        for i in range(int(request or b"0")):
+            yield prefix + str(i).encode()
+
+    async def join(requests: AsyncIterator[bytes], context: Any) -> bytes:
+        return prefix + b",".join([r async for r in requests])
+
+    async def chat(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        async for request in requests:
+            yield prefix + request
+
+    async def fail(request: bytes, context: Any) -> bytes:
+        await context.abort(
+            getattr(grpc.StatusCode, request.decode()), f"asked to fail with {request.decode()}"
+        )
+        raise AssertionError("abort returns only by raising")
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(echo),
+            "Count": grpc.unary_stream_rpc_method_handler(count),
+            "Join": grpc.stream_unary_rpc_method_handler(join),
+            "Chat": grpc.stream_stream_rpc_method_handler(chat),
+            "Fail": grpc.unary_unary_rpc_method_handler(fail),
+        },
+    )
+
+
+def main() -> None:
+    from mesh.config import server_settings_from_env
+    from mesh.registry.consul import ConsulRegistrar
+    from mesh.server import HostedService, serve
+    from mesh.telemetry.logs import configure_logging
+
+    settings = server_settings_from_env(os.environ, os.environ.get("ECHO_NAME", "echo"), 0)
+    delay = int(os.environ.get("ECHO_DELAY_MS", "0")) / 1000
+    configure_logging(settings.service_name)
+    registrar = ConsulRegistrar(os.environ["CONSUL_HTTP_ADDR"])
+
+    def register(server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers((handlers(f"{settings.port}", delay),))
+
+    asyncio.run(serve(settings, [HostedService(SERVICE, register)], hooks=[registrar]))
+
+
+if __name__ == "__main__":
+    main()
