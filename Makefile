@@ -7,6 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
+CONSUL := .tools/bin/consul
 PYTEST_WORKERS ?= 2
 
 .PHONY: run test lint gen gen-check breaking tools clean help
@@ -28,7 +29,11 @@ $(BUF):
 	test -f .tools/package.json || echo '{"private": true}' > .tools/package.json
 	npm install --prefix .tools --no-audit --no-fund --silent @bufbuild/buf@$(BUF_VERSION)
 
-tools: $(VENV)/.installed $(BUF)
+# Consul from Debian bullseye's package (bookworm has none), unpacked under .tools/.
+$(CONSUL):
+	tools/install-consul.sh
+
+tools: $(VENV)/.installed $(BUF) $(CONSUL)
 
 gen: $(VENV)/.installed
 	$(PY) tools/gen.py

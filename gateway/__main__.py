@@ -19,15 +19,17 @@ from gateway.router import RouteConflict
 from gateway.rules import RuleError
 from gateway.server import HttpServer, ServerLimits
 from gateway.settings import GatewaySettings, settings_from_env
-from gateway.upstream import StaticChannelFactory
+from gateway.upstream import MeshChannelFactory
 from mesh.errors import ConfigError
+from mesh.registry import make_discovery
 from mesh.telemetry.logs import configure_logging
 
 log = logging.getLogger("gateway")
 
 
 async def run(settings: GatewaySettings) -> None:
-    factory = StaticChannelFactory(settings.upstreams)
+    static = {name: [target] for name, target in settings.upstreams.items()}
+    factory = MeshChannelFactory(make_discovery(settings.consul_address, static))
     gateway = Gateway(settings, factory)
     limits = settings.limits
     server = HttpServer(

@@ -101,6 +101,9 @@ class GatewaySettings:
     grace_seconds: float = 10.0
     realm: str = "tsunagu"
     log_level: str = "INFO"
+    # Consul's HTTP address: upstream endpoints come from its catalog; empty means the static
+    # GATEWAY_UPSTREAM_* targets (still through mesh channels).
+    consul_address: str = ""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -158,6 +161,7 @@ def settings_from_env(environ: Mapping[str, str]) -> GatewaySettings:
         max_timeout_seconds=env_float(environ, "GATEWAY_MAX_TIMEOUT_SECONDS", 60.0),
         stream_timeout_seconds=env_float(environ, "GATEWAY_STREAM_TIMEOUT_SECONDS", 300.0),
         response_metadata=frozenset(k.lower() for k in env_list(environ, "GATEWAY_RESPONSE_METADATA")),
+        consul_address=env_str(environ, "CONSUL_HTTP_ADDR", ""),
         keepalive_seconds=env_float(environ, "GATEWAY_KEEPALIVE_SECONDS", 75.0),
         grace_seconds=env_float(environ, "GATEWAY_GRACE_SECONDS", 10.0),
         log_level=env_str(environ, "GATEWAY_LOG_LEVEL", env_str(environ, "MESH_LOG_LEVEL", "INFO")),

@@ -19,6 +19,8 @@ from google.protobuf import message_factory
 from google.protobuf.message import Message
 
 from gateway.rules import Binding
+from mesh.channel import MeshChannel, mesh_channel
+from mesh.registry import Discovery
 
 _CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
@@ -88,6 +90,37 @@ class StaticChannelFactory:
         channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
             await channel.close()
+
+
+class MeshChannelFactory:
+    """One MeshChannel per upstream service over a shared discovery (Consul or static).
+
+    This is what the gateway runs with: endpoints come from the registry, each call picks one
+    (P2C with outlier ejection) and a call refused before reaching a server fails over.
+    """
+
+    def __init__(self, discovery: Discovery) -> None:
+        self._discovery = discovery
+        self._channels: dict[str, MeshChannel] = {}
+
+    def channel(self, service: str) -> Channel:
+        return self._mesh_channel(service)
+
+    def endpoint_count(self, service: str) -> int:
+        return len(self._mesh_channel(service).endpoints)
+
+    def _mesh_channel(self, service: str) -> MeshChannel:
+        channel = self._channels.get(service)
+        if channel is None:
+            channel = self._channels[service] = mesh_channel(service, self._discovery)
+            channel.start()
+        return channel
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()
+        await self._discovery.close()
 
 
 class Invoker:

@@ -1,16 +1,20 @@
 """The ``mesh`` command: operator tools that need no running process of ours.
 
-``mesh keygen DIR`` writes an Ed25519 key pair for signing and verifying tokens.
+``mesh keygen DIR`` writes an Ed25519 key pair for signing and verifying tokens;
+``mesh status`` shows what Consul knows: services, instances, health, and the endpoints a
+mesh channel in this process would pick.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from mesh.identity import generate_keypair
+from mesh.status import run_status
 
 
 def keygen(options: argparse.Namespace) -> int:
@@ -25,7 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keygen", help="write an Ed25519 JWT key pair into a directory")
     keys.add_argument("directory")
     keys.set_defaults(run=keygen)
+    status = commands.add_parser(
+        "status", help="services, instances, health and the endpoints calls would go to"
+    )
+    status.add_argument("services", nargs="*", help="only these services (default: all)")
+    status.add_argument("--consul", default=os.environ.get("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500"))
+    status.add_argument("--tag", action="append", default=[], help="only instances with this tag")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(run=show_status)
     return parser
+
+
+def show_status(options: argparse.Namespace) -> int:
+    return run_status(options.consul, options.services, tags=tuple(options.tag), as_json=options.json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

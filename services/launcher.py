@@ -20,11 +20,14 @@ from pathlib import Path
 
 from mesh.health import wait_serving
 from mesh.identity import generate_keypair
+from mesh.registry.dev_agent import ConsulDevAgent, consul_answers, find_consul, free_port
 from services.common.settings import DEFAULT_PORTS
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
 START_ORDER = ("user", "inventory", "payment", "shipping", "order")
+INSTANCES = {"inventory": 2, "payment": 2}  # several instances show balancing and failover
+DEFAULT_CONSUL = "127.0.0.1:8500"
 SERVICE_CALLERS = ("order",)
 PR_SET_PDEATHSIG = 1
 GATEWAY_PORT = 8080
@@ -97,21 +100,56 @@ def spawn(module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+def start_consul(env: dict[str, str], children: list[Child]) -> str:
+    """Use the Consul agent at CONSUL_HTTP_ADDR, or start a dev agent there and own it."""
+    address = env.get("CONSUL_HTTP_ADDR", DEFAULT_CONSUL)
+    if consul_answers(address):
+        print(f"  {'consul':<10} {address}  (already running)", flush=True)
+        return address
+    port = int(address.rsplit(":", 1)[1]) if ":" in address else 8500
+    RUN_DIR.mkdir(exist_ok=True)
+    agent = ConsulDevAgent(find_consul(ROOT), RUN_DIR / "consul.log", ports={"http": port})
+    agent.start(new_session=True)
+    assert agent.process is not None
+    children.append(Child("consul", port, agent.process))
+    print(f"  {'consul':<10} 127.0.0.1:{port}  pid {agent.process.pid}  READY", flush=True)
+    return f"127.0.0.1:{port}"
+
+
 def start_services(env: dict[str, str], children: list[Child]) -> None:
-    """Start every service, then wait until each reports SERVING."""
+    """Start every service instance, wait until each is SERVING and passing in Consul."""
     first = len(children)
     for name in START_ORDER:
-        port = int(env.get(f"{name.upper()}_PORT", DEFAULT_PORTS[name]))
-        child_env = dict(env, MESH_PORT=str(port))
-        if name != "user":
-            child_env.pop("MESH_JWT_PRIVATE_KEY_FILE", None)  # only the issuer signs user tokens
-        if name not in SERVICE_CALLERS:
-            child_env.pop("MESH_SERVICE_PRIVATE_KEY_FILE", None)  # only callers sign as a service
-        process = spawn(f"services.{name}", child_env)
-        children.append(Child(name, port, process))
+        for instance in range(INSTANCES.get(name, 1)):
+            default = int(env.get(f"{name.upper()}_PORT", DEFAULT_PORTS[name]))
+            port = default if instance == 0 else free_port()
+            child_env = dict(env, MESH_PORT=str(port))
+            if name != "user":
+                child_env.pop("MESH_JWT_PRIVATE_KEY_FILE", None)  # only the issuer signs user tokens
+            if name not in SERVICE_CALLERS:
+                child_env.pop("MESH_SERVICE_PRIVATE_KEY_FILE", None)  # only callers sign as a service
+            children.append(Child(name, port, spawn(f"services.{name}", child_env)))
     for child in children[first:]:
         wait_serving(f"127.0.0.1:{child.port}", timeout=120, process=child.process)
         print(f"  {child.name:<10} 127.0.0.1:{child.port}  pid {child.process.pid}  SERVING", flush=True)
+    wait_passing(env["CONSUL_HTTP_ADDR"], children[first:], timeout=60)
+
+
+def wait_passing(consul: str, children: list[Child], timeout: float) -> None:
+    """Poll Consul until every started instance's gRPC health check is passing."""
+    url = consul if "//" in consul else f"http://{consul}"
+    wanted = {(c.name, c.port) for c in children}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        passing = set()
+        for name in {c.name for c in children}:
+            with urllib.request.urlopen(f"{url}/v1/health/service/{name}?passing=1", timeout=2) as reply:
+                passing |= {(name, row["Service"]["Port"]) for row in json.loads(reply.read())}
+        if wanted <= passing:
+            print(f"  every instance passing in Consul ({len(wanted)})", flush=True)
+            return
+        time.sleep(0.2)  # poll interval
+    raise TimeoutError(f"not passing in Consul after {timeout}s: {sorted(wanted - passing)}")
 
 
 def start_gateway(env: dict[str, str], services: dict[str, int], children: list[Child]) -> int:
@@ -210,13 +248,15 @@ def main() -> int:
     children: list[Child] = []
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        env["CONSUL_HTTP_ADDR"] = start_consul(env, children)
         start_services(env, children)
-        ports = {c.name: c.port for c in children}
+        ports = {c.name: c.port for c in reversed(children)}  # the first instance of each
         gateway_port = start_gateway(env, ports, children)
         lines = ["source .venv/bin/activate", *try_lines(ports)]
         print("\ntry gRPC (in another terminal):\n" + "\n".join(f"  {line}" for line in lines), flush=True)
         rest = curl_lines(gateway_port)
         print("\ntry REST through the gateway:\n" + "\n".join(f"  {line}" for line in rest), flush=True)
+        print("\nwhat Consul knows: .venv/bin/mesh status", flush=True)
         print("\nCtrl-C stops everything.", flush=True)
         while all(c.process.poll() is None for c in children):
             time.sleep(0.5)

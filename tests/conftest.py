@@ -11,7 +11,8 @@ import psycopg
 import pytest
 
 from mesh.identity import generate_keypair
-from tests.support.processes import ServiceProcess, free_port, service_env
+from mesh.registry.dev_agent import ConsulDevAgent, find_consul
+from tests.support.processes import ROOT, ServiceProcess, free_port, service_env
 from tests.support.tokens import KeyPair
 
 POSTGRES_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -45,6 +46,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "store.sqlite3")
     return str(request.getfixturevalue("postgres_dsn"))
+
+
+@pytest.fixture
+def consul_agent(tmp_path: Path) -> Iterator[ConsulDevAgent]:
+    """A fresh Consul dev agent on free loopback ports, killed by PID afterwards."""
+    agent = ConsulDevAgent(find_consul(ROOT), tmp_path / "consul.log").start()
+    try:
+        yield agent
+    finally:
+        agent.stop()
 
 
 StartService = Callable[..., ServiceProcess]

@@ -1,19 +1,26 @@
-"""Start-up shared by every service's ``__main__``: logs, database, migrations, serve.
+"""Start-up shared by every service's ``__main__``: logs, database, discovery, serve.
 
-A service supplies only what is its own (its migrations folder and how to build its hosted
-services from the open database); the order of start-up and shutdown lives here once.
+A service supplies only what is its own (its migrations and how to build its hosted services
+from a :class:`ServiceContext`); the order of start-up and shutdown lives here once:
+database and discovery open first and close last, the mesh channels a service asked for close
+after the server has drained, and with Consul configured the instance registers itself (and
+withdraws first on shutdown).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from mesh.channel import MeshChannel, mesh_channel
 from mesh.identity import JwtVerifier
-from mesh.server import HostedService, serve
+from mesh.registry import ConsulRegistrar, Discovery, make_discovery
+from mesh.server import HostedService, LifecycleHook, serve
 from mesh.telemetry.logs import configure_logging
 from services.common.auth import Authenticator
 from services.common.database import Database
@@ -23,19 +30,54 @@ from services.common.settings import ServiceSettings, service_settings_from_env
 
 log = logging.getLogger(__name__)
 
-Builder = Callable[[ServiceSettings, Database, Authenticator], Awaitable[Sequence[HostedService]]]
+
+@dataclass
+class ServiceContext:
+    """What a service's builder gets: its settings, database, authenticator and channels."""
+
+    settings: ServiceSettings
+    database: Database
+    auth: Authenticator
+    discovery: Discovery
+    resources: contextlib.AsyncExitStack
+    _channels: dict[str, MeshChannel] = field(default_factory=dict)
+
+    def channel(self, service: str) -> MeshChannel:
+        """The process's one mesh channel to ``service`` (closed after the server drains)."""
+        channel = self._channels.get(service)
+        if channel is None:
+            channel = self._channels[service] = mesh_channel(service, self.discovery)
+            self.resources.push_async_callback(channel.close)
+        return channel
+
+
+Builder = Callable[[ServiceContext], Awaitable[Sequence[HostedService]]]
+
+
+def registration_hooks(settings: ServiceSettings) -> list[LifecycleHook]:
+    """Consul registration when a registry is configured; none otherwise."""
+    if not settings.consul_address:
+        return []
+    return [ConsulRegistrar(settings.consul_address, check_interval=settings.check_interval_seconds)]
 
 
 async def run(settings: ServiceSettings, migrations: Path, build: Builder) -> None:
-    """Open the database, migrate, serve until signalled, then close the database."""
-    database = Database(settings.name, settings.database_url)
-    try:
+    """Open the database and discovery, migrate, serve until signalled, then close all."""
+    async with contextlib.AsyncExitStack() as resources:
+        database = Database(settings.name, settings.database_url)
+        resources.push_async_callback(database.close)
         await migrate(database, migrations)
+        discovery = make_discovery(settings.consul_address, settings.upstreams.static)
+        resources.push_async_callback(discovery.close)
         authenticator = Authenticator(JwtVerifier(settings.jwt))
-        services = await build(settings, database, authenticator)
-        await serve(settings.server, services, interceptors=[StatusInterceptor()])
-    finally:
-        await database.close()
+        context = ServiceContext(settings, database, authenticator, discovery, resources)
+        services = await build(context)
+        await serve(
+            settings.server,
+            services,
+            interceptors=[StatusInterceptor()],
+            hooks=registration_hooks(settings),
+        )
 
 
 def main(name: str, migrations: Path, build: Builder) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from mesh.config import (
     ServerSettings,
     UpstreamSettings,
+    env_float,
     env_str,
     server_settings_from_env,
     upstream_settings_from_env,
@@ -39,6 +40,9 @@ class ServiceSettings:
     upstreams: UpstreamSettings
     log_level: str = "INFO"
     extra: Mapping[str, str] = field(default_factory=dict)
+    # Consul's HTTP address; empty means no registry (static upstream targets, no registration).
+    consul_address: str = ""
+    check_interval_seconds: float = 1.0
 
     @property
     def name(self) -> str:
@@ -58,4 +62,6 @@ def service_settings_from_env(name: str, environ: Mapping[str, str]) -> ServiceS
         upstreams=upstream_settings_from_env(environ, upstream_defaults),
         log_level=env_str(environ, "MESH_LOG_LEVEL", "INFO"),
         extra={k.removeprefix(prefix): v for k, v in environ.items() if k.startswith(prefix)},
+        consul_address=env_str(environ, "CONSUL_HTTP_ADDR", ""),
+        check_interval_seconds=env_float(environ, "MESH_CHECK_INTERVAL_SECONDS", 1.0),
     )

@@ -6,10 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mesh.server import HostedService
-from services.common.app import main
-from services.common.auth import Authenticator
-from services.common.database import Database
-from services.common.settings import ServiceSettings
+from services.common.app import ServiceContext, main
 from services.inventory.catalog import DEMO_CATALOG
 from services.inventory.servicer import InventoryServicer
 from services.inventory.store import InventoryStore
@@ -18,9 +15,8 @@ from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name
 
 
-async def build(
-    settings: ServiceSettings, database: Database, auth: Authenticator
-) -> Sequence[HostedService]:
+async def build(context: ServiceContext) -> Sequence[HostedService]:
+    settings, database, auth = context.settings, context.database, context.auth
     store = InventoryStore(database)
     if settings.extra.get("SEED_DEMO", "") == "1":
         await store.seed(DEMO_CATALOG)

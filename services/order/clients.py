@@ -1,11 +1,11 @@
 """The order service's calls to user, inventory, payment and shipping, behind one seam.
 
-:class:`Upstreams` owns one channel per upstream for the life of the process. Channels come
-from a factory given the service name: today a plain grpc.aio channel to the configured
-static targets; the discovery issue passes a Consul-backed MeshChannel factory instead and
-nothing else changes. :meth:`Upstreams.for_call` binds them to one incoming RPC: every
-outgoing call carries that caller's authorization metadata and a timeout that is the
-configured default but never past the caller's remaining deadline.
+:class:`Upstreams` holds one stub per upstream over channels from a factory given the service
+name: in the service, the process's mesh channels (Consul-discovered, balanced, with
+failover), which its start-up code owns and closes. :meth:`Upstreams.for_call` binds them to
+one incoming RPC: every outgoing call authenticates as the order service itself (participants
+accept order steps only from services) and has a timeout that is the configured default but
+never past the caller's remaining deadline.
 
 gRPC errors are translated here, once: before anything is stored (user check, pricing) into
 the statuses the caller should see; during the saga into :class:`StepFailure` kinds.
@@ -14,7 +14,6 @@ the statuses the caller should see; during the saga into :class:`StepFailure` ki
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -60,26 +59,6 @@ REFUSED = {
 NOT_RUN = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNIMPLEMENTED}
 
 
-def static_channels(settings: UpstreamSettings) -> ChannelFactory:
-    """Plain channels to the configured ``host:port`` targets (round robin over IP literals)."""
-
-    def make(name: str) -> grpc.aio.Channel:
-        targets = settings.targets(name)
-        if len(targets) == 1:
-            return grpc.aio.insecure_channel(targets[0])
-        try:
-            for target in targets:
-                ipaddress.IPv4Address(target.rpartition(":")[0])
-        except ValueError:
-            log.warning("several targets need IP literals; using the first", extra={"upstream": name})
-            return grpc.aio.insecure_channel(targets[0])
-        return grpc.aio.insecure_channel(
-            "ipv4:" + ",".join(targets), options=[("grpc.lb_policy_name", "round_robin")]
-        )
-
-    return make
-
-
 def step_failure(service: str, error: grpc.aio.AioRpcError) -> StepFailure:
     """The saga's view of a failed participant call; the reason names the service."""
     code, message = error.code(), error.details() or ""
@@ -111,11 +90,9 @@ class Upstreams:
         self.shipping = ShippingServiceStub(self._channels["shipping"])
 
     @classmethod
-    def connect(
-        cls, settings: UpstreamSettings, tokens: ServiceTokens, factory: ChannelFactory | None = None
-    ) -> Upstreams:
-        make = factory or static_channels(settings)
-        return cls({name: make(name) for name in UPSTREAMS}, settings.default_timeout_seconds, tokens)
+    def connect(cls, settings: UpstreamSettings, tokens: ServiceTokens, factory: ChannelFactory) -> Upstreams:
+        """Stubs over the channels ``factory`` gives (the process's mesh channels)."""
+        return cls({name: factory(name) for name in UPSTREAMS}, settings.default_timeout_seconds, tokens)
 
     async def close(self) -> None:
         for channel in self._channels.values():

@@ -6,10 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mesh.server import HostedService
-from services.common.app import main
-from services.common.auth import Authenticator
-from services.common.database import Database
-from services.common.settings import ServiceSettings
+from services.common.app import ServiceContext, main
 from services.payment.domain import policy_from_settings
 from services.payment.servicer import PaymentServicer
 from services.payment.store import PaymentStore
@@ -18,9 +15,8 @@ from shop.payment.v1 import payment_pb2, payment_pb2_grpc
 SERVICE = payment_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name
 
 
-async def build(
-    settings: ServiceSettings, database: Database, auth: Authenticator
-) -> Sequence[HostedService]:
+async def build(context: ServiceContext) -> Sequence[HostedService]:
+    settings, database, auth = context.settings, context.database, context.auth
     servicer = PaymentServicer(PaymentStore(database), auth, policy_from_settings(settings.extra))
     return [
         HostedService(

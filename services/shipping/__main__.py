@@ -6,10 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mesh.server import HostedService
-from services.common.app import main
-from services.common.auth import Authenticator
-from services.common.database import Database
-from services.common.settings import ServiceSettings
+from services.common.app import ServiceContext, main
 from services.shipping.domain import policy_from_settings
 from services.shipping.servicer import ShippingServicer
 from services.shipping.store import ShippingStore
@@ -18,9 +15,8 @@ from shop.shipping.v1 import shipping_pb2, shipping_pb2_grpc
 SERVICE = shipping_pb2.DESCRIPTOR.services_by_name["ShippingService"].full_name
 
 
-async def build(
-    settings: ServiceSettings, database: Database, auth: Authenticator
-) -> Sequence[HostedService]:
+async def build(context: ServiceContext) -> Sequence[HostedService]:
+    settings, database, auth = context.settings, context.database, context.auth
     servicer = ShippingServicer(ShippingStore(database), auth, policy_from_settings(settings.extra))
     return [
         HostedService(

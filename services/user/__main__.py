@@ -6,10 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mesh.server import HostedService
-from services.common.app import main
-from services.common.auth import Authenticator
-from services.common.database import Database
-from services.common.settings import ServiceSettings
+from services.common.app import ServiceContext, main
 from services.user.hashing import PasswordHasher
 from services.user.servicer import UserServicer
 from services.user.store import UserStore
@@ -20,9 +17,8 @@ SERVICE = user_pb2.DESCRIPTOR.services_by_name["UserService"].full_name
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-async def build(
-    settings: ServiceSettings, database: Database, auth: Authenticator
-) -> Sequence[HostedService]:
+async def build(context: ServiceContext) -> Sequence[HostedService]:
+    settings, database, auth = context.settings, context.database, context.auth
     # First, so a missing or unusable signing key stops the process with ConfigError.
     issuer = TokenIssuer(settings.jwt)
     servicer = UserServicer(UserStore(database), auth, PasswordHasher(), issuer)

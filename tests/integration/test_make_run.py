@@ -6,6 +6,7 @@ by bash with the real grpcurl binary, only the ports swapped; Ctrl-C (SIGINT) st
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,6 +64,16 @@ def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> s
     raise AssertionError(f"launcher never printed {marker!r}:\n{''.join(seen)}")
 
 
+def assert_every_instance_passing(status: dict[str, Any]) -> None:
+    """`mesh status --json`: all five services, two instances of inventory and payment, all passing."""
+    services = {service["name"]: service for service in status["services"]}
+    expected = {"user": 1, "order": 1, "payment": 2, "inventory": 2, "shipping": 1}
+    assert {name: len(services[name]["instances"]) for name in expected} == expected
+    for name, count in expected.items():
+        assert services[name]["passing"] == count
+        assert len(services[name]["endpoints"]) == count
+
+
 def run_block(block: str, env: dict[str, str]) -> str:
     """Run a README block with bash, stopping at the first failing line; returns stdout."""
     shell = subprocess.run(
@@ -83,6 +95,7 @@ def test_launcher_starts_the_shop_and_the_readme_lines_work(tmp_path: Path, jwt_
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
     env.update({f"{name.upper()}_PORT": str(port) for name, port in ports.items()})
     env["GATEWAY_PORT"] = str(gateway_port)
+    env["CONSUL_HTTP_ADDR"] = f"127.0.0.1:{free_port()}"  # nothing there: the launcher starts its own agent
     env.update(
         MESH_DATA_DIR=str(tmp_path / "data"),
         MESH_JWT_PRIVATE_KEY_FILE=str(jwt_keys.private),
@@ -109,6 +122,20 @@ def test_launcher_starts_the_shop_and_the_readme_lines_work(tmp_path: Path, jwt_
         grpc_run = run_block(grpc_block, shell_env)
         assert "shop.inventory.v1.InventoryService" in grpc_run
         assert '"status": "ORDER_STATUS_CONFIRMED"' in grpc_run
+        status = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "mesh"),
+                "status",
+                "--consul",
+                env["CONSUL_HTTP_ADDR"],
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert status.returncode == 0, status.stderr
+        assert_every_instance_passing(json.loads(status.stdout))
         rest_run = run_block(rest_block, shell_env)
         assert '"userId":' in rest_run
         assert '"status":"ORDER_STATUS_CONFIRMED"' in rest_run.replace(" ", "")

@@ -1,7 +1,7 @@
 """Real processes for the gateway tests: the five services once for the package, and gateways.
 
 The services start in parallel (each ready when grpc.health says SERVING); a gateway process
-is ready when its /healthz answers. Nothing sleeps for readiness; everything is stopped by
+is ready when its /readyz answers 200 (routes built, endpoints known for every upstream). Nothing sleeps for readiness; everything is stopped by
 its own PID.
 """
 
@@ -154,12 +154,13 @@ def start_gateway(directory: Path, env: dict[str, str], timeout: float = 20.0) -
         if process.poll() is not None:
             raise RuntimeError(f"gateway exited with {process.returncode}:\n{gateway.logs()}")
         try:
-            if http_request(port, "GET", "/healthz")[0] == 200:
+            if http_request(port, "GET", "/readyz")[0] == 200:
                 return gateway
         except OSError:
-            time.sleep(0.02)  # poll interval while the port opens
+            pass
+        time.sleep(0.02)  # poll interval while the port opens and endpoints are discovered
     gateway.stop()
-    raise TimeoutError(f"gateway not healthy after {timeout}s:\n{gateway.logs()}")
+    raise TimeoutError(f"gateway not ready after {timeout}s:\n{gateway.logs()}")
 
 
 @pytest.fixture(scope="package")
