@@ -1,0 +1,215 @@
+"""Call policy per target service and method: one TOML file plus environment overrides.
+
+Why one file validated at load: a typo in ``max_attempts`` should stop the process at start
+with the key's path, not show up weeks later as a retry storm. Every service and method in
+the file is built into frozen policy objects up front; lookups afterwards cannot fail.
+
+The file (every key optional; built-in defaults in brackets)::
+
+    [defaults]
+    timeout = 5.0                       # seconds, when the caller sets no deadline [none]
+
+    [defaults.retry]
+    max_attempts = 3                    # 1..5, first attempt included [3]
+    retryable_codes = ["UNAVAILABLE"]   # grpc.StatusCode names [UNAVAILABLE]
+    initial_backoff = 0.1               # full-jitter exponential backoff [0.1, 2.0, 2.0]
+    backoff_multiplier = 2.0
+    max_backoff = 2.0
+    per_attempt_timeout = 1.0           # [none: each attempt gets the time left]
+
+    [defaults.breaker]                  # sliding window, resilience4j's defaults
+    window_size = 100
+    minimum_calls = 100
+    failure_rate_threshold = 50.0       # percent
+    slow_call_duration = 60.0           # seconds
+    slow_call_rate_threshold = 100.0    # percent
+    open_wait = 60.0                    # seconds
+    half_open_permits = 10
+    failure_codes = ["UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN", "RESOURCE_EXHAUSTED"]
+    ignored_codes = ["INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "FAILED_PRECONDITION",
+                     "PERMISSION_DENIED", "UNAUTHENTICATED"]
+    # or the simple form instead of the window keys:  consecutive_failures = 5
+
+    [defaults.budget]                   # retry budget per target service (Linkerd's)
+    ratio = 0.2
+    min_retries_per_second = 10.0
+    ttl = 10.0
+
+    [services.payment]                  # same keys as [defaults], for calls to "payment"
+    timeout = 2.0
+    [services.payment.breaker]
+    consecutive_failures = 5
+    [services.payment.methods.Capture.retry]   # a method: timeout and retry only
+    max_attempts = 1
+
+Precedence is per key: method > service > defaults > built-in. A layer that sets
+``consecutive_failures`` replaces the window keys below it, and the other way round. A
+method is named bare (``Capture``) or by full path (``"/shop.payment.v1.PaymentService/Capture"``).
+Breakers and budgets exist per endpoint and per service, so a method cannot set them.
+
+Environment overrides (``MESH_POLICY__payment__retry__max_attempts=3``) are described in
+:mod:`mesh.resilience.policy_env`; ``MESH_POLICY_FILE`` names the file for
+:func:`policy_from_env`. Errors name the key path: ``services.payment.retry.max_attempts:
+must be between 1 and 5, got 9``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from mesh.errors import ConfigError
+from mesh.resilience.breaker_config import BreakerConfig
+from mesh.resilience.budget import BudgetConfig
+from mesh.resilience.policy_env import apply_env, key_path
+from mesh.resilience.policy_layers import Flat, LayerLoader, breaker_dict, overlay
+from mesh.resilience.retry import RetryPolicy
+from mesh.resilience.validate import require_positive
+
+FILE_VARIABLE = "MESH_POLICY_FILE"
+
+
+@dataclass(frozen=True)
+class CallPolicy:
+    """What one call uses: its default timeout (None: the caller's own) and its retries."""
+
+    timeout: float | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        if self.timeout is not None:
+            require_positive("timeout", self.timeout)
+
+
+@dataclass(frozen=True)
+class ServicePolicy:
+    """Everything about calls to one target service; ``call`` applies to unlisted methods."""
+
+    call: CallPolicy = field(default_factory=CallPolicy)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    methods: Mapping[str, CallPolicy] = field(default_factory=lambda: MappingProxyType({}))
+
+    def for_method(self, method: str) -> CallPolicy:
+        """The policy of ``method`` (full path or bare name), else the service's."""
+        policy = self.methods.get(method)
+        if policy is None and "/" in method:
+            policy = self.methods.get(method.rsplit("/", 1)[1])
+        return policy or self.call
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """The whole policy file, resolved: defaults plus every listed service."""
+
+    defaults: ServicePolicy = field(default_factory=ServicePolicy)
+    services: Mapping[str, ServicePolicy] = field(default_factory=lambda: MappingProxyType({}))
+
+    def service(self, name: str) -> ServicePolicy:
+        """The policy of calls to ``name``; the defaults for a service the file does not list."""
+        return self.services.get(name, self.defaults)
+
+    def policy_for(self, service: str, method: str) -> CallPolicy:
+        """The policy of one call: method > service > defaults."""
+        return self.service(service).for_method(method)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every resolved value as a file tree; ``parse_policy(s.to_dict()) == s``."""
+        return {
+            "defaults": _service_dict(self.defaults),
+            "services": {name: _service_dict(policy) for name, policy in self.services.items()},
+        }
+
+
+def parse_policy(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> PolicySettings:
+    """Validate a parsed policy tree plus ``MESH_POLICY__`` overrides; ConfigError names the key."""
+    tree, origins = apply_env(data, environ or {})
+    loader = LayerLoader(origins)
+    for key in tree:
+        if key not in ("defaults", "services"):
+            raise loader.error(key_path([key]), "unknown key (expected one of: defaults, services)")
+    base = loader.layer(loader.table(tree.get("defaults", {}), "defaults"), ("defaults",), method=False)
+    defaults = _build_service(loader, base, ("defaults",), {})
+    services: dict[str, ServicePolicy] = {}
+    for name, raw in loader.table(tree.get("services", {}), "services").items():
+        where = ("services", name)
+        table = dict(loader.table(raw, key_path(where)))
+        raw_methods = loader.table(table.pop("methods", {}), key_path((*where, "methods")))
+        flat = overlay(base, loader.layer(table, where, method=False))
+        methods: dict[str, CallPolicy] = {}
+        for method, raw_method in raw_methods.items():
+            method_where = (*where, "methods", method)
+            loader.check_method_name(method, method_where)
+            method_table = loader.table(raw_method, key_path(method_where))
+            method_flat = overlay(flat, loader.layer(method_table, method_where, method=True))
+            methods[method] = _build_call(loader, method_flat, method_where)
+        services[name] = _build_service(loader, flat, where, methods)
+    return PolicySettings(defaults, MappingProxyType(services))
+
+
+def load_policy(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> PolicySettings:
+    """Read the TOML file at ``path`` (None: no file, defaults only) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except OSError as error:
+            raise ConfigError(f"policy file {os.fspath(path)!s}: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"policy file {os.fspath(path)!s}: {error}") from None
+    return parse_policy(data, environ)
+
+
+def policy_from_env(environ: Mapping[str, str]) -> PolicySettings:
+    """The policy named by ``MESH_POLICY_FILE`` (if set) with the environment's overrides."""
+    path = environ.get(FILE_VARIABLE, "").strip()
+    return load_policy(path or None, environ)
+
+
+def _build_call(loader: LayerLoader, flat: Flat, where: tuple[str, ...]) -> CallPolicy:
+    timeout, retry = loader.build_call_parts(flat, where)
+    with loader.located(flat, where, {"timeout": "timeout"}):
+        return CallPolicy(timeout, retry)
+
+
+def _build_service(
+    loader: LayerLoader, flat: Flat, where: tuple[str, ...], methods: dict[str, CallPolicy]
+) -> ServicePolicy:
+    call = _build_call(loader, flat, where)
+    breaker, budget = loader.build_breaker(flat, where), loader.build_budget(flat, where)
+    return ServicePolicy(call, breaker, budget, MappingProxyType(methods))
+
+
+def _call_dict(call: CallPolicy) -> dict[str, Any]:
+    retry = call.retry
+    retry_table: dict[str, Any] = {
+        "max_attempts": retry.max_attempts,
+        "retryable_codes": sorted(retry.retryable_codes),
+        "initial_backoff": retry.backoff.initial,
+        "backoff_multiplier": retry.backoff.multiplier,
+        "max_backoff": retry.backoff.maximum,
+    }
+    if retry.per_attempt_timeout is not None:
+        retry_table["per_attempt_timeout"] = retry.per_attempt_timeout
+    table: dict[str, Any] = {"retry": retry_table}
+    if call.timeout is not None:
+        table["timeout"] = call.timeout
+    return table
+
+
+def _service_dict(policy: ServicePolicy) -> dict[str, Any]:
+    table = _call_dict(policy.call)
+    table["breaker"] = breaker_dict(policy.breaker)
+    table["budget"] = {
+        "ratio": policy.budget.ratio,
+        "min_retries_per_second": policy.budget.min_retries_per_second,
+        "ttl": policy.budget.ttl,
+    }
+    if policy.methods:
+        table["methods"] = {name: _call_dict(call) for name, call in policy.methods.items()}
+    return table
