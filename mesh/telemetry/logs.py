@@ -1,7 +1,9 @@
 """JSON log lines, one object per line, so logs from many processes can be merged and searched.
 
 Configured once per process by :func:`configure_logging` from ``__main__``; the level comes
-from the settings (``MESH_LOG_LEVEL``), never from a module-level global.
+from the settings (``MESH_LOG_LEVEL``), never from a module-level global. Every line written
+while a sampled span is current carries its ``trace_id`` and ``span_id`` (hex, as trace
+backends show them), so any log line can be joined to its trace.
 """
 
 from __future__ import annotations
@@ -12,7 +14,17 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from opentelemetry import trace
+
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def trace_ids() -> dict[str, str]:
+    """``trace_id``/``span_id`` of the current span, or nothing when no span is recording."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return {}
+    return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,6 +42,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if "trace_id" not in vars(record):
+            entry.update(trace_ids())
         for key, value in vars(record).items():
             if key not in _RESERVED and not key.startswith("_"):
                 entry[key] = value

@@ -16,12 +16,14 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mesh.channel import MeshChannel, mesh_channel
 from mesh.identity import JwtVerifier
 from mesh.registry import ConsulRegistrar, Discovery, make_discovery
 from mesh.server import HostedService, LifecycleHook, serve
 from mesh.telemetry.logs import configure_logging
+from mesh.telemetry.setup import start_telemetry
 from services.common.auth import Authenticator
 from services.common.database import Database
 from services.common.errors import StatusInterceptor
@@ -40,13 +42,16 @@ class ServiceContext:
     auth: Authenticator
     discovery: Discovery
     resources: contextlib.AsyncExitStack
+    interceptors: Sequence[Any] = ()  # client interceptors (telemetry) for every channel
     _channels: dict[str, MeshChannel] = field(default_factory=dict)
 
     def channel(self, service: str) -> MeshChannel:
         """The process's one mesh channel to ``service`` (closed after the server drains)."""
         channel = self._channels.get(service)
         if channel is None:
-            channel = self._channels[service] = mesh_channel(service, self.discovery)
+            channel = self._channels[service] = mesh_channel(
+                service, self.discovery, interceptors=self.interceptors
+            )
             self.resources.push_async_callback(channel.close)
         return channel
 
@@ -64,19 +69,26 @@ def registration_hooks(settings: ServiceSettings) -> list[LifecycleHook]:
 async def run(settings: ServiceSettings, migrations: Path, build: Builder) -> None:
     """Open the database and discovery, migrate, serve until signalled, then close all."""
     async with contextlib.AsyncExitStack() as resources:
+        telemetry = start_telemetry(
+            settings.tracing, metrics_host=settings.server.host, metrics_port=settings.metrics_port
+        )
+        resources.callback(telemetry.close)  # last out: flushes spans after the server drained
         database = Database(settings.name, settings.database_url)
         resources.push_async_callback(database.close)
         await migrate(database, migrations)
         discovery = make_discovery(settings.consul_address, settings.upstreams.static)
         resources.push_async_callback(discovery.close)
         authenticator = Authenticator(JwtVerifier(settings.jwt))
-        context = ServiceContext(settings, database, authenticator, discovery, resources)
+        context = ServiceContext(
+            settings, database, authenticator, discovery, resources, telemetry.client_interceptors
+        )
         services = await build(context)
         await serve(
             settings.server,
             services,
-            interceptors=[StatusInterceptor()],
+            interceptors=[*telemetry.server_interceptors, StatusInterceptor()],
             hooks=registration_hooks(settings),
+            meta=telemetry.meta,
         )
 
 

@@ -15,11 +15,13 @@ from mesh.config import (
     ServerSettings,
     UpstreamSettings,
     env_float,
+    env_int,
     env_str,
     server_settings_from_env,
     upstream_settings_from_env,
 )
 from mesh.identity import JwtSettings, jwt_settings_from_env
+from mesh.telemetry.tracing import TracingSettings, tracing_settings_from_env
 
 DEFAULT_PORTS = {
     "user": 50051,
@@ -43,6 +45,9 @@ class ServiceSettings:
     # Consul's HTTP address; empty means no registry (static upstream targets, no registration).
     consul_address: str = ""
     check_interval_seconds: float = 1.0
+    # /metrics port (0: any free port, published in Consul meta as metrics_port); OTEL_* tracing.
+    metrics_port: int = 0
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     @property
     def name(self) -> str:
@@ -64,4 +69,6 @@ def service_settings_from_env(name: str, environ: Mapping[str, str]) -> ServiceS
         extra={k.removeprefix(prefix): v for k, v in environ.items() if k.startswith(prefix)},
         consul_address=env_str(environ, "CONSUL_HTTP_ADDR", ""),
         check_interval_seconds=env_float(environ, "MESH_CHECK_INTERVAL_SECONDS", 1.0),
+        metrics_port=env_int(environ, "MESH_METRICS_PORT", 0),
+        tracing=tracing_settings_from_env(environ, name),
     )

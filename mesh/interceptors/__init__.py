@@ -1,0 +1,6 @@
+"""Thin grpc.aio adapters, one module per concern and ONE CLASS PER CALL TYPE on the client.
+
+grpc.aio registers a client interceptor class that implements several call types for
+unary-unary only (grpc/grpc#31442), so every client concern ships four classes and a helper
+that returns all four. Server interceptors wrap the method handler once per call type.
+"""
