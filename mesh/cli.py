@@ -2,12 +2,14 @@
 
 ``mesh keygen DIR`` writes an Ed25519 key pair for signing and verifying tokens;
 ``mesh status`` shows what Consul knows: services, instances, health, and the endpoints a
-mesh channel in this process would pick.
+mesh channel in this process would pick; ``mesh sagas`` lists sagas that are not terminal,
+through the application's module named by ``MESH_SAGAS_MODULE`` (``services.order.sagas`` for the shop).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -37,7 +39,24 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--tag", action="append", default=[], help="only instances with this tag")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(run=show_status)
+    sagas = commands.add_parser("sagas", help="sagas that are not terminal (runs $MESH_SAGAS_MODULE)")
+    sagas.add_argument("--module", default=os.environ.get("MESH_SAGAS_MODULE", ""))
+    sagas.add_argument("args", nargs=argparse.REMAINDER, help="passed to the module, e.g. --json")
+    sagas.set_defaults(run=show_sagas)
     return parser
+
+
+def show_sagas(options: argparse.Namespace) -> int:
+    """Delegate to the application's saga module: the mesh itself knows no sagas."""
+    if not options.module:
+        print(
+            "mesh sagas: set MESH_SAGAS_MODULE (the shop's: services.order.sagas) or --module",
+            file=sys.stderr,
+        )
+        return 2
+    module = importlib.import_module(options.module)
+    result: int = module.main(options.args)
+    return result
 
 
 def show_status(options: argparse.Namespace) -> int:

@@ -3,6 +3,11 @@
 Its calls to user, inventory, payment and shipping go through the process's mesh channels
 (Consul-discovered and balanced when CONSUL_HTTP_ADDR is set, the configured static targets
 otherwise), authenticated as the order service itself.
+
+On start it resumes, in the background and as the order service, every saga left open by a
+previous run (or by a dead instance, once its lease expires). Settings of its own:
+``ORDER_SAGA_LEASE_SECONDS`` (10), ``ORDER_SAGA_RETRY_BASE_SECONDS`` (0.2),
+``ORDER_SAGA_RETRY_MAX_SECONDS`` (30), and ``ORDER_FAULT_CRASH_AT`` for the crash tests only.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ from mesh.identity import ServiceTokens
 from mesh.server import HostedService
 from services.common.app import ServiceContext, main
 from services.order.clients import Upstreams
+from services.order.domain import ORDER_STEPS
+from services.order.faults import checkpoint_from_settings
 from services.order.orders import Orders
+from services.order.runner import saga_settings_from_extra
 from services.order.servicer import OrderServicer
 from services.order.store import OrderStore
 from shop.order.v1 import order_pb2, order_pb2_grpc
@@ -25,9 +33,15 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 async def build(context: ServiceContext) -> Sequence[HostedService]:
     settings = context.settings
+    # Both are validated before anything starts: a bad value stops the process here.
+    saga = saga_settings_from_extra(settings.extra)
+    checkpoint = checkpoint_from_settings(settings.extra, ORDER_STEPS)
     tokens = ServiceTokens(settings.jwt, settings.name)
     upstreams = Upstreams.connect(settings.upstreams, tokens, factory=context.channel)
-    servicer = OrderServicer(Orders(OrderStore(context.database)), upstreams, context.auth)
+    orders = Orders(OrderStore(context.database), saga=saga, checkpoint=checkpoint)
+    context.resources.push_async_callback(orders.close)  # before the channels it calls through
+    orders.start_resuming(upstreams.for_service)
+    servicer = OrderServicer(orders, upstreams, context.auth)
     return [
         HostedService(
             SERVICE, lambda server: order_pb2_grpc.add_OrderServiceServicer_to_server(servicer, server)

@@ -104,6 +104,15 @@ class Upstreams:
         deadline = None if remaining is None else time.monotonic() + remaining
         return CallerClients(self, self._tokens.metadata(), deadline)
 
+    def for_service(self) -> CallerClients:
+        """Clients for the saga itself, bound to no caller's deadline.
+
+        Sagas run in the background (and are resumed after a restart, when no caller exists),
+        so each call is bounded by the default timeout only; the token is taken fresh per
+        call because a compensation may be retried for longer than a token lives.
+        """
+        return ServiceClients(self, self._tokens)
+
 
 class CallerClients:
     """The upstream calls of one incoming RPC, with its credentials and within its deadline.
@@ -263,6 +272,18 @@ class CallerClients:
         )
         reply = await self._step("shipping service", self.upstreams.shipping.CancelShipment, request)
         return "shipment cancelled" if reply.HasField("shipment") else "no shipment was scheduled"
+
+
+class ServiceClients(CallerClients):
+    """:class:`CallerClients` with no deadline and a service token renewed as it ages."""
+
+    def __init__(self, upstreams: Upstreams, tokens: ServiceTokens) -> None:
+        super().__init__(upstreams, tokens.metadata(), None)
+        self._tokens = tokens
+
+    async def _call(self, service: str, method: Callable[..., Awaitable[T]], request: Any) -> T:
+        self.metadata = self._tokens.metadata()
+        return await super()._call(service, method, request)
 
 
 def _request_id(order: Order, operation: str) -> str:

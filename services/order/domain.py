@@ -260,6 +260,14 @@ def stuck(order: Order, failures: Sequence[str], now: str) -> Order:
     return replace(order, status_reason=reason, update_time=now)
 
 
+def saga_open(order: Order) -> bool:
+    """Whether the saga still has work: PENDING, or a cancellation not finished yet (which a
+    CONFIRMED order being undone also is)."""
+    if order.status is OrderStatus.PENDING:
+        return True
+    return bool(order.cancel_reason) and order.status is not OrderStatus.CANCELLED
+
+
 def remaining(steps: Sequence[SagaStep], order: Order) -> list[SagaStep]:
     """Forward steps not completed yet, in order."""
     return [s for s in steps if not order.has(s.name, Outcome.COMPLETED)]
@@ -287,6 +295,8 @@ class SagaStep:
     action: Call
     compensation: Call | None = None
     sets: str = ""
+    # The compensation's own name, for logs and the crash-matrix fault points.
+    undo: str = ""
 
 
 async def undo_payment(participants: Participants, order: Order) -> str:
@@ -309,14 +319,21 @@ async def undo_payment(participants: Participants, order: Order) -> str:
 # captured one, and releasing a reservation also returns committed (sold) stock.
 ORDER_STEPS: tuple[SagaStep, ...] = (
     SagaStep(
-        "reserve_stock", lambda p, o: p.reserve_stock(o), lambda p, o: p.release_stock(o), "reservation_id"
+        "reserve_stock",
+        lambda p, o: p.reserve_stock(o),
+        lambda p, o: p.release_stock(o),
+        "reservation_id",
+        "release_stock",
     ),
-    SagaStep("authorize_payment", lambda p, o: p.authorize_payment(o), undo_payment, "payment_id"),
+    SagaStep(
+        "authorize_payment", lambda p, o: p.authorize_payment(o), undo_payment, "payment_id", "undo_payment"
+    ),
     SagaStep(
         "schedule_shipment",
         lambda p, o: p.schedule_shipment(o),
         lambda p, o: p.cancel_shipment(o),
         "shipment_id",
+        "cancel_shipment",
     ),
     SagaStep("capture_payment", lambda p, o: p.capture_payment(o)),
     SagaStep("commit_stock", lambda p, o: p.commit_stock(o)),

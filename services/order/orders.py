@@ -4,10 +4,14 @@ Ownership is enforced here, where the data lives: a customer sees only their own
 another user's order is NOT_FOUND (not PERMISSION_DENIED, which would confirm it exists);
 admins see every order.
 
-CreateOrder waits for the order's terminal state; it returns PENDING only when the caller's
-deadline cut the run short or a compensation could not finish. WatchOrder follows an order
-until it is terminal: saves made by this process wake watchers at once, and a short poll
-catches changes made by other instances.
+CreateOrder stores the order, starts its saga in the background (:mod:`services.order.runner`)
+and waits for the terminal state (CONFIRMED or CANCELLED) up to the caller's deadline; when
+the deadline comes first it returns the order as it stands, PENDING, and the saga carries on
+regardless: it does not belong to the call, and after a crash it is resumed on start. Clients
+follow a PENDING order with WatchOrder (or re-send CreateOrder with the same request_id, which
+returns the same order). WatchOrder follows an order until it is terminal: saves made by this
+process wake watchers at once, and a short poll catches changes made by other instances.
+CancelOrder likewise waits up to the deadline for the order to be CANCELLED.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from services.common.values import new_id, utc_now
 from services.order import domain
 from services.order.domain import ORDER_STEPS, Draft, Order, OrderStatus, SagaStep
 from services.order.participants import Lookups, Participants
-from services.order.store import OrderStore, StaleOrder
-from services.order.workflow import KeyedLocks, Orchestrator
+from services.order.runner import ParticipantsFactory, SagaRunner, SagaSettings
+from services.order.store import OrderStore
+from services.order.workflow import Checkpoint
 
 
 class Orders:
-    """One per process: it owns the per-order locks and the watchers' wakeups."""
+    """One per process: it owns the saga runner and the watchers' wakeups."""
 
     def __init__(
         self,
@@ -36,30 +41,48 @@ class Orders:
         clock: Callable[[], str] = utc_now,
         ids: Callable[[], str] = lambda: new_id("ord"),
         watch_poll_seconds: float = 1.0,
+        saga: SagaSettings | None = None,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         self._store = store
-        self._saga = Orchestrator(steps, self._save, clock)
+        self._runner = SagaRunner(store, steps, self._notify, saga, clock, checkpoint)
         self._changed: dict[str, asyncio.Event] = {}
         self._watch_poll = watch_poll_seconds
         self._clock = clock
         self._ids = ids
-        self._locks = KeyedLocks()
 
-    async def create(self, user_id: str, draft: Draft, lookups: Lookups, participants: Participants) -> Order:
-        """Place an order once per (user, request_id) and run it to a terminal state.
+    def start_resuming(self, participants: ParticipantsFactory) -> None:
+        """Resume every open saga now and keep taking over those whose holder died."""
+        self._runner.start(participants)
+
+    async def close(self) -> None:
+        await self._runner.close()
+
+    async def create(
+        self,
+        user_id: str,
+        draft: Draft,
+        lookups: Lookups,
+        participants: Participants,
+        wait_seconds: float | None = None,
+    ) -> Order:
+        """Place an order once per (user, request_id) and wait up to ``wait_seconds`` (None:
+        until it is terminal) for its saga, which runs on without the caller.
 
         The user and the prices are checked before anything is stored, so when either service
         is down the call fails UNAVAILABLE with no trace; after the order is stored, failures
-        end in a CANCELLED order (or PENDING, when even undoing could not finish).
+        end in a CANCELLED order.
         """
         existing = await self._store.find(user_id, draft.request_id)
-        if existing is not None:
-            return await self._drive(existing, participants)
-        await lookups.check_user(user_id)
-        catalog = await lookups.catalog(line.sku for line in draft.lines)
-        order = domain.new_order(self._ids(), user_id, draft, catalog, self._clock())
-        stored, _created = await self._store.create(order)
-        return await self._drive(stored, participants)
+        if existing is None:
+            await lookups.check_user(user_id)
+            catalog = await lookups.catalog(line.sku for line in draft.lines)
+            order = domain.new_order(self._ids(), user_id, draft, catalog, self._clock())
+            existing, _created = await self._store.create(order)
+        if existing.status is not OrderStatus.PENDING:
+            return existing
+        task = self._runner.submit(existing.order_id, lambda: participants)
+        return await self._settle(task, existing.order_id, wait_seconds)
 
     async def get(self, principal: Principal, order_id: str) -> Order:
         order = await self._store.get(order_id)
@@ -74,7 +97,16 @@ class Orders:
         """The order now, then each new version of it, ending once it is CONFIRMED or CANCELLED."""
         order = await self.get(principal, order_id)
         yield order
-        while order.status is OrderStatus.PENDING:
+        if order.status is OrderStatus.PENDING:
+            async for later in self._versions(order):
+                yield later
+                if later.status is not OrderStatus.PENDING:
+                    return
+
+    async def _versions(self, order: Order) -> AsyncIterator[Order]:
+        """Every later version of the order, as saves here (or a poll) reveal them; endless."""
+        order_id = order.order_id
+        while True:
             changed = self._changed.setdefault(order_id, asyncio.Event())  # before reading: no lost wakeup
             latest = await self._store.get(order_id)
             if latest.version != order.version:
@@ -84,33 +116,41 @@ class Orders:
             with contextlib.suppress(TimeoutError):  # a timeout: another instance may have saved it
                 await asyncio.wait_for(changed.wait(), self._watch_poll)
 
-    async def cancel(self, principal: Principal, order_id: str, participants: Participants) -> Order:
-        """Undo the order's completed steps; a CANCELLED order comes back unchanged."""
+    async def cancel(
+        self,
+        principal: Principal,
+        order_id: str,
+        participants: Participants,
+        wait_seconds: float | None = None,
+    ) -> Order:
+        """Undo the order's completed steps (after a run in progress here); wait up to
+        ``wait_seconds`` for CANCELLED. A CANCELLED order comes back unchanged."""
         order = await self.get(principal, order_id)
         if order.status is OrderStatus.CANCELLED:
             return order
-        async with self._locks.hold(order_id):
-            order = await self._store.get(order_id)  # what a run we waited for left behind
-            try:
-                return await self._saga.cancel(order, participants, domain.CANCELLED_BY_CUSTOMER)
-            except StaleOrder:
-                return await self._store.get(order_id)
+        task = self._runner.submit(order_id, lambda: participants, domain.CANCELLED_BY_CUSTOMER)
+        return await self._settle(task, order_id, wait_seconds)
 
-    async def _save(self, order: Order) -> Order:
-        saved = await self._store.save(order)
+    def _notify(self, order: Order) -> None:
         changed = self._changed.pop(order.order_id, None)
         if changed is not None:
             changed.set()
-        return saved
 
-    async def _drive(self, order: Order, participants: Participants) -> Order:
-        """Run (or resume) a PENDING order; terminal orders are returned as they are."""
-        if order.status is not OrderStatus.PENDING:
-            return order
-        async with self._locks.hold(order.order_id):
-            order = await self._store.get(order.order_id)
-            try:
-                return await self._saga.run(order, participants)
-            except StaleOrder:
-                # Another instance is driving this order: report where it is now.
-                return await self._store.get(order.order_id)
+    async def _settle(self, task: asyncio.Task[Order | None], order_id: str, wait: float | None) -> Order:
+        """The saga's result, or the order as it stands once ``wait`` seconds have passed.
+
+        The task is shielded: the caller going away never stops the saga. When another
+        instance drives the order (the task ends with None), its saves are followed instead.
+        """
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                result = await asyncio.shield(task)
+                if result is not None:
+                    return result
+                order = await self._store.get(order_id)
+                if not domain.saga_open(order):
+                    return order
+                async for later in self._versions(order):
+                    if not domain.saga_open(later):
+                        return later
+        return await self._store.get(order_id)

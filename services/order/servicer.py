@@ -19,6 +19,15 @@ from shop.order.v1 import order_pb2_grpc
 from shop.shipping.v1 import shipping_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
+# Kept back from the caller's deadline so the PENDING answer still reaches it in time.
+ANSWER_MARGIN_SECONDS = 0.25
+
+
+def wait_budget(context: Context) -> float | None:
+    """How long a call may wait for its saga: the caller's deadline less a margin (None: no
+    deadline, wait until terminal)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else max(0.0, remaining - ANSWER_MARGIN_SECONDS)
 
 
 def order_pb(order: Order) -> pb.Order:
@@ -75,6 +84,10 @@ def require_order_id(order_id: str) -> None:
 
 
 class OrderServicer(order_pb2_grpc.OrderServiceServicer):
+    """CreateOrder and CancelOrder answer with the terminal order, or PENDING (CONFIRMED for a
+    cancellation under way) when the caller's deadline comes first; the saga runs on as the
+    order service, and WatchOrder is how a caller follows it to the end."""
+
     def __init__(self, orders: Orders, upstreams: Upstreams, auth: Authenticator) -> None:
         self._orders = orders
         self._upstreams = upstreams
@@ -84,8 +97,8 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         principal = self._auth.required(context)
         lines = [Line(item.sku, item.quantity) for item in request.items]
         draft = domain.validate_create(lines, address(request), request.request_id)
-        calls = self._upstreams.for_call(context)
-        order = await self._orders.create(principal.subject, draft, calls, calls)
+        lookups, saga = self._upstreams.for_call(context), self._upstreams.for_service()
+        order = await self._orders.create(principal.subject, draft, lookups, saga, wait_budget(context))
         return pb.CreateOrderResponse(order=order_pb(order))
 
     async def GetOrder(self, request: pb.GetOrderRequest, context: Context) -> pb.GetOrderResponse:
@@ -115,5 +128,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         require_order_id(request.order_id)
         if len(request.request_id) > domain.MAX_REQUEST_ID:
             raise InvalidArgument({"request_id": f"at most {domain.MAX_REQUEST_ID} characters"})
-        order = await self._orders.cancel(principal, request.order_id, self._upstreams.for_call(context))
+        order = await self._orders.cancel(
+            principal, request.order_id, self._upstreams.for_service(), wait_budget(context)
+        )
         return pb.CancelOrderResponse(order=order_pb(order))

@@ -1,23 +1,40 @@
 """The order service's own database: each order is one JSON document plus lookup columns.
 
+The document is the durable saga log: a save writes the order's fields and its whole step
+history in one transaction, so a step's outcome and the order's own change commit together
+(or not at all), and the orchestrator starts the next step only after that commit.
+
 Saves are optimistic: every row carries a version, and a save made from a stale copy (another
 runner moved the order on meanwhile) changes nothing and raises :class:`StaleOrder`, so two
-runners can never silently overwrite each other's step history.
+runners can never silently overwrite each other's step history. On top of that, a runner
+holds a lease (``lease_owner``, ``lease_expires``) while it drives an order; a save made with
+an ``owner`` also requires that lease, which fences off a runner whose lease ran out (a paused
+or partitioned process) even before the new holder has saved anything.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import grpc
 
 from services.common.database import Database, Row, Tx
 from services.common.errors import DomainError, NotFound
-from services.order.domain import Address, Item, Order, OrderStatus, Outcome, StepRecord
+from services.order.domain import Address, Item, Order, OrderStatus, Outcome, StepRecord, saga_open
 
 COLUMNS = "order_id, user_id, request_id, status, create_time, update_time, version, document"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """An unfinished order and who (if anyone) holds its lease, until when (epoch seconds)."""
+
+    order: Order
+    owner: str
+    expires: float
 
 
 class StaleOrder(DomainError):
@@ -79,7 +96,7 @@ class OrderStore:
 
         def work(tx: Tx) -> tuple[Order, bool]:
             added = tx.execute(
-                f"INSERT INTO orders ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO orders ({COLUMNS}, saga_open) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (user_id, request_id) DO NOTHING",
                 (
                     order.order_id,
@@ -90,6 +107,7 @@ class OrderStore:
                     order.update_time,
                     1,
                     document(order),
+                    int(saga_open(order)),
                 ),
             )
             if added:
@@ -112,20 +130,88 @@ class OrderStore:
             raise NotFound(f"order '{order_id}' not found")
         return _order(row)
 
-    async def save(self, order: Order) -> Order:
-        """Write the order over the version it was read at; StaleOrder if that moved on."""
+    async def save(self, order: Order, owner: str | None = None) -> Order:
+        """Write the order over the version it was read at; StaleOrder if that moved on.
+
+        With ``owner``, the save also requires that owner's lease on the order (and keeps it).
+        """
 
         def work(tx: Tx) -> Order:
-            changed = tx.execute(
-                "UPDATE orders SET status = ?, update_time = ?, version = version + 1, document = ? "
-                "WHERE order_id = ? AND version = ?",
-                (order.status.value, order.update_time, document(order), order.order_id, order.version),
+            sql = (
+                "UPDATE orders SET status = ?, update_time = ?, version = version + 1, document = ?, "
+                "saga_open = ? WHERE order_id = ? AND version = ?"
             )
+            params: list[object] = [
+                order.status.value,
+                order.update_time,
+                document(order),
+                int(saga_open(order)),
+                order.order_id,
+                order.version,
+            ]
+            if owner is not None:
+                sql += " AND lease_owner = ?"
+                params.append(owner)
+            changed = tx.execute(sql, params)
             if not changed:
                 raise StaleOrder(order.order_id)
             return replace(order, version=order.version + 1)
 
         return await self._db.transact(work)
+
+    async def claim(self, order_id: str, owner: str, now: float, ttl: float) -> bool:
+        """Take (or keep) the lease on an unfinished order; False while another holds it.
+
+        Terminal orders can be claimed too (a CancelOrder of a CONFIRMED order needs it).
+        """
+        return bool(
+            await self._db.transact(
+                lambda tx: tx.execute(
+                    "UPDATE orders SET lease_owner = ?, lease_expires = ? WHERE order_id = ? "
+                    "AND status <> 'CANCELLED' "
+                    "AND (lease_owner = '' OR lease_owner = ? OR lease_expires < ?)",
+                    (owner, now + ttl, order_id, owner, now),
+                )
+            )
+        )
+
+    async def renew(self, owner: str, order_ids: Sequence[str], now: float, ttl: float) -> int:
+        """Extend the owner's leases on these orders; how many it still held."""
+        if not order_ids:
+            return 0
+        marks = ", ".join("?" for _ in order_ids)
+        return await self._db.transact(
+            lambda tx: tx.execute(
+                f"UPDATE orders SET lease_expires = ? WHERE lease_owner = ? AND order_id IN ({marks})",
+                (now + ttl, owner, *order_ids),
+            )
+        )
+
+    async def release(self, owner: str, order_id: str | None = None) -> int:
+        """Give up the owner's lease on one order (or on all, at shutdown)."""
+        sql, params = "UPDATE orders SET lease_owner = '', lease_expires = 0 WHERE lease_owner = ?", [owner]
+        if order_id is not None:
+            sql += " AND order_id = ?"
+            params.append(order_id)
+        return await self._db.transact(lambda tx: tx.execute(sql, params))
+
+    async def unfinished(self, now: float | None = None, limit: int = 1000) -> list[Lease]:
+        """Orders whose saga has work left, oldest change first; with ``now``, only those
+        whose lease nobody holds (free or expired)."""
+
+        def work(tx: Tx) -> list[Row]:
+            sql = "SELECT order_id, user_id, update_time, lease_owner, lease_expires, document FROM orders "
+            sql += "WHERE saga_open = 1"
+            params: list[object] = []
+            if now is not None:
+                sql += " AND (lease_owner = '' OR lease_expires < ?)"
+                params.append(now)
+            return tx.query(sql + " ORDER BY update_time LIMIT ?", (*params, limit))
+
+        return [
+            Lease(_order({**row, "version": 0}), str(row["lease_owner"]), float(row["lease_expires"]))
+            for row in await self._db.transact(work)
+        ]
 
     async def list_for_user(self, user_id: str, after: tuple[str, str] | None, limit: int) -> list[Order]:
         """The user's orders newest first, starting after (create_time, order_id) when given."""

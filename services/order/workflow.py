@@ -7,16 +7,20 @@ CancelOrder, or later the durable saga log resuming after a crash) carries on wh
 run stopped and never repeats a completed step's effect: participants are called with the
 order's deterministic step keys.
 
-A compensation that fails does not stop the others; the order then keeps its status with a
-reason saying what is left, and re-running finishes the job. That is the seam the durable
-saga issue fills with retries, a saga log and resume-on-start.
+The order document is the saga log: each save commits the step's outcome together with the
+order's own fields (status, ids, reasons) in one transaction, and a step starts only after
+the previous save returned. A compensation that fails does not stop the others; the order
+then keeps its status with a reason saying what is left, and re-running finishes the job
+(:mod:`services.order.runner` re-runs it with backoff and resumes unfinished orders on start).
+
+``checkpoint(phase, name)`` is called at every boundary (``before_commit``/``after_commit``
+of a step, ``compensating`` after an undo and before its save): the seam the crash matrix
+uses to kill the process there (:mod:`services.order.faults`).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 
 from services.common.values import utc_now
 from services.order import domain
@@ -24,15 +28,27 @@ from services.order.domain import Order, OrderStatus, Outcome, SagaStep
 from services.order.participants import FailureKind, Participants, StepFailure
 
 Save = Callable[[Order], Awaitable[Order]]
+Checkpoint = Callable[[str, str], None]
+
+
+def _no_checkpoint(phase: str, name: str) -> None:
+    """Boundaries are not observed unless a checkpoint is given."""
 
 
 class Orchestrator:
     """Drives orders through ``steps``; ``save`` persists (and returns) each new state."""
 
-    def __init__(self, steps: Sequence[SagaStep], save: Save, clock: Callable[[], str] = utc_now) -> None:
+    def __init__(
+        self,
+        steps: Sequence[SagaStep],
+        save: Save,
+        clock: Callable[[], str] = utc_now,
+        checkpoint: Checkpoint = _no_checkpoint,
+    ) -> None:
         self._steps = tuple(steps)
         self._save = save
         self._clock = clock
+        self._checkpoint = checkpoint
 
     async def run(self, order: Order, participants: Participants) -> Order:
         """Carry a PENDING order on: the remaining forward steps, or its compensation."""
@@ -51,7 +67,9 @@ class Orchestrator:
                 # The failure and the decision to undo are saved together: a later run compensates.
                 order = await self._save(domain.begin_cancel(failed, failure.reason, self._clock()))
                 return await self.compensate(order, participants)
+            self._checkpoint("before_commit", step.name)
             order = await self._save(domain.record(order, step, Outcome.COMPLETED, detail, self._clock()))
+            self._checkpoint("after_commit", step.name)
         return await self._save(domain.confirm(order, self._steps, self._clock()))
 
     async def cancel(self, order: Order, participants: Participants, reason: str) -> Order:
@@ -74,35 +92,8 @@ class Orchestrator:
                 detail = f"compensation failed: {failure.reason}"
                 order = await self._save(domain.record(order, step, Outcome.FAILED, detail, self._clock()))
                 continue
+            self._checkpoint("compensating", step.undo or step.name)
             order = await self._save(domain.record(order, step, Outcome.COMPENSATED, detail, self._clock()))
         if failures:
             return await self._save(domain.stuck(order, failures, self._clock()))
         return await self._save(domain.cancel(order, self._steps, self._clock()))
-
-
-class KeyedLocks:
-    """One asyncio lock per key, dropped when nobody holds or waits for it.
-
-    Serializes runs of the same order inside one process, so a re-sent CreateOrder or a
-    CancelOrder waits for the run in progress and then sees its result instead of racing it.
-    """
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-    def __len__(self) -> int:
-        return len(self._locks)

@@ -6,7 +6,6 @@ services do, so a test can tell "called twice" from "had two effects".
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from services.order import domain
 from services.order.domain import ORDER_STEPS, Address, Line, Order, OrderStatus, Outcome, Price
 from services.order.participants import FailureKind, StepFailure
-from services.order.workflow import KeyedLocks, Orchestrator
+from services.order.workflow import Orchestrator
 
 NOW = "2025-01-01T00:00:00.000000+00:00"
 FORWARD = ["reserve_stock", "authorize_payment", "schedule_shipment", "capture_payment", "commit_stock"]
@@ -241,17 +240,3 @@ async def test_cancelling_a_pending_order_compensates_what_it_did() -> None:
     order = await saga(MemoryStore()).cancel(store.last, fake, domain.CANCELLED_BY_CUSTOMER)
     assert fake.calls == ["void_payment", "release_stock"]
     assert order.status is OrderStatus.CANCELLED
-
-
-async def test_keyed_locks_serialize_one_key_and_forget_it_afterwards() -> None:
-    locks, inside, overlaps = KeyedLocks(), set[str](), []
-
-    async def hold(key: str) -> None:
-        async with locks.hold(key):
-            overlaps.append(key in inside)
-            inside.add(key)
-            await asyncio.sleep(0)  # yield so the other holders get a chance to run
-            inside.discard(key)
-
-    await asyncio.gather(*(hold(key) for key in "aabba"))
-    assert overlaps == [False] * 5 and len(locks) == 0

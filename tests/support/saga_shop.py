@@ -1,0 +1,145 @@
+"""A five-service shop for saga tests, on SQLite files or on PostgreSQL databases.
+
+The participants (user, inventory, payment, shipping) run for the whole module; the order
+service is started and restarted by the tests (with or without a crash point) over the same
+database, which is what a crash-and-resume test needs. Every process is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import psycopg
+
+from services.common.database import Database
+from shop.user.v1 import user_pb2
+from shop.user.v1.user_pb2_grpc import UserServiceStub
+from tests.support.invariants import ShopDatabases
+from tests.support.processes import ServiceProcess, free_port, service_env
+from tests.support.tokens import KeyPair
+
+PARTICIPANTS = ("user", "inventory", "payment", "shipping")
+Metadata = tuple[tuple[str, str], ...]
+# Short leases and retries keep a resumed saga's wait well inside the tests' 30 s bound.
+SAGA_ENV = {
+    "ORDER_SAGA_LEASE_SECONDS": "1.5",
+    "ORDER_SAGA_RETRY_BASE_SECONDS": "0.05",
+    "ORDER_SAGA_RETRY_MAX_SECONDS": "0.5",
+}
+
+
+@contextmanager
+def postgres_databases(admin_dsn: str, names: tuple[str, ...]) -> Iterator[dict[str, str]]:
+    """One fresh PostgreSQL database per name, dropped afterwards."""
+    created = {name: f"t_{name}_{uuid.uuid4().hex[:12]}" for name in names}
+    base = admin_dsn.rsplit("/", 1)[0]
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        for database in created.values():
+            admin.execute(f'CREATE DATABASE "{database}"')
+    try:
+        yield {name: f"{base}/{database}" for name, database in created.items()}
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            for database in created.values():
+                admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@dataclass
+class SagaShop:
+    root: Path
+    keys: KeyPair
+    urls: dict[str, str]
+    processes: dict[str, ServiceProcess] = field(default_factory=dict)
+    order: ServiceProcess | None = None
+    started: list[ServiceProcess] = field(default_factory=list)
+    customer: Metadata = ()
+
+    @property
+    def databases(self) -> ShopDatabases:
+        return ShopDatabases(**{n: self.urls[n] for n in ("order", "inventory", "payment", "shipping")})
+
+    def address(self, name: str) -> str:
+        return self.order.address if name == "order" and self.order else self.processes[name].address
+
+    def _process(self, name: str, **env: str) -> ServiceProcess:
+        port = free_port()
+        base = {
+            "MESH_PORT": str(port),
+            "MESH_DATA_DIR": str(self.root / "data"),
+            f"{name.upper()}_DATABASE_URL": self.urls[name],
+            **self.keys.env(name),
+        }
+        process = ServiceProcess(name, port, service_env(base, **env), self.root / f"{name}-{port}.log")
+        self.started.append(process)
+        return process
+
+    def start_participants(self) -> None:
+        settings = {"user": {}, "inventory": {"INVENTORY_SEED_DEMO": "1"}, "payment": {}, "shipping": {}}
+        with ThreadPoolExecutor(len(settings)) as pool:
+            futures = {n: pool.submit(self._process(n, **env).start) for n, env in settings.items()}
+            self.processes = {n: f.result() for n, f in futures.items()}
+        self.customer = login(self.address("user"), f"saga-{uuid.uuid4().hex[:8]}@example.com")
+
+    def start_order(self, crash_at: str = "") -> ServiceProcess:
+        """A fresh order process over the shop's order database (stopping the previous one)."""
+        if self.order is not None:
+            self.order.terminate()
+        env = {f"MESH_UPSTREAM_{n.upper()}": self.address(n) for n in PARTICIPANTS if n != "order"}
+        env.update(SAGA_ENV)
+        if crash_at:
+            env["ORDER_FAULT_CRASH_AT"] = crash_at
+        self.order = self._process("order", **env).start()
+        return self.order
+
+    def stop(self) -> None:
+        for process in reversed(self.started):
+            process.terminate()
+
+
+def login(address: str, email: str) -> Metadata:
+    with grpc.insecure_channel(address) as channel:
+        users = UserServiceStub(channel)
+        users.CreateUser(
+            user_pb2.CreateUserRequest(email=email, password="correct horse 9", display_name="S")
+        )
+        reply = users.Login(user_pb2.LoginRequest(email=email, password="correct horse 9"))
+    return (("authorization", f"Bearer {reply.access_token}"),)
+
+
+@contextmanager
+def saga_shop(root: Path, keys: KeyPair, backend: str, admin_dsn: str) -> Iterator[SagaShop]:
+    """The participants running and no order process yet; all stopped (and dropped) after."""
+    names = ("order", *PARTICIPANTS)
+    if backend == "postgresql":
+        with postgres_databases(admin_dsn, names) as urls:
+            shop = SagaShop(root, keys, urls)
+            try:
+                shop.start_participants()
+                yield shop
+            finally:
+                shop.stop()
+        return
+    shop = SagaShop(root, keys, {n: str(root / "data" / f"{n}.sqlite3") for n in names})
+    try:
+        shop.start_participants()
+        yield shop
+    finally:
+        shop.stop()
+
+
+async def order_for_request(urls: dict[str, str], request_id: str) -> str:
+    """The order id the order service stored for a request id ('' if none)."""
+    database = Database("order", urls["order"], workers=1)
+    try:
+        row = await database.transact(
+            lambda tx: tx.one("SELECT order_id FROM orders WHERE request_id = ?", (request_id,))
+        )
+    finally:
+        await database.close()
+    return str(row["order_id"]) if row else ""
