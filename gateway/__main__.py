@@ -29,7 +29,7 @@ log = logging.getLogger("gateway")
 
 async def run(settings: GatewaySettings) -> None:
     static = {name: [target] for name, target in settings.upstreams.items()}
-    factory = MeshChannelFactory(make_discovery(settings.consul_address, static))
+    factory = MeshChannelFactory(make_discovery(settings.consul_address, static), settings.policy)
     gateway = Gateway(settings, factory)
     limits = settings.limits
     server = HttpServer(

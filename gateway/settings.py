@@ -15,6 +15,7 @@ fails the start (``ConfigError`` naming the variable) instead of surfacing as od
     GATEWAY_JWT_LEEWAY_SECONDS                  clock leeway for exp/nbf/iat (0.5 s)
     MESH_JWT_PUBLIC_KEY_FILE, MESH_JWT_KID, MESH_JWT_ISSUER, MESH_JWT_AUDIENCE,
     MESH_JWT_ALGORITHMS                         how tokens are verified (shared with the services)
+    MESH_POLICY_FILE, MESH_POLICY__*            upstream timeouts, retries, breakers (the README)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 from mesh.config import env_float, env_int, env_list, env_str
 from mesh.errors import ConfigError
 from mesh.identity import JwtSettings, jwt_settings_from_env
+from mesh.resilience import PolicySettings, policy_from_env
 
 DEFAULT_UPSTREAMS: Mapping[str, str] = {
     "user": "127.0.0.1:50051",
@@ -104,6 +106,8 @@ class GatewaySettings:
     # Consul's HTTP address: upstream endpoints come from its catalog; empty means the static
     # GATEWAY_UPSTREAM_* targets (still through mesh channels).
     consul_address: str = ""
+    # Timeouts, retries, breakers and budgets of upstream calls (MESH_POLICY_FILE + overrides).
+    policy: PolicySettings = field(default_factory=PolicySettings)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -162,6 +166,7 @@ def settings_from_env(environ: Mapping[str, str]) -> GatewaySettings:
         stream_timeout_seconds=env_float(environ, "GATEWAY_STREAM_TIMEOUT_SECONDS", 300.0),
         response_metadata=frozenset(k.lower() for k in env_list(environ, "GATEWAY_RESPONSE_METADATA")),
         consul_address=env_str(environ, "CONSUL_HTTP_ADDR", ""),
+        policy=policy_from_env(environ),
         keepalive_seconds=env_float(environ, "GATEWAY_KEEPALIVE_SECONDS", 75.0),
         grace_seconds=env_float(environ, "GATEWAY_GRACE_SECONDS", 10.0),
         log_level=env_str(environ, "GATEWAY_LOG_LEVEL", env_str(environ, "MESH_LOG_LEVEL", "INFO")),

@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from gateway.rules import Binding
 from mesh.channel import MeshChannel, mesh_channel
 from mesh.registry import Discovery
+from mesh.resilience import PolicySettings
 
 _CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
@@ -99,8 +100,9 @@ class MeshChannelFactory:
     (P2C with outlier ejection) and a call refused before reaching a server fails over.
     """
 
-    def __init__(self, discovery: Discovery) -> None:
+    def __init__(self, discovery: Discovery, policy: PolicySettings | None = None) -> None:
         self._discovery = discovery
+        self._policy = policy
         self._channels: dict[str, MeshChannel] = {}
 
     def channel(self, service: str) -> Channel:
@@ -112,7 +114,7 @@ class MeshChannelFactory:
     def _mesh_channel(self, service: str) -> MeshChannel:
         channel = self._channels.get(service)
         if channel is None:
-            channel = self._channels[service] = mesh_channel(service, self._discovery)
+            channel = self._channels[service] = mesh_channel(service, self._discovery, policy=self._policy)
             channel.start()
         return channel
 

@@ -26,11 +26,14 @@ from mesh.balancer.base import Balancer
 from mesh.balancer.outlier import OutlierBalancer, OutlierDetector, OutlierPolicy
 from mesh.balancer.p2c import PowerOfTwoChoices
 from mesh.balancer.round_robin import RoundRobin
-from mesh.channel_calls import CallSpec, MeshUnaryUnaryCall
+from mesh.channel_calls import MeshUnaryUnaryCall
 from mesh.channel_pool import EndpointPool
+from mesh.channel_resilience import Resilience
+from mesh.channel_spec import CallSpec
 from mesh.channel_stream_request import MeshStreamRequestCall
 from mesh.channel_unary_stream import MeshUnaryStreamCall
 from mesh.registry.base import Discovery, Endpoints, ServiceInstance
+from mesh.resilience import PolicySettings, ServicePolicy
 
 BalancerName = Literal["p2c", "p2c_ewma", "round_robin"]
 
@@ -105,6 +108,11 @@ class MeshChannel:
     nothing to pick fail with UNAVAILABLE ``no healthy endpoint for 'name'`` at once, or wait
     (up to their deadline) when made with ``wait_for_ready=True``. Before the registry first
     answers, calls wait up to ``resolve_timeout``.
+
+    ``policy`` (the process's :class:`PolicySettings`, or this service's
+    :class:`ServicePolicy`) sets default timeouts, retries (off unless configured), the
+    breakers and the retry budget; :attr:`resilience` holds their state and the transition
+    listeners. Calls made while a server handles a request never outlive its deadline.
     """
 
     def __init__(
@@ -120,6 +128,7 @@ class MeshChannel:
         max_attempts: int = 3,
         resolve_timeout: float = 3.0,
         drain_seconds: float = 30.0,
+        policy: PolicySettings | ServicePolicy | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
@@ -129,6 +138,9 @@ class MeshChannel:
         self._interceptors = list(interceptors)
         self._options = list(_DEFAULT_OPTIONS) + list(options)
         self._credentials = credentials
+        if isinstance(policy, PolicySettings):
+            policy = policy.service(name)
+        self.resilience = Resilience(name, policy)
         self._pool = EndpointPool(
             name,
             lambda: discovery.watch(name),
@@ -156,6 +168,7 @@ class MeshChannel:
             bool(registered),
             self.max_attempts,
             self.resolve_timeout,
+            self.resilience,
         )
 
     # -- the grpc.aio.Channel surface ------------------------------------------------------

@@ -3,9 +3,13 @@
 Unary-request calls (unary-unary, unary-stream) fail over transparently: a transport failure
 (connection refused or reset, see :func:`mesh.balancer.base.is_transport_failure`) before any
 response arrived is retried on another endpoint, up to ``max_attempts`` and never past the
-deadline. Streaming-request calls cannot replay what the caller already sent, so they only
-avoid endpoints whose connection is known to be down; general retries belong to the
-resilience layer.
+deadline. On top of that, the service's policy (:mod:`mesh.channel_resilience`) may retry
+a failed attempt: only a retryable status, only for a request safe to repeat, within the
+retry budget, after the backoff or the server's pushback, on an endpoint not tried yet
+where one exists, never past the deadline. Endpoints whose breaker is open are not picked;
+when the service breaker or every endpoint breaker refuses, the call fails fast with
+UNAVAILABLE ``circuit open for 'name'``. Streaming-request calls cannot replay what the
+caller already sent, so they only avoid endpoints known to be down or open.
 
 A mesh unary call starts when it is awaited and drives its attempts inline, without a task
 of its own: grpc.aio already runs one task per call, and the picker's budget is the gap to
@@ -23,112 +27,16 @@ import grpc
 import grpc.aio
 
 from mesh.balancer.base import Done, Outcome
-from mesh.channel_pool import Endpoint, EndpointPool, no_endpoint_error
+from mesh.channel_pool import Endpoint
+from mesh.channel_resilience import circuit_open_error, retry_delay, with_attempt
+from mesh.channel_spec import CallSpec, choose, deadline_error, remaining_time
+from mesh.deadline import call_deadline
 from mesh.errors import NoHealthyEndpoint
+from mesh.resilience import CallOutcome, Permit
 
 CANCELLED = Outcome(grpc.StatusCode.CANCELLED)
 _OK = grpc.StatusCode.OK
 monotonic = time.monotonic
-
-
-class CallSpec:
-    """What a stub method needs per endpoint: cached per-endpoint multicallables and policy."""
-
-    __slots__ = (
-        "_cache",
-        "deserializer",
-        "kind",
-        "max_attempts",
-        "method",
-        "pool",
-        "registered",
-        "resolve_timeout",
-        "serializer",
-    )
-
-    def __init__(
-        self,
-        pool: EndpointPool,
-        kind: str,
-        method: str,
-        serializer: Any,
-        deserializer: Any,
-        registered: bool,
-        max_attempts: int,
-        resolve_timeout: float,
-    ) -> None:
-        self.pool = pool
-        self.kind = kind
-        self.method = method
-        self.serializer = serializer
-        self.deserializer = deserializer
-        self.registered = registered
-        self.max_attempts = max_attempts
-        self.resolve_timeout = resolve_timeout
-        self._cache: dict[str, tuple[Any, Any]] = {}
-
-    def callable_for(self, endpoint: Endpoint) -> Any:
-        """The grpc multicallable for this method on ``endpoint``'s channel (built once)."""
-        target = endpoint.instance.target
-        entry = self._cache.get(target)
-        if entry is None or entry[0] is not endpoint.channel:
-            if len(self._cache) > 2 * len(self.pool.endpoints) + 8:
-                self._cache.clear()  # drop callables of channels that have left
-            factory = getattr(endpoint.channel, self.kind)
-            entry = (
-                endpoint.channel,
-                factory(self.method, self.serializer, self.deserializer, _registered_method=self.registered),
-            )
-            self._cache[target] = entry
-        return entry[1]
-
-
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else deadline - time.monotonic()
-
-
-def _deadline_error() -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.aio.Metadata(),
-        grpc.aio.Metadata(),
-        details="Deadline Exceeded",
-    )
-
-
-def _smaller(a: float, b: float | None) -> float:
-    return a if b is None else min(a, b)
-
-
-async def choose(
-    spec: CallSpec,
-    exclude: set[str],
-    deadline: float | None,
-    wait_for_ready: bool,
-    last_error: BaseException | None,
-) -> tuple[Endpoint, Done]:
-    """The slow path of picking: wait for the first resolution, or for endpoints when asked to."""
-    pool = spec.pool
-    while True:
-        try:
-            return pool.pick(exclude)
-        except NoHealthyEndpoint:
-            pass
-        remaining = _remaining(deadline)
-        if remaining is not None and remaining <= 0:
-            raise _deadline_error() if wait_for_ready or last_error is None else last_error
-        if not pool.resolved:
-            within = remaining if wait_for_ready else _smaller(spec.resolve_timeout, remaining)
-            if not await pool.wait_changed(0, within) and not wait_for_ready:
-                raise no_endpoint_error(pool.name)
-            continue
-        if not wait_for_ready:
-            raise last_error if exclude and last_error else no_endpoint_error(pool.name)
-        if exclude and pool.endpoints:
-            await asyncio.sleep(_smaller(0.1, remaining))  # all failed once: pause, then retry all
-            exclude.clear()
-            continue
-        await pool.wait_changed(pool.version, remaining)
 
 
 class MeshCall:
@@ -146,7 +54,7 @@ class MeshCall:
     ) -> None:
         self._spec = spec
         self._request = request
-        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._deadline = call_deadline(timeout, spec.policy.timeout)
         self._metadata = metadata
         self._credentials = credentials
         self._wait_for_ready = bool(wait_for_ready)
@@ -160,25 +68,52 @@ class MeshCall:
         self._callbacks: list[Callable[[Any], None]] | None = None
         self._task: asyncio.Task[Any] | None = None
 
-    def _start_attempt(self, endpoint: Endpoint) -> Any:
+    def _start_attempt(self, endpoint: Endpoint, attempt: int = 1) -> Any:
         if self._cancel_requested:
             raise asyncio.CancelledError()
-        remaining = _remaining(self._deadline)
-        if remaining is not None and remaining <= 0:
-            raise _deadline_error()
+        now = monotonic()
+        if self._deadline is not None and self._deadline <= now:
+            raise deadline_error()
         self._call = self._spec.callable_for(endpoint)(
             self._request,
-            timeout=remaining,
-            metadata=self._metadata,
+            timeout=self._spec.policy.retry.attempt_timeout(now, self._deadline),
+            metadata=self._metadata if attempt == 1 else with_attempt(self._metadata, attempt),
             credentials=self._credentials,
             compression=self._compression,
         )
         return self._call
 
+    async def _pick_slow(
+        self, exclude: set[str], tried: set[str], last_error: BaseException | None
+    ) -> tuple[Endpoint, Done]:
+        """Pick avoiding open breakers, preferring endpoints this call has not tried yet.
+
+        When every endpoint's breaker refuses, the call fails fast with ``circuit open``.
+        """
+        pool = self._spec.pool
+        blocked = self._spec.resilience.blocked()
+        avoid = exclude | blocked
+        for candidates in (avoid | tried, avoid) if tried else (avoid,):
+            try:
+                return pool.pick(candidates)
+            except NoHealthyEndpoint:
+                pass
+        endpoints = pool.endpoints
+        if blocked and endpoints and all(e.target in blocked for e in endpoints):
+            self._spec.resilience.fail_fast += 1
+            raise circuit_open_error(pool.name)
+        return await choose(
+            self._spec,
+            exclude | blocked if blocked else exclude,
+            self._deadline,
+            self._wait_for_ready,
+            last_error,
+        )
+
     def _may_fail_over(self, attempts: int) -> bool:
         if self._cancel_requested:
             return False
-        remaining = _remaining(self._deadline)
+        remaining = remaining_time(self._deadline)
         if remaining is not None and remaining <= 0:
             return False
         return self._wait_for_ready or attempts < self._spec.max_attempts
@@ -212,9 +147,9 @@ class MeshCall:
         """Whether the call has ended."""
         return self._finished
 
-    def time_remaining(self) -> float | None:
+    def timeremaining_time(self) -> float | None:
         """Seconds left before the deadline, or None without one."""
-        remaining = _remaining(self._deadline)
+        remaining = remaining_time(self._deadline)
         return None if remaining is None else max(0.0, remaining)
 
     def cancel(self) -> bool:
@@ -301,56 +236,102 @@ class MeshUnaryUnaryCall(MeshCall):
         # The whole attempt loop in one coroutine, the only one per call: this is the hot path.
         spec = self._spec
         pool = spec.pool
-        exclude: set[str] | None = None
+        res = spec.resilience
+        exclude: set[str] | None = None  # refused at the transport: never again for this call
+        tried: set[str] | None = None  # failed with a retryable status: others first
         last_error: BaseException | None = None
         attempts = 0
+        tries = 1  # attempts the retry policy counts (transparent failover aside)
+        permit: Permit | None = None
+        began = monotonic()
         try:
+            deadline = self._deadline
+            if deadline is not None and deadline <= began:
+                raise deadline_error()  # nothing sent: the caller's time is already gone
+            permit = res.breaker.allow()
+            if permit is None:
+                res.fail_fast += 1
+                raise circuit_open_error(pool.name)
+            if spec.policy.retry_enabled:
+                res.budget.record_request()
             while True:
-                try:
-                    endpoint, done = pool.pick(exclude or ())
-                except NoHealthyEndpoint:
-                    if exclude is None:
+                if exclude is None and tried is None and not res.unsettled:
+                    try:
+                        endpoint, done = pool.pick(())
+                    except NoHealthyEndpoint:
                         exclude = set()
-                    endpoint, done = await choose(
-                        spec, exclude, self._deadline, self._wait_for_ready, last_error
-                    )
+                        endpoint, done = await self._pick_slow(exclude, set(), last_error)
+                else:
+                    exclude = exclude if exclude is not None else set()
+                    endpoint, done = await self._pick_slow(exclude, tried or set(), last_error)
+                target = endpoint.instance.target
+                breaker = res.endpoint_breaker(target)
+                endpoint_permit = breaker.allow()
+                if endpoint_permit is None:  # its half-open trial is taken: pick another
+                    done(CANCELLED)
+                    continue
                 attempts += 1
                 if self._cancel_requested:
                     done(CANCELLED)
+                    breaker.release(endpoint_permit)
                     raise asyncio.CancelledError()
-                deadline = self._deadline
-                remaining = None if deadline is None else deadline - monotonic()
-                if remaining is not None and remaining <= 0:
+                now = monotonic()
+                if deadline is not None and deadline <= now:
                     done(Outcome(grpc.StatusCode.DEADLINE_EXCEEDED))
-                    raise _deadline_error()
+                    breaker.release(endpoint_permit)
+                    raise deadline_error()
                 call = self._call = spec.callable_for(endpoint)(
                     self._request,
-                    timeout=remaining,
-                    metadata=self._metadata,
+                    timeout=spec.policy.retry.attempt_timeout(now, deadline),
+                    metadata=self._metadata if attempts == 1 else with_attempt(self._metadata, attempts),
                     credentials=self._credentials,
                     compression=self._compression,
                 )
-                started = monotonic()
                 try:
                     response = await call
                 except grpc.aio.AioRpcError as error:
-                    outcome = Outcome.from_status(error.code(), error.details(), monotonic() - started)
+                    elapsed = monotonic() - now
+                    outcome = Outcome.from_status(error.code(), error.details(), elapsed)
                     done(outcome)
-                    if outcome.transport_failure and self._may_fail_over(attempts):
+                    breaker.record(endpoint_permit, CallOutcome(error.code().name, elapsed))
+                    last_error = error
+                    if outcome.transport_failure:
                         if exclude is None:
                             exclude = set()
-                        exclude.add(endpoint.instance.target)
-                        last_error = error
-                        continue
-                    raise
+                        if self._may_fail_over(len(exclude) + 1):
+                            exclude.add(target)
+                            continue
+                    delay = None
+                    if not self._cancel_requested:
+                        delay = retry_delay(res, spec.policy, self._request, error, tries, deadline)
+                    if delay is None:
+                        raise
+                    tries += 1
+                    if tried is None:
+                        tried = set()
+                    tried.add(target)
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    continue
                 except BaseException:
                     done(CANCELLED)
+                    breaker.release(endpoint_permit)
                     raise
-                done(Outcome(_OK, monotonic() - started))
+                elapsed = monotonic() - now
+                done(Outcome(_OK, elapsed))
+                breaker.record(endpoint_permit, CallOutcome("OK", elapsed))
                 break
-        except BaseException as error:
+        except grpc.aio.AioRpcError as error:
+            if permit is not None:
+                res.breaker.record(permit, CallOutcome(error.code().name, monotonic() - began))
             self._finish(error)
             raise
+        except BaseException as error:
+            if permit is not None:
+                res.breaker.release(permit)
+            self._finish(error)
+            raise
+        res.breaker.record(permit, CallOutcome("OK", monotonic() - began))
         self._result = response
         self._finish()
         return response

@@ -1,7 +1,8 @@
 """Streaming-request calls on a MeshChannel (stream-unary and stream-stream).
 
 What the caller has already written cannot be replayed on another endpoint, so these calls
-do not fail over. They still avoid endpoints whose connection is known to be down, and
+do not fail over or retry. They still avoid endpoints whose connection is known to be down
+or whose breaker is open, inherit the handler's deadline (:mod:`mesh.deadline`), and
 report their outcome to the balancer when the underlying call ends. The object is a thin
 proxy: the real grpc.aio call is created on first use (so picking can wait for the first
 registry answer) and then does all the work.
@@ -18,8 +19,9 @@ import grpc
 import grpc.aio
 
 from mesh.balancer.base import Done, Outcome
-from mesh.channel_calls import CallSpec, choose
 from mesh.channel_pool import Endpoint
+from mesh.channel_spec import CallSpec, choose
+from mesh.deadline import call_deadline
 from mesh.errors import NoHealthyEndpoint
 
 
@@ -38,7 +40,7 @@ class MeshStreamRequestCall:
     ) -> None:
         self._spec = spec
         self._request_iterator = request_iterator
-        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._deadline = call_deadline(timeout, spec.policy.timeout)
         self._metadata = metadata
         self._credentials = credentials
         self._wait_for_ready = bool(wait_for_ready)
@@ -55,7 +57,7 @@ class MeshStreamRequestCall:
     def _pick_now(self) -> tuple[Endpoint, Done] | None:
         pool = self._spec.pool
         try:
-            return pool.pick(pool.failing_targets())
+            return pool.pick(pool.failing_targets() | self._spec.resilience.blocked())
         except NoHealthyEndpoint:
             pass
         try:

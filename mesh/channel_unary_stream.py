@@ -1,4 +1,4 @@
-"""Unary-stream calls on a MeshChannel: fail over until the first response message arrives.
+"""Unary-stream calls on a MeshChannel: fail over and retry until the first response message.
 
 Once a message has reached the caller the stream cannot move to another endpoint without
 the caller seeing a seam, so failover stops there. Status methods awaited before (or
@@ -18,8 +18,10 @@ import grpc
 import grpc.aio
 
 from mesh.balancer.base import Outcome
-from mesh.channel_calls import CANCELLED, MeshCall, choose, retrieve_exception
-from mesh.errors import NoHealthyEndpoint
+from mesh.channel_calls import CANCELLED, MeshCall, retrieve_exception
+from mesh.channel_resilience import circuit_open_error, retry_delay
+from mesh.channel_spec import deadline_error
+from mesh.resilience import CallOutcome, Permit, stream_retryable
 
 
 class _Raised:
@@ -108,45 +110,90 @@ class MeshUnaryStreamCall(MeshCall):
             self._buffered.set()
 
     async def _messages(self) -> AsyncGenerator[Any, None]:
-        pool = self._spec.pool
+        spec = self._spec
+        res = spec.resilience
         exclude: set[str] = set()
+        tried: set[str] = set()
         last_error: BaseException | None = None
         attempts = 0
+        tries = 1
+        began = time.monotonic()
+        permit = None
+        try:
+            if self._deadline is not None and self._deadline <= began:
+                raise deadline_error()
+            permit = res.breaker.allow()
+            if permit is None:
+                res.fail_fast += 1
+                raise circuit_open_error(spec.pool.name)
+            if spec.policy.retry_enabled:
+                res.budget.record_request()
+        except BaseException as error:
+            self._finish(error)
+            raise
         while True:
             try:
-                try:
-                    endpoint, done = pool.pick(exclude)
-                except NoHealthyEndpoint:
-                    endpoint, done = await choose(
-                        self._spec, exclude, self._deadline, self._wait_for_ready, last_error
-                    )
+                endpoint, done = await self._pick_slow(exclude, tried, last_error)
             except BaseException as error:
-                self._finish(error)
+                self._end(permit, error, began)
                 raise
+            breaker = res.endpoint_breaker(endpoint.instance.target)
+            endpoint_permit = breaker.allow()
+            if endpoint_permit is None:  # its half-open trial is taken: pick another
+                done(CANCELLED)
+                continue
             attempts += 1
             started = time.monotonic()
             received = False
             try:
-                async for message in self._start_attempt(endpoint):
+                async for message in self._start_attempt(endpoint, attempts):
                     received = True
                     yield message
             except grpc.aio.AioRpcError as error:
-                outcome = Outcome.from_status(error.code(), error.details(), time.monotonic() - started)
+                elapsed = time.monotonic() - started
+                outcome = Outcome.from_status(error.code(), error.details(), elapsed)
                 done(outcome)
-                if not received and outcome.transport_failure and self._may_fail_over(attempts):
+                breaker.record(endpoint_permit, CallOutcome(error.code().name, elapsed))
+                last_error = error
+                if not stream_retryable(received):
+                    self._end(permit, error, began)
+                    raise
+                if outcome.transport_failure and self._may_fail_over(len(exclude) + 1):
                     exclude.add(endpoint.instance.target)
-                    last_error = error
                     continue
-                self._finish(error)
-                raise
+                delay = None
+                if not self._cancel_requested:
+                    delay = retry_delay(res, spec.policy, self._request, error, tries, self._deadline)
+                if delay is None:
+                    self._end(permit, error, began)
+                    raise
+                tries += 1
+                tried.add(endpoint.instance.target)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                continue
             except BaseException as error:  # cancelled, or the reader closed the iterator early
                 if isinstance(error, GeneratorExit):
                     self._cancel_requested = True
                 if self._call is not None:
                     self._call.cancel()
                 done(CANCELLED)
-                self._finish(error)
+                breaker.release(endpoint_permit)
+                self._end(permit, error, began)
                 raise
-            done(Outcome.success(time.monotonic() - started))
-            self._finish()
+            elapsed = time.monotonic() - started
+            done(Outcome.success(elapsed))
+            breaker.record(endpoint_permit, CallOutcome("OK", elapsed))
+            self._end(permit, None, began)
             return
+
+    def _end(self, permit: Permit, error: BaseException | None, began: float) -> None:
+        """Report the call to the service breaker, then finish it."""
+        breaker = self._spec.resilience.breaker
+        if error is None:
+            breaker.record(permit, CallOutcome("OK", time.monotonic() - began))
+        elif isinstance(error, grpc.aio.AioRpcError):
+            breaker.record(permit, CallOutcome(error.code().name, time.monotonic() - began))
+        else:
+            breaker.release(permit)
+        self._finish(error)

@@ -10,7 +10,7 @@ The file (every key optional; built-in defaults in brackets)::
     timeout = 5.0                       # seconds, when the caller sets no deadline [none]
 
     [defaults.retry]
-    max_attempts = 3                    # 1..5, first attempt included [3]
+    max_attempts = 3                    # 1..5, first attempt included [1: no retries]
     retryable_codes = ["UNAVAILABLE"]   # grpc.StatusCode names [UNAVAILABLE]
     initial_backoff = 0.1               # full-jitter exponential backoff [0.1, 2.0, 2.0]
     backoff_multiplier = 2.0
@@ -71,6 +71,7 @@ from mesh.resilience.retry import RetryPolicy
 from mesh.resilience.validate import require_positive
 
 FILE_VARIABLE = "MESH_POLICY_FILE"
+NO_RETRIES = RetryPolicy(max_attempts=1)  # the default: retries only where configured
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class CallPolicy:
     """What one call uses: its default timeout (None: the caller's own) and its retries."""
 
     timeout: float | None = None
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry: RetryPolicy = field(default_factory=lambda: NO_RETRIES)
 
     def __post_init__(self) -> None:
         if self.timeout is not None:

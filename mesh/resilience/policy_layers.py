@@ -168,6 +168,7 @@ class LayerLoader:
     def build_call_parts(self, flat: Flat, where: tuple[str, ...]) -> tuple[float | None, RetryPolicy]:
         """The timeout (validated by CallPolicy) and the RetryPolicy of a merged layer."""
         values = {field: flat[key].value for field, key in _RETRY_FIELDS.items() if key in flat}
+        values.setdefault("max_attempts", 1)  # retries are off unless the file turns them on
         backoff_fields = ("initial", "multiplier", "maximum")
         with self.located(flat, where, _RETRY_FIELDS):
             backoff = Backoff(**{name: values.pop(name) for name in backoff_fields if name in values})

@@ -18,6 +18,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from mesh.config import ServerSettings
+from mesh.server.deadline import DeadlineInterceptor
 from mesh.server.lifecycle import BoundServer, LifecycleHook
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ class MeshServer:
         """Bind, start serving and run the hooks' on_started; returns the bound port."""
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
-            interceptors=list(self.interceptors),
+            # Deadline first: every handler publishes its deadline to the calls it makes.
+            interceptors=[DeadlineInterceptor(), *self.interceptors],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),

@@ -50,7 +50,7 @@ class ServiceContext:
         channel = self._channels.get(service)
         if channel is None:
             channel = self._channels[service] = mesh_channel(
-                service, self.discovery, interceptors=self.interceptors
+                service, self.discovery, interceptors=self.interceptors, policy=self.settings.policy
             )
             self.resources.push_async_callback(channel.close)
         return channel

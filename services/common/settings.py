@@ -21,6 +21,7 @@ from mesh.config import (
     upstream_settings_from_env,
 )
 from mesh.identity import JwtSettings, jwt_settings_from_env
+from mesh.resilience import PolicySettings, policy_from_env
 from mesh.telemetry.tracing import TracingSettings, tracing_settings_from_env
 
 DEFAULT_PORTS = {
@@ -48,6 +49,8 @@ class ServiceSettings:
     # /metrics port (0: any free port, published in Consul meta as metrics_port); OTEL_* tracing.
     metrics_port: int = 0
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    # Timeouts, retries, breakers and budgets of outgoing calls (MESH_POLICY_FILE + overrides).
+    policy: PolicySettings = field(default_factory=PolicySettings)
 
     @property
     def name(self) -> str:
@@ -71,4 +74,5 @@ def service_settings_from_env(name: str, environ: Mapping[str, str]) -> ServiceS
         check_interval_seconds=env_float(environ, "MESH_CHECK_INTERVAL_SECONDS", 1.0),
         metrics_port=env_int(environ, "MESH_METRICS_PORT", 0),
         tracing=tracing_settings_from_env(environ, name),
+        policy=policy_from_env(environ),
     )

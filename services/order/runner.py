@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from mesh.deadline import detached
 from mesh.errors import ConfigError
 from services.common.values import utc_now
 from services.order import domain
@@ -112,9 +113,12 @@ class SagaRunner:
         current = self._tasks.get(order_id)
         if current is not None and not current.done() and not cancel_reason:
             return current
-        task = asyncio.create_task(
-            self._drive(order_id, participants, cancel_reason, current), name=f"saga {order_id}"
-        )
+        # A task copies the handler's context: without detached() the saga would inherit the
+        # CreateOrder caller's deadline and be cut off exactly when the caller stops waiting.
+        with detached():
+            task = asyncio.create_task(
+                self._drive(order_id, participants, cancel_reason, current), name=f"saga {order_id}"
+            )
         self._tasks[order_id] = task
 
         def forget(done: asyncio.Task[Order | None]) -> None:

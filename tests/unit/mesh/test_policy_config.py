@@ -136,7 +136,7 @@ def test_valid_file_round_trips(tmp_path: Path) -> None:
 def test_no_file_means_built_in_defaults() -> None:
     settings = load_policy(None, {})
     assert settings == PolicySettings()
-    assert settings.policy_for("any", "/a.B/C") == CallPolicy(None, RetryPolicy())
+    assert settings.policy_for("any", "/a.B/C") == CallPolicy(None, RetryPolicy(max_attempts=1))
     assert settings.service("any").breaker == BreakerConfig()
 
 
