@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,21 +20,8 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-_INT = re.compile(r"-?[0-9]{1,20}")
-_FLOAT = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
-_INT_RANGES = {
-    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
-    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
-    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
-    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
-}
-_FLOAT_MAX = 3.4028234663852886e38
+from gateway.jsonpb import FLOAT32_MAX, FLOAT_TEXT, INT_RANGES, INT_TEXT
+
 # Well-known types whose proto3 JSON form is a string, so a path or query value can carry them.
 STRING_FORM_TYPES = frozenset(
     {"google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask"}
@@ -60,9 +46,9 @@ def scalar(field: FieldDescriptor, text: str, name: str) -> Any:
     kind = field.type
     if kind == FieldDescriptor.TYPE_STRING:
         return text
-    if kind in _INT_RANGES:
-        low, high = _INT_RANGES[kind]
-        if not _INT.fullmatch(text):
+    if kind in INT_RANGES:
+        low, high = INT_RANGES[kind]
+        if not INT_TEXT.fullmatch(text):
             raise FieldValueError(name, f"{text[:40]!r} is not an integer")
         integer = int(text)
         if not low <= integer <= high:
@@ -78,16 +64,16 @@ def scalar(field: FieldDescriptor, text: str, name: str) -> Any:
         value = enum.values_by_name.get(text)
         if value is not None:
             return value.number
-        if _INT.fullmatch(text) and -(2**31) <= int(text) < 2**31:
+        if INT_TEXT.fullmatch(text) and -(2**31) <= int(text) < 2**31:
             return int(text)
         raise FieldValueError(name, f"{text[:40]!r} is not a {enum.name} value")
     if kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
         if text in ("NaN", "Infinity", "-Infinity"):
             return float(text)
-        if not _FLOAT.fullmatch(text):
+        if not FLOAT_TEXT.fullmatch(text):
             raise FieldValueError(name, f"{text[:40]!r} is not a number")
         number = float(text)
-        if math.isinf(number) or (kind == FieldDescriptor.TYPE_FLOAT and abs(number) > _FLOAT_MAX):
+        if math.isinf(number) or (kind == FieldDescriptor.TYPE_FLOAT and abs(number) > FLOAT32_MAX):
             raise FieldValueError(name, "number out of range")
         return number
     if kind == FieldDescriptor.TYPE_BYTES:

@@ -24,10 +24,11 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-_INT_TEXT = re.compile(r"-?[0-9]{1,20}")
-_FLOAT_TEXT = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+# Shared with gateway.fields (path and query values follow the same number rules).
+INT_TEXT = re.compile(r"-?[0-9]{1,20}")
+FLOAT_TEXT = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 _BASE64 = re.compile(r"[A-Za-z0-9+/\-_]*={0,2}")
-_RANGES = {
+INT_RANGES = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
     FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
     FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
@@ -39,7 +40,7 @@ _RANGES = {
     FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
     FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
 }
-_FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_MAX = 3.4028234663852886e38
 WKT_PREFIX = "google.protobuf."
 
 
@@ -158,7 +159,7 @@ def scalar(value: Any, field: FieldDescriptor, path: str) -> Any:
         if not isinstance(value, str):
             raise JsonError(path, "expected a string")
         return value
-    if kind in _RANGES:
+    if kind in INT_RANGES:
         return _integer(value, kind, path)
     if kind == FieldDescriptor.TYPE_BOOL:
         if not isinstance(value, bool):
@@ -190,11 +191,11 @@ def _integer(value: Any, kind: int, path: str) -> int:
         if not value.is_integer():
             raise JsonError(path, "expected an integer")
         number = int(value)
-    elif isinstance(value, str) and _INT_TEXT.fullmatch(value):
+    elif isinstance(value, str) and INT_TEXT.fullmatch(value):
         number = int(value)
     else:
         raise JsonError(path, "expected an integer (a number or a decimal string)")
-    low, high = _RANGES[kind]
+    low, high = INT_RANGES[kind]
     if not low <= number <= high:
         raise JsonError(path, "integer out of range")
     return number
@@ -207,11 +208,11 @@ def _float(value: Any, single: bool, path: str) -> float:
         number = float(value)
     elif isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
         return float(value)
-    elif isinstance(value, str) and _FLOAT_TEXT.fullmatch(value):
+    elif isinstance(value, str) and FLOAT_TEXT.fullmatch(value):
         number = float(value)
     else:
         raise JsonError(path, "expected a number")
-    if math.isinf(number) or (single and abs(number) > _FLOAT32_MAX):
+    if math.isinf(number) or (single and abs(number) > FLOAT32_MAX):
         raise JsonError(path, "number out of range")
     return number
 
