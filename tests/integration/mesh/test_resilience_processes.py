@@ -220,7 +220,7 @@ def login(address: str, email: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {reply.access_token}"),)
 
 
-async def test_deadline_travels_from_order_to_a_slow_payment(
+async def test_create_order_answers_by_its_deadline_and_the_saga_keeps_its_own(
     start_service: StartService, faults: Any
 ) -> None:
     (payment,) = faults(PAYMENT, False, sleep_ms=5000)
@@ -256,7 +256,10 @@ async def test_deadline_travels_from_order_to_a_slow_payment(
             break
         await asyncio.sleep(0.05)
     seen = payment.deadlines()[0]
-    assert seen is not None and seen <= timeout  # the caller's deadline reached payment
+    # The saga runs detached from the CreateOrder caller (it must finish whether or not the
+    # caller still waits), so payment sees the saga's own per-call timeout, not the 1.5 s left
+    # to the caller. Deadline inheritance itself is pinned by the two-hop test below.
+    assert seen is not None and seen > timeout + 1.0
 
 
 async def test_a_middle_hop_passes_on_the_deadline_it_inherits(faults: Any) -> None:
