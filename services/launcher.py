@@ -25,6 +25,7 @@ from services.common.settings import DEFAULT_PORTS
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
+LOG_DIR = RUN_DIR / "logs"
 START_ORDER = ("user", "inventory", "payment", "shipping", "order")
 INSTANCES = {"inventory": 2, "payment": 2}  # several instances show balancing and failover
 DEFAULT_CONSUL = "127.0.0.1:8500"
@@ -87,17 +88,25 @@ def _terminate_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def spawn(module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start ``python -m module`` in its own session, tied to the launcher's life."""
-    # Own session: a terminal's Ctrl-C reaches only the launcher, which then sends each
-    # child exactly one SIGTERM (a second signal would make a child skip its drain).
-    return subprocess.Popen(
-        [sys.executable, "-m", module],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-        preexec_fn=_terminate_with_parent,
-    )
+def spawn(module: str, env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
+    """Start ``python -m module`` in its own session, tied to the launcher's life.
+
+    Its JSON logs go to ``.run/logs/<log_name>.log`` so the terminal keeps only what a person
+    needs to try the shop.
+    """
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    with open(LOG_DIR / f"{log_name}.log", "ab") as log:
+        # Own session: a terminal's Ctrl-C reaches only the launcher, which then sends each
+        # child exactly one SIGTERM (a second signal would make a child skip its drain).
+        return subprocess.Popen(
+            [sys.executable, "-m", module],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_terminate_with_parent,
+        )
 
 
 def start_consul(env: dict[str, str], children: list[Child]) -> str:
@@ -128,7 +137,7 @@ def start_services(env: dict[str, str], children: list[Child]) -> None:
                 child_env.pop("MESH_JWT_PRIVATE_KEY_FILE", None)  # only the issuer signs user tokens
             if name not in SERVICE_CALLERS:
                 child_env.pop("MESH_SERVICE_PRIVATE_KEY_FILE", None)  # only callers sign as a service
-            children.append(Child(name, port, spawn(f"services.{name}", child_env)))
+            children.append(Child(name, port, spawn(f"services.{name}", child_env, f"{name}-{port}")))
     for child in children[first:]:
         wait_serving(f"127.0.0.1:{child.port}", timeout=120, process=child.process)
         print(f"  {child.name:<10} 127.0.0.1:{child.port}  pid {child.process.pid}  SERVING", flush=True)
@@ -158,7 +167,7 @@ def start_gateway(env: dict[str, str], services: dict[str, int], children: list[
     gateway_env = {k: v for k, v in env.items() if not k.endswith("PRIVATE_KEY_FILE")}
     gateway_env.update({f"GATEWAY_UPSTREAM_{n.upper()}": f"127.0.0.1:{p}" for n, p in services.items()})
     gateway_env["GATEWAY_PORT"] = str(port)
-    process = spawn("gateway", gateway_env)
+    process = spawn("gateway", gateway_env, f"gateway-{port}")
     children.append(Child("gateway", port, process))
     wait_ready(f"http://127.0.0.1:{port}/readyz", process, timeout=120)
     print(f"  {'gateway':<10} 127.0.0.1:{port}  pid {process.pid}  READY", flush=True)
@@ -257,6 +266,7 @@ def main() -> int:
         rest = curl_lines(gateway_port)
         print("\ntry REST through the gateway:\n" + "\n".join(f"  {line}" for line in rest), flush=True)
         print("\nwhat Consul knows: .venv/bin/mesh status", flush=True)
+        print(f"logs (one JSON line per RPC): {LOG_DIR.relative_to(ROOT)}/", flush=True)
         print("\nCtrl-C stops everything.", flush=True)
         while all(c.process.poll() is None for c in children):
             time.sleep(0.5)
