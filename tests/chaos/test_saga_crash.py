@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
@@ -55,25 +55,34 @@ REFUSED_SHIPMENT = ["compensating:undo_payment", "compensating:release_stock"]  
 CUSTOMER_CANCEL = ["compensating:cancel_shipment"]  # only a confirmed order has a shipment to undo
 
 
-# One shop per backend for the whole run. Cached here and stopped at session end rather than
-# module-scoped: an xdist worker that runs its first item before the next one arrives tears
-# every fixture down in between, which would start the shop twice.
-_SHOPS: dict[str, SagaShop] = {}
+@pytest.fixture(scope="session")
+def saga_shops(jwt_keys: KeyPair) -> Iterator[tuple[dict[str, SagaShop], contextlib.ExitStack]]:
+    """One shop per backend for the whole run, stopped in the session's teardown.
+
+    Session-scoped (not module-scoped: an xdist worker that runs its first item before the
+    next one arrives tears module fixtures down in between, starting the shop twice), and
+    not a config cleanup either: that runs after the worker reported done, when it may be
+    shut down before every process was stopped.
+    """
+    with contextlib.ExitStack() as stack:
+        yield {}, stack
 
 
 @pytest.fixture
 def shop(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, jwt_keys: KeyPair
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    jwt_keys: KeyPair,
+    saga_shops: tuple[dict[str, SagaShop], contextlib.ExitStack],
 ) -> SagaShop:
+    shops, stack = saga_shops
     backend = str(request.param)
-    if backend not in _SHOPS:
-        stack = contextlib.ExitStack()
-        request.config.add_cleanup(stack.close)
+    if backend not in shops:
         root = tmp_path_factory.mktemp(f"saga-{backend}")
         running = stack.enter_context(saga_shop(root, jwt_keys, backend, POSTGRES_ADMIN_DSN))
         running.start_order()
-        _SHOPS[backend] = running
-    return _SHOPS[backend]
+        shops[backend] = running
+    return shops[backend]
 
 
 @pytest.fixture

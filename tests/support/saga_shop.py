@@ -7,6 +7,7 @@ database, which is what a crash-and-resume test needs. Every process is stopped 
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +99,9 @@ class SagaShop:
         return self.order
 
     def stop(self) -> None:
+        """Signal every process first, then wait: the drains overlap instead of adding up."""
+        for process in reversed(self.started):
+            process.signal(signal.SIGTERM)
         for process in reversed(self.started):
             process.terminate()
 
