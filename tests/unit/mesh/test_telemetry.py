@@ -7,6 +7,7 @@ or mis-registered class shows up as a missing span or counter here.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -149,13 +150,14 @@ async def test_every_call_type_gets_a_client_and_a_child_server_span(rig: Rig) -
     assert await bidi_call.code() == grpc.StatusCode.OK
 
     methods = ("Unary", "ServerStream", "ClientStream", "Bidi")
+    # Streaming spans end from done callbacks (client) and after the handler returns (server),
+    # possibly after the client has read the stream's end: poll for them, bounded.
+    for _ in range(200):
+        if len(rig.finished(SpanKind.CLIENT)) == 4 and len(rig.finished(SpanKind.SERVER)) == 4:
+            break
+        await asyncio.sleep(0.01)
     servers = {span.name: span for span in rig.finished(SpanKind.SERVER)}
     assert sorted(servers) == sorted(f"{SERVICE}/{m}" for m in methods)
-    # Streaming client spans end from a done callback's task: wait for them without sleeping.
-    for _ in range(100):
-        if len(rig.finished(SpanKind.CLIENT)) == 4:
-            break
-        await bidi_call.code()
     clients = {span.name: span for span in rig.finished(SpanKind.CLIENT)}
     assert sorted(clients) == sorted(servers)
     for name, server in servers.items():
