@@ -33,6 +33,33 @@ DEFAULT_PORTS = {
 }
 
 
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+@dataclass(frozen=True)
+class MessagingSettings:
+    """Where events go: ``SHOP_AMQP_URL`` and ``SHOP_EVENTS_NAMESPACE``."""
+
+    amqp_url: str = field(default=DEFAULT_AMQP_URL, repr=False)
+    namespace: str = "shop"
+
+    @property
+    def exchange(self) -> str:
+        """The durable topic exchange every order event is published to."""
+        return f"{self.namespace}.events"
+
+    def queue(self, consumer: str) -> str:
+        """The durable queue of one consumer (``billing``, ``notifications``)."""
+        return f"{self.namespace}.{consumer}"
+
+
+def messaging_settings_from_env(environ: Mapping[str, str]) -> MessagingSettings:
+    return MessagingSettings(
+        amqp_url=env_str(environ, "SHOP_AMQP_URL", DEFAULT_AMQP_URL),
+        namespace=env_str(environ, "SHOP_EVENTS_NAMESPACE", "shop"),
+    )
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     """Everything one shop service process needs to start."""
@@ -51,6 +78,10 @@ class ServiceSettings:
     tracing: TracingSettings = field(default_factory=TracingSettings)
     # Timeouts, retries, breakers and budgets of outgoing calls (MESH_POLICY_FILE + overrides).
     policy: PolicySettings = field(default_factory=PolicySettings)
+    # The event bus: RabbitMQ's URL (credentials never logged) and the namespace its exchange
+    # and queues are named from ("<namespace>.events", "<namespace>.billing"...), so tests can
+    # share one broker without hearing each other.
+    messaging: MessagingSettings = field(default_factory=MessagingSettings)
 
     @property
     def name(self) -> str:
@@ -75,4 +106,5 @@ def service_settings_from_env(name: str, environ: Mapping[str, str]) -> ServiceS
         metrics_port=env_int(environ, "MESH_METRICS_PORT", 0),
         tracing=tracing_settings_from_env(environ, name),
         policy=policy_from_env(environ),
+        messaging=messaging_settings_from_env(environ),
     )
