@@ -38,10 +38,19 @@ DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 @dataclass(frozen=True)
 class MessagingSettings:
-    """Where events go: ``SHOP_AMQP_URL`` and ``SHOP_EVENTS_NAMESPACE``."""
+    """Where events go: ``SHOP_AMQP_URL`` and ``SHOP_EVENTS_NAMESPACE``.
+
+    ``SHOP_AMQP_URL=none`` turns the bus off for this process: the order service still writes
+    every event to its outbox (they wait there, nothing is lost) but no relay or consumer runs.
+    Tests that are not about events use it so they leave nothing on the machine's broker.
+    """
 
     amqp_url: str = field(default=DEFAULT_AMQP_URL, repr=False)
     namespace: str = "shop"
+
+    @property
+    def enabled(self) -> bool:
+        return self.amqp_url.lower() not in ("none", "off")
 
     @property
     def exchange(self) -> str:
