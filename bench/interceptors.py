@@ -1,14 +1,16 @@
-"""What the resilience chain and tracing cost per call, through the MeshChannel.
+"""What the resilience chain and its telemetry cost per call, through the MeshChannel.
 
 At concurrency 64 with a tiny unary call against one echo server process:
 
   bare     MeshChannel, no policy, no interceptors (breakers at their defaults are built in:
            they cannot be switched off, so the reference run ``raw`` shows their share)
   policy   MeshChannel with a retry policy (3 attempts), a default timeout and calls made
-           under an inherited deadline: the resilience wiring alone, no interceptor
-  chain    policy plus the metrics client interceptors; tracing off
-  traced   the chain plus the tracing client interceptors, every call sampled (spans go to
-           a batch processor with an exporter that drops them)
+           under an inherited deadline: the resilience wiring alone, no telemetry
+  chain    policy plus the client metrics observers a service gets (``grpc_client_*`` and
+           the ``mesh_*`` resilience collector; mesh/observer.py); tracing off
+  traced   the chain plus the client tracing observer (a span per call and one per
+           attempt), every call sampled (spans go to a batch processor with an exporter
+           that drops them)
   raw      a plain grpc.aio channel, for reference
 
 Runs are interleaved (order rotated every round); each ratio is the median of per-round
@@ -19,7 +21,9 @@ ratios. Client CPU per call is reported because a saturated server hides client 
 
 The last line printed is one JSON object with ``ratio_chain`` (chain / bare) and
 ``ratio_chain_traced`` (traced / bare), null with a ``traced_unavailable`` reason when the
-tracing interceptors cannot be built. Targets: >= 0.95 and >= 0.90.
+tracing observer cannot be built. Targets: >= 0.95 and >= 0.90. Telemetry is wired exactly
+as :func:`mesh.telemetry.setup.client_observers` wires it in a service, with no grpc.aio
+interceptor (each would add a task per call).
 """
 
 from __future__ import annotations
@@ -54,22 +58,23 @@ from mesh.resilience import parse_policy  # noqa: E402
 CHAIN_POLICY = {"defaults": {"timeout": 30.0, "retry": {"max_attempts": 3}}}
 
 
-def metrics_interceptors() -> list[Any]:
+def metrics_observers() -> list[Any]:
+    """What a service's channels get with tracing off: client metrics and the resilience collector."""
     from prometheus_client import CollectorRegistry
 
-    from mesh.interceptors.metrics_client import metrics_client_interceptors
-    from mesh.telemetry.metrics import rpc_families
+    from mesh.telemetry.setup import client_observers
 
-    return list(metrics_client_interceptors(rpc_families(CollectorRegistry(), "client")))
+    return client_observers(CollectorRegistry(), None)
 
 
-def tracing_interceptors() -> tuple[list[Any], Any]:
-    """The tracing client interceptors over a provider that samples every call and drops spans."""
+def traced_observers() -> tuple[list[Any], Any]:
+    """The same with a provider that samples every call and drops the spans."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+    from prometheus_client import CollectorRegistry
 
-    from mesh.interceptors.tracing_client import tracing_client_interceptors
+    from mesh.telemetry.setup import client_observers
 
     class Drop(SpanExporter):
         def export(self, spans: Sequence[Any]) -> SpanExportResult:
@@ -77,7 +82,30 @@ def tracing_interceptors() -> tuple[list[Any], Any]:
 
     provider = TracerProvider(sampler=ALWAYS_ON)
     provider.add_span_processor(BatchSpanProcessor(Drop()))
-    return list(tracing_client_interceptors(provider.get_tracer("bench"))), provider
+    return client_observers(CollectorRegistry(), provider), provider
+
+
+def observer_cost(observers: list[Any], calls: int = 20000) -> float:
+    """CPU us per call of the observers alone (one call, one attempt, no network).
+
+    The steadiest figure on a shared machine: it does not depend on the server or the loop.
+    """
+    from mesh.observer import ChannelObservers
+
+    class Channel:
+        name = "bench"
+
+    method = ChannelObservers(Channel(), observers).for_method(METHOD, "unary")
+    assert method is not None
+    ok = grpc.StatusCode.OK
+    began = time.process_time()
+    for _ in range(calls):
+        call = method.call_start(None)
+        assert call is not None
+        call.attempt_start(1, "127.0.0.1:50051", None)
+        call.attempt_end(ok)
+        call.call_end(ok)
+    return round((time.process_time() - began) / calls * 1e6, 1)
 
 
 async def bench(rounds: int, seconds: float, warmup: float) -> dict[str, Any]:
@@ -88,21 +116,19 @@ async def bench(rounds: int, seconds: float, warmup: float) -> dict[str, Any]:
         names = ("bare", "policy", "chain", "traced")
         discovery = StaticDiscovery({name: [target] for name in names})
         policy = parse_policy(CHAIN_POLICY)
-        metrics = metrics_interceptors()
+        metrics = metrics_observers()
         channels: dict[str, Any] = {
             "raw": grpc.aio.insecure_channel(target),
             "bare": mesh_channel("bare", discovery),
             "policy": mesh_channel("policy", discovery, policy=policy),
-            "chain": mesh_channel("chain", discovery, policy=policy, interceptors=metrics),
+            "chain": mesh_channel("chain", discovery, policy=policy, observers=metrics),
         }
         traced_unavailable = None
         try:
-            tracing, provider = tracing_interceptors()
-            channels["traced"] = mesh_channel(
-                "traced", discovery, policy=policy, interceptors=[*tracing, *metrics]
-            )
+            traced, provider = traced_observers()
+            channels["traced"] = mesh_channel("traced", discovery, policy=policy, observers=traced)
         except ImportError as error:
-            traced_unavailable = f"tracing interceptors unavailable: {error}"
+            traced_unavailable = f"tracing observer unavailable: {error}"
         calls = {name: ch.unary_unary(METHOD, _registered_method=True) for name, ch in channels.items()}
         for name, call in calls.items():
             for _ in range(50):
@@ -131,18 +157,32 @@ async def bench(rounds: int, seconds: float, warmup: float) -> dict[str, Any]:
                 return None
             return round(statistics.median(a / b for a, b in zip(rates[name], rates["bare"], strict=True)), 3)
 
+        def cpu_ratio(name: str) -> float | None:
+            if name not in cpus:
+                return None
+            return round(statistics.median(cpus["bare"]) / statistics.median(cpus[name]), 3)
+
         for ch in channels.values():
             await ch.close()
+        traced_alone = None
+        if traced_unavailable is None:
+            observers, spare = traced_observers()
+            traced_alone = observer_cost(observers)
+            spare.shutdown()
         return {
             "ratio_policy": ratio("policy"),
             "ratio_chain": ratio("chain"),
             "ratio_chain_traced": ratio("traced"),
             "traced_unavailable": traced_unavailable,
+            # Client CPU per call, bare / variant: steadier than throughput on a shared machine.
+            "cpu_ratio_chain": cpu_ratio("chain"),
+            "cpu_ratio_chain_traced": cpu_ratio("traced"),
             "ratio_bare_vs_raw": round(
                 statistics.median(a / b for a, b in zip(rates["bare"], rates["raw"], strict=True)), 3
             ),
             "calls_per_second": {n: round(statistics.median(v)) for n, v in rates.items()},
             "client_cpu_us_per_call": {n: round(statistics.median(v), 1) for n, v in cpus.items()},
+            "observer_cpu_us_per_call": {"chain": observer_cost(metrics_observers()), "traced": traced_alone},
             "concurrency": 64,
             "rounds": rounds,
             "seconds_per_run": seconds,

@@ -15,6 +15,7 @@ import signal
 import sys
 
 from gateway.app import Gateway
+from gateway.metrics import GatewayMetrics
 from gateway.router import RouteConflict
 from gateway.rules import RuleError
 from gateway.server import HttpServer, ServerLimits
@@ -23,14 +24,19 @@ from gateway.upstream import MeshChannelFactory
 from mesh.errors import ConfigError
 from mesh.registry import make_discovery
 from mesh.telemetry.logs import configure_logging
+from mesh.telemetry.setup import client_observers
+from mesh.telemetry.tracing import tracer_provider
 
 log = logging.getLogger("gateway")
 
 
 async def run(settings: GatewaySettings) -> None:
     static = {name: [target] for name, target in settings.upstreams.items()}
-    factory = MeshChannelFactory(make_discovery(settings.consul_address, static), settings.policy)
-    gateway = Gateway(settings, factory)
+    metrics = GatewayMetrics()
+    provider = tracer_provider(settings.tracing)
+    observers = client_observers(metrics.registry, provider)  # upstream calls: metrics, spans
+    factory = MeshChannelFactory(make_discovery(settings.consul_address, static), settings.policy, observers)
+    gateway = Gateway(settings, factory, metrics=metrics)
     limits = settings.limits
     server = HttpServer(
         gateway.handle,
@@ -55,6 +61,8 @@ async def run(settings: GatewaySettings) -> None:
         await server.close(settings.grace_seconds)
     finally:
         await factory.close()
+        if provider is not None:
+            provider.shutdown()  # flush the last spans
 
 
 def main() -> int:

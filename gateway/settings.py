@@ -28,6 +28,7 @@ from mesh.config import env_float, env_int, env_list, env_str
 from mesh.errors import ConfigError
 from mesh.identity import JwtSettings, jwt_settings_from_env
 from mesh.resilience import PolicySettings, policy_from_env
+from mesh.telemetry.tracing import TracingSettings, tracing_settings_from_env
 
 DEFAULT_UPSTREAMS: Mapping[str, str] = {
     "user": "127.0.0.1:50051",
@@ -108,6 +109,8 @@ class GatewaySettings:
     consul_address: str = ""
     # Timeouts, retries, breakers and budgets of upstream calls (MESH_POLICY_FILE + overrides).
     policy: PolicySettings = field(default_factory=PolicySettings)
+    # Spans of upstream calls (OTEL_* as every service reads them); off unless configured.
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -167,6 +170,7 @@ def settings_from_env(environ: Mapping[str, str]) -> GatewaySettings:
         response_metadata=frozenset(k.lower() for k in env_list(environ, "GATEWAY_RESPONSE_METADATA")),
         consul_address=env_str(environ, "CONSUL_HTTP_ADDR", ""),
         policy=policy_from_env(environ),
+        tracing=tracing_settings_from_env(environ, "gateway"),
         keepalive_seconds=env_float(environ, "GATEWAY_KEEPALIVE_SECONDS", 75.0),
         grace_seconds=env_float(environ, "GATEWAY_GRACE_SECONDS", 10.0),
         log_level=env_str(environ, "GATEWAY_LOG_LEVEL", env_str(environ, "MESH_LOG_LEVEL", "INFO")),

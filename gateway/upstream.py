@@ -10,7 +10,7 @@ from :func:`google.protobuf.message_factory.GetMessageClass` — nothing per RPC
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 from gateway.rules import Binding
 from mesh.channel import MeshChannel, mesh_channel
+from mesh.observer import CallObserver
 from mesh.registry import Discovery
 from mesh.resilience import PolicySettings
 
@@ -98,11 +99,19 @@ class MeshChannelFactory:
 
     This is what the gateway runs with: endpoints come from the registry, each call picks one
     (P2C with outlier ejection) and a call refused before reaching a server fails over.
+    ``observers`` (:func:`mesh.telemetry.setup.client_observers`) give the upstream calls
+    ``grpc_client_*`` and ``mesh_*`` metrics and, with tracing on, client spans.
     """
 
-    def __init__(self, discovery: Discovery, policy: PolicySettings | None = None) -> None:
+    def __init__(
+        self,
+        discovery: Discovery,
+        policy: PolicySettings | None = None,
+        observers: Sequence[CallObserver] = (),
+    ) -> None:
         self._discovery = discovery
         self._policy = policy
+        self._observers = tuple(observers)
         self._channels: dict[str, MeshChannel] = {}
 
     def channel(self, service: str) -> Channel:
@@ -114,7 +123,9 @@ class MeshChannelFactory:
     def _mesh_channel(self, service: str) -> MeshChannel:
         channel = self._channels.get(service)
         if channel is None:
-            channel = self._channels[service] = mesh_channel(service, self._discovery, policy=self._policy)
+            channel = self._channels[service] = mesh_channel(
+                service, self._discovery, policy=self._policy, observers=self._observers
+            )
             channel.start()
         return channel
 

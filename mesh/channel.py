@@ -32,6 +32,7 @@ from mesh.channel_resilience import Resilience
 from mesh.channel_spec import CallSpec
 from mesh.channel_stream_request import MeshStreamRequestCall
 from mesh.channel_unary_stream import MeshUnaryStreamCall
+from mesh.observer import CallObserver, ChannelObservers
 from mesh.registry.base import Discovery, Endpoints, ServiceInstance
 from mesh.resilience import PolicySettings, ServicePolicy
 
@@ -42,6 +43,14 @@ BalancerName = Literal["p2c", "p2c_ewma", "round_robin"]
 _DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (("grpc.use_local_subchannel_pool", 1),)
 
 ENVOY_OUTLIER = OutlierPolicy()  # frozen: safe to share as a default
+
+# go-grpc-prometheus's words for the call types, used by metrics and spans alike.
+_CALL_TYPES = {
+    "unary_unary": "unary",
+    "unary_stream": "server_stream",
+    "stream_unary": "client_stream",
+    "stream_stream": "bidi_stream",
+}
 
 
 class _MultiCallable:
@@ -113,6 +122,11 @@ class MeshChannel:
     :class:`ServicePolicy`) sets default timeouts, retries (off unless configured), the
     breakers and the retry budget; :attr:`resilience` holds their state and the transition
     listeners. Calls made while a server handles a request never outlive its deadline.
+
+    ``observers`` (:mod:`mesh.observer`; the process's Telemetry gives them) see every call
+    and attempt from the call objects themselves: client metrics and spans without a grpc.aio
+    interceptor. ``interceptors`` still go on every per-endpoint channel, for users who
+    bring their own.
     """
 
     def __init__(
@@ -129,6 +143,7 @@ class MeshChannel:
         resolve_timeout: float = 3.0,
         drain_seconds: float = 30.0,
         policy: PolicySettings | ServicePolicy | None = None,
+        observers: Sequence[CallObserver] = (),
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
@@ -148,7 +163,9 @@ class MeshChannel:
             self._open_channel,
             tags=tags,
             drain_seconds=drain_seconds,
+            on_leave=self.resilience.forget,
         )
+        self._observers = ChannelObservers(self, observers)
 
     def _open_channel(self, instance: ServiceInstance) -> Any:
         interceptors = self._interceptors or None
@@ -169,6 +186,9 @@ class MeshChannel:
             self.max_attempts,
             self.resolve_timeout,
             self.resilience,
+            self._observers.for_method(
+                method.decode() if isinstance(method, bytes) else method, _CALL_TYPES[kind]
+            ),
         )
 
     # -- the grpc.aio.Channel surface ------------------------------------------------------
@@ -274,6 +294,11 @@ class MeshChannel:
         before any call has been made.
         """
         self._pool.ensure_started()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (a metrics collector then stops reading it)."""
+        return self._pool.closed
 
     @property
     def balancer(self) -> Balancer:

@@ -32,6 +32,7 @@ from mesh.channel_resilience import circuit_open_error, retry_delay, with_attemp
 from mesh.channel_spec import CallSpec, choose, deadline_error, remaining_time
 from mesh.deadline import call_deadline
 from mesh.errors import NoHealthyEndpoint
+from mesh.observer import CallObservation, code_of
 from mesh.resilience import CallOutcome, Permit
 
 CANCELLED = Outcome(grpc.StatusCode.CANCELLED)
@@ -67,6 +68,22 @@ class MeshCall:
         self._waiter: asyncio.Future[None] | None = None
         self._callbacks: list[Callable[[Any], None]] | None = None
         self._task: asyncio.Task[Any] | None = None
+        self._obs: CallObservation | None = None  # telemetry of this call (mesh.observer)
+
+    def _observe(self) -> None:
+        """Start the call's observation (in the caller's context: its span is the parent)."""
+        observer = self._spec.observer
+        if observer is not None:
+            self._obs = observer.call_start(self._metadata)
+
+    def _attempt_metadata(self, attempt: int, target: str) -> Any:
+        metadata = self._metadata if attempt == 1 else with_attempt(self._metadata, attempt)
+        obs = self._obs
+        return metadata if obs is None else obs.attempt_start(attempt, target, metadata)
+
+    def _attempt_end(self, code: grpc.StatusCode) -> None:
+        if self._obs is not None:
+            self._obs.attempt_end(code)
 
     def _start_attempt(self, endpoint: Endpoint, attempt: int = 1) -> Any:
         if self._cancel_requested:
@@ -77,7 +94,7 @@ class MeshCall:
         self._call = self._spec.callable_for(endpoint)(
             self._request,
             timeout=self._spec.policy.retry.attempt_timeout(now, self._deadline),
-            metadata=self._metadata if attempt == 1 else with_attempt(self._metadata, attempt),
+            metadata=self._attempt_metadata(attempt, endpoint.instance.target),
             credentials=self._credentials,
             compression=self._compression,
         )
@@ -121,6 +138,10 @@ class MeshCall:
     def _finish(self, error: BaseException | None = None) -> None:
         self._finished = True
         self._error = error
+        obs = self._obs
+        if obs is not None:
+            self._obs = None
+            obs.call_end(code_of(error, self._cancel_requested))
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
         if self._callbacks:
@@ -244,6 +265,8 @@ class MeshUnaryUnaryCall(MeshCall):
         tries = 1  # attempts the retry policy counts (transparent failover aside)
         permit: Permit | None = None
         began = monotonic()
+        observer = spec.observer
+        obs = self._obs = None if observer is None else observer.call_start(self._metadata)
         try:
             deadline = self._deadline
             if deadline is not None and deadline <= began:
@@ -280,10 +303,13 @@ class MeshUnaryUnaryCall(MeshCall):
                     done(Outcome(grpc.StatusCode.DEADLINE_EXCEEDED))
                     breaker.release(endpoint_permit)
                     raise deadline_error()
+                metadata = self._metadata if attempts == 1 else with_attempt(self._metadata, attempts)
+                if obs is not None:
+                    metadata = obs.attempt_start(attempts, target, metadata)
                 call = self._call = spec.callable_for(endpoint)(
                     self._request,
                     timeout=spec.policy.retry.attempt_timeout(now, deadline),
-                    metadata=self._metadata if attempts == 1 else with_attempt(self._metadata, attempts),
+                    metadata=metadata,
                     credentials=self._credentials,
                     compression=self._compression,
                 )
@@ -291,6 +317,8 @@ class MeshUnaryUnaryCall(MeshCall):
                     response = await call
                 except grpc.aio.AioRpcError as error:
                     elapsed = monotonic() - now
+                    if obs is not None:
+                        obs.attempt_end(error.code())
                     outcome = Outcome.from_status(error.code(), error.details(), elapsed)
                     done(outcome)
                     breaker.record(endpoint_permit, CallOutcome(error.code().name, elapsed))
@@ -314,10 +342,14 @@ class MeshUnaryUnaryCall(MeshCall):
                         await asyncio.sleep(delay)
                     continue
                 except BaseException:
+                    if obs is not None:
+                        obs.attempt_end(grpc.StatusCode.CANCELLED)
                     done(CANCELLED)
                     breaker.release(endpoint_permit)
                     raise
                 elapsed = monotonic() - now
+                if obs is not None:
+                    obs.attempt_end(_OK)
                 done(Outcome(_OK, elapsed))
                 breaker.record(endpoint_permit, CallOutcome("OK", elapsed))
                 break

@@ -59,6 +59,7 @@ class EndpointPool:
         *,
         tags: tuple[str, ...] = (),
         drain_seconds: float = 30.0,
+        on_leave: Callable[[set[str]], None] | None = None,
     ) -> None:
         self.name = name
         self.balancer = balancer
@@ -74,6 +75,8 @@ class EndpointPool:
         self._follow: asyncio.Task[None] | None = None
         self._draining: set[asyncio.Task[None]] = set()
         self._closed = False
+        # Told the targets that remain whenever some leave (the channel drops their breakers).
+        self._on_leave = on_leave
 
     @property
     def endpoints(self) -> Endpoints:
@@ -109,7 +112,8 @@ class EndpointPool:
         unique: dict[str, ServiceInstance] = {}
         for instance in subset(tuple(instances), self.tags):
             unique.setdefault(instance.target, instance)
-        for target in [t for t in self._by_target if t not in unique]:
+        left = [t for t in self._by_target if t not in unique]
+        for target in left:
             gone = self._by_target.pop(target)
             log.info("%s: endpoint %s left; draining its channel", self.name, target)
             self._drain(gone.channel, self.drain_seconds)
@@ -123,6 +127,8 @@ class EndpointPool:
                 known.instance = instance
         self._endpoints = tuple(unique.values())
         self.balancer.update(self._endpoints)
+        if left and self._on_leave is not None:
+            self._on_leave(set(unique))
         self.version += 1
         if self._changed is not None:
             self._changed.set()
@@ -137,6 +143,11 @@ class EndpointPool:
             raise NoHealthyEndpoint(self.name)
         instance, done = self.balancer.pick(candidates)
         return self._by_target[instance.target], done
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
 
     def failing_targets(self) -> frozenset[str]:
         """Targets whose channel is in TRANSIENT_FAILURE (the connection is known to be down)."""

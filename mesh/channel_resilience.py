@@ -119,6 +119,17 @@ class Resilience:
         """Every endpoint breaker's state (for gauges)."""
         return {target: breaker.state for target, breaker in self._endpoints.items()}
 
+    def peek_states(self) -> dict[str, State]:
+        """Every breaker's state, ``""`` for the service's, changing nothing (for scrapes).
+
+        Read from the metrics thread: copies the dict first (one atomic step under the GIL)
+        and uses :meth:`CircuitBreaker.peek_state`, which never moves a breaker.
+        """
+        states = {"": self.breaker.peek_state()}
+        for target, breaker in dict(self._endpoints).items():
+            states[target] = breaker.peek_state()
+        return states
+
     @property
     def unsettled(self) -> bool:
         """Whether some endpoint breaker is not CLOSED (picking must then consult them)."""

@@ -17,6 +17,7 @@ from mesh.balancer.base import Done
 from mesh.channel_pool import Endpoint, EndpointPool, no_endpoint_error
 from mesh.channel_resilience import MethodPolicy, Resilience
 from mesh.errors import NoHealthyEndpoint
+from mesh.observer import MethodObserver
 
 
 class CallSpec:
@@ -28,6 +29,7 @@ class CallSpec:
         "kind",
         "max_attempts",
         "method",
+        "observer",
         "policy",
         "pool",
         "registered",
@@ -47,6 +49,7 @@ class CallSpec:
         max_attempts: int,
         resolve_timeout: float,
         resilience: Resilience | None = None,
+        observer: MethodObserver | None = None,
     ) -> None:
         self.pool = pool
         self.resilience = resilience or Resilience(pool.name)
@@ -58,6 +61,7 @@ class CallSpec:
         self.registered = registered
         self.max_attempts = max_attempts
         self.resolve_timeout = resolve_timeout
+        self.observer = observer  # telemetry hooks (mesh.observer); None costs one test per call
         self._cache: dict[str, tuple[Any, Any]] = {}
 
     def callable_for(self, endpoint: Endpoint) -> Any:

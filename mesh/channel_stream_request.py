@@ -23,6 +23,7 @@ from mesh.channel_pool import Endpoint
 from mesh.channel_spec import CallSpec, choose
 from mesh.deadline import call_deadline
 from mesh.errors import NoHealthyEndpoint
+from mesh.observer import CallObservation, code_of
 
 
 class MeshStreamRequestCall:
@@ -51,6 +52,7 @@ class MeshStreamRequestCall:
         self._cancel_requested = False
         self._callbacks: list[Callable[[Any], None]] = []
         self._reports: set[asyncio.Task[None]] = set()
+        self._obs: CallObservation | None = None  # telemetry of this call (mesh.observer)
 
     # -- opening the underlying call -------------------------------------------------------
 
@@ -67,10 +69,14 @@ class MeshStreamRequestCall:
 
     def _open(self, endpoint: Endpoint, done: Done) -> None:
         remaining = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+        obs = self._obs
+        metadata = self._metadata
+        if obs is not None:
+            metadata = obs.attempt_start(1, endpoint.instance.target, metadata)
         call = self._spec.callable_for(endpoint)(
             self._request_iterator,
             timeout=remaining,
-            metadata=self._metadata,
+            metadata=metadata,
             credentials=self._credentials,
             compression=self._compression,
         )
@@ -83,6 +89,7 @@ class MeshStreamRequestCall:
             except (asyncio.CancelledError, grpc.aio.AioRpcError):
                 code, details = grpc.StatusCode.CANCELLED, None
             done(Outcome.from_status(code, details, time.monotonic() - started))
+            self._observed(code)
 
         def on_done(finished: Any) -> None:
             task = asyncio.ensure_future(report(finished))
@@ -98,8 +105,17 @@ class MeshStreamRequestCall:
             endpoint, done = await choose(self._spec, set(), self._deadline, self._wait_for_ready, None)
         except BaseException as error:
             self._open_error = error
+            self._observed(code_of(error, self._cancel_requested))
             raise
         self._open(endpoint, done)
+
+    def _observed(self, code: grpc.StatusCode) -> None:
+        """End the call's observation (its one attempt, then the call) with ``code``."""
+        obs = self._obs
+        if obs is not None:
+            self._obs = None
+            obs.attempt_end(code)
+            obs.call_end(code)
 
     async def _ready(self) -> Any:
         if self._call is not None:
@@ -109,6 +125,9 @@ class MeshStreamRequestCall:
         if self._open_error is not None:
             raise self._open_error
         if self._opening is None:
+            observer = self._spec.observer
+            if observer is not None:  # started where the caller first uses the call: its context
+                self._obs = observer.call_start(self._metadata)
             picked = self._pick_now()
             if picked is not None:
                 self._open(*picked)
@@ -182,6 +201,7 @@ class MeshStreamRequestCall:
         self._cancel_requested = True
         if self._opening is not None:
             self._opening.cancel()
+            self._observed(grpc.StatusCode.CANCELLED)  # the task may be cancelled before it ran
         return True
 
     def cancelled(self) -> bool:

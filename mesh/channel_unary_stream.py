@@ -119,6 +119,7 @@ class MeshUnaryStreamCall(MeshCall):
         tries = 1
         began = time.monotonic()
         permit = None
+        self._observe()
         try:
             if self._deadline is not None and self._deadline <= began:
                 raise deadline_error()
@@ -151,6 +152,7 @@ class MeshUnaryStreamCall(MeshCall):
                     yield message
             except grpc.aio.AioRpcError as error:
                 elapsed = time.monotonic() - started
+                self._attempt_end(error.code())
                 outcome = Outcome.from_status(error.code(), error.details(), elapsed)
                 done(outcome)
                 breaker.record(endpoint_permit, CallOutcome(error.code().name, elapsed))
@@ -177,11 +179,13 @@ class MeshUnaryStreamCall(MeshCall):
                     self._cancel_requested = True
                 if self._call is not None:
                     self._call.cancel()
+                self._attempt_end(grpc.StatusCode.CANCELLED)
                 done(CANCELLED)
                 breaker.release(endpoint_permit)
                 self._end(permit, error, began)
                 raise
             elapsed = time.monotonic() - started
+            self._attempt_end(grpc.StatusCode.OK)
             done(Outcome.success(elapsed))
             breaker.record(endpoint_permit, CallOutcome("OK", elapsed))
             self._end(permit, None, began)

@@ -65,6 +65,12 @@ class OutlierDetector:
         self._hosts: dict[str, _Host] = {}
         self._ejected: dict[str, _Host] = {}
         self._size = 0  # size of the endpoint set last seen, for the max-share rule
+        self.ejections_total = 0  # every ejection so far (read by the metrics collector)
+
+    def ejected_count(self) -> int:
+        """How many endpoints are ejected now, changing nothing (safe from a scrape thread)."""
+        now = self._clock()
+        return sum(1 for host in list(self._ejected.values()) if now < host.ejected_until)
 
     def ejected(self) -> frozenset[str]:
         """Targets ejected right now."""
@@ -120,6 +126,7 @@ class OutlierDetector:
         host.ejected_until = now + duration
         host.consecutive = 0
         self._ejected[target] = host
+        self.ejections_total += 1
 
     def _release(self, now: float) -> None:
         for target, host in list(self._ejected.items()):

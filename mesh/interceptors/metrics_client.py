@@ -1,7 +1,8 @@
 """Client RPC metrics (``grpc_client_*``), one interceptor class per call type.
 
-Sits on the per-endpoint channels of a MeshChannel, so each attempt the channel makes
-(failover included) is counted: ``grpc_client_handled_total`` counts what went on the wire.
+For plain ``grpc.aio`` channels (opt-in). MeshChannels count their attempts without an
+interceptor (:mod:`mesh.telemetry.client_metrics`, same families); do not use both on one
+channel or each attempt counts twice.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Client spans and W3C trace-context injection, one interceptor class per call type.
 
+For plain ``grpc.aio`` channels (opt-in). MeshChannels trace their calls and each attempt
+without an interceptor (:mod:`mesh.telemetry.client_tracing`).
+
 Leaner than opentelemetry-instrumentation-grpc's aio client interceptor (DESIGN §4 measured
 that one at about +35 % CPU per call): no propagator registry lookups, no per-call attribute
 dictionaries beyond the conventions, and ``traceparent`` formatted directly. A unary call's

@@ -119,6 +119,13 @@ class CircuitBreaker:
         self._notify(self._expire_open())
         return self._state
 
+    def peek_state(self) -> State:
+        """The state a call would see now, changing nothing (safe from a scrape thread)."""
+        state = self._state
+        if state is State.OPEN and self._clock() >= self._open_until:
+            return State.HALF_OPEN
+        return state
+
     def allow(self) -> Permit | None:
         """A permit for one call, or None when the call must fail fast without being sent."""
         if self._state is State.CLOSED:  # the hot path: no clock read, no call

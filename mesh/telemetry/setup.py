@@ -1,9 +1,11 @@
 """Everything a process needs for telemetry, built once in one place and closed on exit.
 
 :func:`start_telemetry` returns a :class:`Telemetry` holding the process's own
-CollectorRegistry, the tracer provider (or none), the ``/metrics`` endpoint, and the
-interceptors to hand to the server and to every mesh channel. Interceptor order on the
-server is tracing (outermost, so the span is current for the rest), metrics, RPC log.
+CollectorRegistry, the tracer provider (or none), the ``/metrics`` endpoint, the
+interceptors to hand to the server and the observers (:mod:`mesh.observer`) to hand to every
+mesh channel: client metrics and spans come from the channel's own call objects, which costs
+no task per call as a grpc.aio client interceptor would. Interceptor order on the server is
+tracing (outermost, so the span is current for the rest), metrics, RPC log.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import grpc.aio
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
-from mesh.interceptors.metrics_client import metrics_client_interceptors
 from mesh.interceptors.metrics_server import MetricsServerInterceptor
 from mesh.interceptors.rpc_log import RpcLogServerInterceptor
-from mesh.interceptors.tracing_client import tracing_client_interceptors
 from mesh.interceptors.tracing_server import TracingServerInterceptor
+from mesh.observer import CallObserver
+from mesh.telemetry.client_metrics import ClientMetrics
+from mesh.telemetry.client_tracing import ClientTracing
 from mesh.telemetry.metrics import MetricsEndpoint, rpc_families
+from mesh.telemetry.resilience_metrics import ResilienceCollector
 from mesh.telemetry.tracing import TracingSettings, tracer_provider
 
 log = logging.getLogger(__name__)
@@ -30,13 +34,18 @@ METRICS_PORT_META = "metrics_port"
 
 @dataclass
 class Telemetry:
-    """A process's telemetry: interceptors to install, meta to publish, what to close."""
+    """A process's telemetry: interceptors and observers to install, meta to publish, what to close.
+
+    ``client_observers`` go to ``mesh_channel(..., observers=...)``: ``grpc_client_*``
+    metrics, client spans (one per call, one per attempt) when tracing is on, and the
+    ``mesh_*`` resilience metrics of every channel built with them.
+    """
 
     registry: CollectorRegistry
     provider: TracerProvider | None
     endpoint: MetricsEndpoint | None
     server_interceptors: list[grpc.aio.ServerInterceptor] = field(default_factory=list)
-    client_interceptors: list[grpc.aio.ClientInterceptor] = field(default_factory=list)
+    client_observers: list[CallObserver] = field(default_factory=list)
 
     @property
     def meta(self) -> dict[str, str]:
@@ -58,20 +67,29 @@ def start_telemetry(
     metrics_port: int | None = 0,
     rpc_logs: bool = True,
 ) -> Telemetry:
-    """Build the registry, tracer and interceptors; serve ``/metrics`` unless the port is None."""
+    """Build the registry, tracer, interceptors and observers; serve ``/metrics`` unless the port is None."""
     registry = CollectorRegistry()
     provider = tracer_provider(tracing)
     server: list[grpc.aio.ServerInterceptor] = []
-    client: list[grpc.aio.ClientInterceptor] = []
     if provider is not None:
-        tracer = provider.get_tracer("mesh")
-        server.append(TracingServerInterceptor(tracer))
-        client.extend(tracing_client_interceptors(tracer))
+        server.append(TracingServerInterceptor(provider.get_tracer("mesh")))
     server.append(MetricsServerInterceptor(rpc_families(registry, "server")))
-    client.extend(metrics_client_interceptors(rpc_families(registry, "client")))
+    client = client_observers(registry, provider)
     if rpc_logs:
         server.append(RpcLogServerInterceptor())
     endpoint = None if metrics_port is None else MetricsEndpoint(registry, metrics_host, metrics_port)
     if endpoint is not None:
         log.info("metrics", extra={"event": "metrics", "address": f"{metrics_host}:{endpoint.port}"})
     return Telemetry(registry, provider, endpoint, server, client)
+
+
+def client_observers(registry: CollectorRegistry, provider: TracerProvider | None) -> list[CallObserver]:
+    """The observers a process gives its mesh channels; registers their metrics in ``registry``.
+
+    Also what the gateway uses for its upstream channels (it has its own registry).
+    """
+    observers: list[CallObserver] = [ClientMetrics(rpc_families(registry, "client"))]
+    if provider is not None:
+        observers.append(ClientTracing(provider.get_tracer("mesh")))
+    observers.append(ResilienceCollector(registry))
+    return observers

@@ -16,10 +16,12 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from prometheus_client import CollectorRegistry
 
 from mesh.channel import MeshChannel, mesh_channel
 from mesh.identity import JwtVerifier
+from mesh.observer import CallObserver
 from mesh.registry import ConsulRegistrar, Discovery, make_discovery
 from mesh.server import HostedService, LifecycleHook, serve
 from mesh.telemetry.logs import configure_logging
@@ -42,7 +44,9 @@ class ServiceContext:
     auth: Authenticator
     discovery: Discovery
     resources: contextlib.AsyncExitStack
-    interceptors: Sequence[Any] = ()  # client interceptors (telemetry) for every channel
+    observers: Sequence[CallObserver] = ()  # client telemetry (mesh.observer) for every channel
+    # The process's metrics registry (served on /metrics), for a service's own families.
+    registry: CollectorRegistry | None = None
     _channels: dict[str, MeshChannel] = field(default_factory=dict)
 
     def channel(self, service: str) -> MeshChannel:
@@ -50,7 +54,7 @@ class ServiceContext:
         channel = self._channels.get(service)
         if channel is None:
             channel = self._channels[service] = mesh_channel(
-                service, self.discovery, interceptors=self.interceptors, policy=self.settings.policy
+                service, self.discovery, observers=self.observers, policy=self.settings.policy
             )
             self.resources.push_async_callback(channel.close)
         return channel
@@ -80,7 +84,13 @@ async def run(settings: ServiceSettings, migrations: Path, build: Builder) -> No
         resources.push_async_callback(discovery.close)
         authenticator = Authenticator(JwtVerifier(settings.jwt))
         context = ServiceContext(
-            settings, database, authenticator, discovery, resources, telemetry.client_interceptors
+            settings,
+            database,
+            authenticator,
+            discovery,
+            resources,
+            telemetry.client_observers,
+            telemetry.registry,
         )
         services = await build(context)
         await serve(

@@ -33,6 +33,8 @@ from mesh.interceptors.metrics_server import MetricsServerInterceptor
 from mesh.interceptors.rpc_log import RpcLogServerInterceptor
 from mesh.interceptors.tracing_client import tracing_client_interceptors
 from mesh.interceptors.tracing_server import TracingServerInterceptor
+from mesh.telemetry.client_metrics import ClientMetrics
+from mesh.telemetry.client_tracing import ClientTracing
 from mesh.telemetry.logs import JsonFormatter
 from mesh.telemetry.metrics import rpc_families
 from mesh.telemetry.setup import start_telemetry
@@ -273,7 +275,8 @@ def test_tracing_off_installs_no_tracing_interceptor_and_metrics_serve_over_http
     try:
         assert telemetry.provider is None
         assert not any(isinstance(i, TracingServerInterceptor) for i in telemetry.server_interceptors)
-        assert len(telemetry.client_interceptors) == 4  # metrics only, one per call type
+        assert not any(isinstance(o, ClientTracing) for o in telemetry.client_observers)
+        assert any(isinstance(o, ClientMetrics) for o in telemetry.client_observers)
         port = telemetry.meta["metrics_port"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             text = response.read().decode()
