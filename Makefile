@@ -41,7 +41,9 @@ gen: $(VENV)/.installed
 gen-check: $(VENV)/.installed
 	$(PY) tools/gen.py --check
 
+# No broker is no reason not to start: order events then wait in the outbox until one answers.
 run: tools gen
+	@tools/ensure-rabbitmq.sh || echo "make run: NO RabbitMQ broker at 127.0.0.1:5672 (see above); the shop starts anyway and order events wait in the outbox until one answers"
 	$(PY) -m services.launcher
 
 test: tools

@@ -11,6 +11,7 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +22,8 @@ from pathlib import Path
 from mesh.health import wait_serving
 from mesh.identity import generate_keypair
 from mesh.registry.dev_agent import ConsulDevAgent, consul_answers, find_consul, free_port
-from services.common.settings import DEFAULT_PORTS
+from services.common.messaging.topology import broker_address
+from services.common.settings import DEFAULT_PORTS, messaging_settings_from_env
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
@@ -75,6 +77,28 @@ def prepare(environ: dict[str, str]) -> dict[str, str]:
     env.setdefault("INVENTORY_SEED_DEMO", "1")
     env["PYTHONPATH"] = str(ROOT)
     return env
+
+
+def broker_line(env: dict[str, str], timeout: float = 1.0) -> str:
+    """One line saying whether RabbitMQ answers at the configured URL (never its credentials).
+
+    The shop starts either way: without a broker, order events wait in the order service's
+    outbox and leave once one answers.
+    """
+    messaging = messaging_settings_from_env(env)
+    if not messaging.enabled:
+        return "  rabbitmq   off (SHOP_AMQP_URL=none): order events stay in the outbox"
+    address = broker_address(messaging.amqp_url)
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError:
+        return (
+            f"  rabbitmq   {address}  NOT ANSWERING: order events wait in the outbox until it does "
+            "(tools/ensure-rabbitmq.sh starts one)"
+        )
+    return f"  {'rabbitmq':<10} {address}  answers (exchange {messaging.exchange})"
 
 
 def _terminate_with_parent() -> None:
@@ -223,6 +247,9 @@ def curl_lines(port: int, host: str = "localhost") -> list[str]:
         'curl -s $G/v1/orders/$ORDER -H "Authorization: Bearer $TOKEN"',
         'curl -s $G/v1/orders -H "Authorization: Bearer $TOKEN"',
         'curl -sN $G/v1/orders/$ORDER:watch -H "Authorization: Bearer $TOKEN"',
+        # Issued by payment's billing consumer from the order.confirmed event (a moment later).
+        'curl -s $G/v1/invoices -H "Authorization: Bearer $TOKEN"',
+        'curl -s $G/v1/notifications -H "Authorization: Bearer $TOKEN"',
     ]
 
 
@@ -257,6 +284,7 @@ def main() -> int:
     children: list[Child] = []
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        print(broker_line(env), flush=True)  # SHOP_AMQP_URL / SHOP_EVENTS_NAMESPACE reach every child
         env["CONSUL_HTTP_ADDR"] = start_consul(env, children)
         start_services(env, children)
         ports = {c.name: c.port for c in reversed(children)}  # the first instance of each

@@ -4,7 +4,8 @@ Each service keeps numbered ``NNN_name.sql`` files in its ``migrations/`` folder
 applied once, in the same transaction as the row recording it; several instances of one
 service starting together serialize on a lock (SQLite's write lock, a PostgreSQL advisory
 lock) so each file still runs exactly once. ``{json}`` in a file becomes the engine's JSON
-column type (JSONB on PostgreSQL, TEXT on SQLite).
+column type (JSONB on PostgreSQL, TEXT on SQLite), ``{bytes}`` its binary type, and
+``{serial_key}`` an auto-numbered integer primary key (an outbox's publication order).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from services.common.database import Database, Tx, split_statements
 log = logging.getLogger(__name__)
 
 DIALECT_TYPES = {
-    "postgresql": {"json": "JSONB", "bytes": "BYTEA"},
-    "sqlite": {"json": "TEXT", "bytes": "BLOB"},
+    "postgresql": {"json": "JSONB", "bytes": "BYTEA", "serial_key": "BIGSERIAL PRIMARY KEY"},
+    "sqlite": {"json": "TEXT", "bytes": "BLOB", "serial_key": "INTEGER PRIMARY KEY AUTOINCREMENT"},
 }
 
 

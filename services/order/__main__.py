@@ -8,6 +8,10 @@ On start it resumes, in the background and as the order service, every saga left
 previous run (or by a dead instance, once its lease expires). Settings of its own:
 ``ORDER_SAGA_LEASE_SECONDS`` (10), ``ORDER_SAGA_RETRY_BASE_SECONDS`` (0.2),
 ``ORDER_SAGA_RETRY_MAX_SECONDS`` (30), and ``ORDER_FAULT_CRASH_AT`` for the crash tests only.
+
+Order events are written to the outbox with each order change; unless the bus is off
+(``SHOP_AMQP_URL=none``: events simply wait in the outbox), the outbox relay runs in this
+process and publishes them to RabbitMQ (:mod:`services.common.messaging.relay`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from mesh.identity import ServiceTokens
 from mesh.server import HostedService
 from services.common.app import ServiceContext, main
+from services.common.messaging.relay import OutboxRelay
 from services.order.clients import Upstreams
 from services.order.domain import ORDER_STEPS
 from services.order.faults import checkpoint_from_settings
@@ -38,7 +43,13 @@ async def build(context: ServiceContext) -> Sequence[HostedService]:
     checkpoint = checkpoint_from_settings(settings.extra, ORDER_STEPS)
     tokens = ServiceTokens(settings.jwt, settings.name)
     upstreams = Upstreams.connect(settings.upstreams, tokens, factory=context.channel)
-    orders = Orders(OrderStore(context.database), saga=saga, checkpoint=checkpoint)
+    relay = None
+    if settings.messaging.enabled:
+        relay = OutboxRelay(context.database, settings.messaging, registry=context.registry)
+        relay.start()
+        context.resources.push_async_callback(relay.close)  # before the database closes
+    store = OrderStore(context.database, on_event=relay.wake if relay is not None else None)
+    orders = Orders(store, saga=saga, checkpoint=checkpoint)
     context.resources.push_async_callback(orders.close)  # before the channels it calls through
     orders.start_resuming(upstreams.for_service)
     servicer = OrderServicer(orders, upstreams, context.auth)

@@ -9,14 +9,14 @@ import grpc
 
 from services.common.auth import Authenticator
 from services.common.errors import InvalidArgument
-from services.common.values import decode_page_token, encode_page_token, money, page_size, timestamp
+from services.common.values import decode_page_token, encode_page_token, page_size
 from services.order import domain
 from services.order.clients import Upstreams
-from services.order.domain import Address, Line, Order
+from services.order.convert import order_pb
+from services.order.domain import Address, Line
 from services.order.orders import Orders
 from shop.order.v1 import order_pb2 as pb
 from shop.order.v1 import order_pb2_grpc
-from shop.shipping.v1 import shipping_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # Kept back from the caller's deadline so the PENDING answer still reaches it in time.
@@ -28,37 +28,6 @@ def wait_budget(context: Context) -> float | None:
     deadline, wait until terminal)."""
     remaining = context.time_remaining()
     return None if remaining is None else max(0.0, remaining - ANSWER_MARGIN_SECONDS)
-
-
-def order_pb(order: Order) -> pb.Order:
-    a = order.address
-    return pb.Order(
-        order_id=order.order_id,
-        user_id=order.user_id,
-        items=[
-            pb.OrderItem(sku=i.sku, quantity=i.quantity, unit_price=money(i.unit_price_minor, order.currency))
-            for i in order.items
-        ],
-        total=money(order.total_minor, order.currency),
-        status=pb.OrderStatus.Value(f"ORDER_STATUS_{order.status.value}"),
-        status_reason=order.status_reason,
-        shipping_address=shipping_pb2.Address(
-            recipient=a.recipient,
-            line1=a.line1,
-            city=a.city,
-            postal_code=a.postal_code,
-            country_code=a.country_code,
-        ),
-        payment_id=order.payment_id,
-        reservation_id=order.reservation_id,
-        shipment_id=order.shipment_id,
-        steps=[
-            pb.OrderStep(name=s.name, outcome=s.outcome.value, detail=s.detail, time=timestamp(s.time))
-            for s in order.steps
-        ],
-        create_time=timestamp(order.create_time),
-        update_time=timestamp(order.update_time),
-    )
 
 
 def address(request: pb.CreateOrderRequest) -> Address | None:

@@ -10,12 +10,21 @@ runners can never silently overwrite each other's step history. On top of that, 
 holds a lease (``lease_owner``, ``lease_expires``) while it drives an order; a save made with
 an ``owner`` also requires that lease, which fences off a runner whose lease ran out (a paused
 or partitioned process) even before the new holder has saved anything.
+
+Events go out through the outbox (:mod:`services.order.events`): ``create`` writes
+``order.created`` with the new order, and a save that moves the status to CONFIRMED or
+CANCELLED writes ``order.confirmed`` / ``order.cancelled``, in the save's own transaction.
+The previous status is read in that transaction, with the row locked (``FOR UPDATE`` on
+PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already holds the write lock) and its version
+checked, so a retried or stale save, or a save without a status change, writes no event:
+exactly one event per transition. ``on_event`` (the relay's wake-up) is called after such a
+commit so the event leaves without waiting for the next poll.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -23,6 +32,8 @@ import grpc
 
 from services.common.database import Database, Row, Tx
 from services.common.errors import DomainError, NotFound
+from services.common.messaging import outbox
+from services.order import events
 from services.order.domain import Address, Item, Order, OrderStatus, Outcome, StepRecord, saga_open
 
 COLUMNS = "order_id, user_id, request_id, status, create_time, update_time, version, document"
@@ -88,8 +99,9 @@ def _order(row: Row) -> Order:
 class OrderStore:
     """Every read and write of orders, each in one transaction."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, on_event: Callable[[], None] | None = None) -> None:
         self._db = database
+        self._on_event = on_event or (lambda: None)
 
     async def create(self, order: Order) -> tuple[Order, bool]:
         """Store a new order; when (user, request_id) is taken, the existing one and False."""
@@ -111,12 +123,17 @@ class OrderStore:
                 ),
             )
             if added:
-                return replace(order, version=1), True
+                stored = replace(order, version=1)
+                outbox.add(tx, events.order_event(events.CREATED, stored))
+                return stored, True
             existing = self._find_in(tx, order.user_id, order.request_id)
             assert existing is not None  # the conflict was on exactly this key
             return existing, False
 
-        return await self._db.transact(work)
+        result = await self._db.transact(work)
+        if result[1]:
+            self._on_event()
+        return result
 
     async def find(self, user_id: str, request_id: str) -> Order | None:
         """The user's order for an idempotency key, if there is one."""
@@ -136,7 +153,13 @@ class OrderStore:
         With ``owner``, the save also requires that owner's lease on the order (and keeps it).
         """
 
-        def work(tx: Tx) -> Order:
+        def work(tx: Tx) -> tuple[Order, bool]:
+            lock = " FOR UPDATE" if tx.dialect == "postgresql" else ""
+            current = tx.one(
+                f"SELECT status, version FROM orders WHERE order_id = ?{lock}", (order.order_id,)
+            )
+            if current is None or int(current["version"]) != order.version:
+                raise StaleOrder(order.order_id)
             sql = (
                 "UPDATE orders SET status = ?, update_time = ?, version = version + 1, document = ?, "
                 "saga_open = ? WHERE order_id = ? AND version = ?"
@@ -155,9 +178,16 @@ class OrderStore:
             changed = tx.execute(sql, params)
             if not changed:
                 raise StaleOrder(order.order_id)
-            return replace(order, version=order.version + 1)
+            saved = replace(order, version=order.version + 1)
+            event = events.transition_event(OrderStatus(current["status"]), order.status)
+            if event is not None:
+                outbox.add(tx, events.order_event(event, saved))
+            return saved, event is not None
 
-        return await self._db.transact(work)
+        saved, evented = await self._db.transact(work)
+        if evented:
+            self._on_event()
+        return saved
 
     async def claim(self, order_id: str, owner: str, now: float, ttl: float) -> bool:
         """Take (or keep) the lease on an unfinished order; False while another holds it.

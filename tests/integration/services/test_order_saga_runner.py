@@ -50,15 +50,18 @@ async def test_a_save_needs_the_lease_so_a_holder_that_lost_it_is_fenced(databas
     assert saved.version == order.version + 1
 
 
+T = "2025-01-01T00:00:01.000000+00:00"  # a real time: the order's events carry it as a Timestamp
+
+
 async def test_a_fresh_runner_resumes_open_sagas_and_finishes_them(database: Database) -> None:  # noqa: F811
     store = OrderStore(database)
     forward, _ = await store.create(make_order("ord_forward"))
     # One step done by a process that then died holding the lease (expired long ago).
-    forward = await store.save(domain.record(forward, ORDER_STEPS[0], Outcome.COMPLETED, "held", "t"))
+    forward = await store.save(domain.record(forward, ORDER_STEPS[0], Outcome.COMPLETED, "held", T))
     assert await store.claim(forward.order_id, "dead", now=1.0, ttl=1)
     undoing, _ = await store.create(make_order("ord_undo"))
-    undoing = await store.save(domain.record(undoing, ORDER_STEPS[0], Outcome.COMPLETED, "held", "t"))
-    await store.save(domain.begin_cancel(undoing, "declined", "t"))
+    undoing = await store.save(domain.record(undoing, ORDER_STEPS[0], Outcome.COMPLETED, "held", T))
+    await store.save(domain.begin_cancel(undoing, "declined", T))
     assert await asyncio.to_thread(sagas_main, ["--database", database.url]) == 1  # listed as open
 
     fake = FakeParticipants()

@@ -67,7 +67,7 @@ def draft(request_id: str, *lines: Line) -> domain.Draft:
 async def test_migrations_are_idempotent_and_documents_are_json(database_url: str) -> None:
     database = Database("order", database_url)
     try:
-        assert await migrate(database, MIGRATIONS) == [1, 2]  # 002: the saga lease and open flag
+        assert await migrate(database, MIGRATIONS) == [1, 2, 3]  # 002: saga lease, 003: outbox
         assert await migrate(database, MIGRATIONS) == []
         if database.dialect == "postgresql":
             row = await database.transact(

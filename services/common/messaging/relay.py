@@ -1,0 +1,328 @@
+"""The outbox relay: publishes a service's committed events to RabbitMQ, in order, at least once.
+
+It runs as a background task inside the service process. Each round it claims a batch of
+unsent outbox rows (oldest ``seq`` first, see :mod:`services.common.messaging.outbox`),
+publishes them one after the other on a channel with publisher confirms, and marks a row sent
+only once the broker has confirmed it. A crash or a lost connection between the confirm and
+the mark publishes that row again later: delivery is at least once, consumers deduplicate by
+``message_id`` (the event id). Nothing is ever skipped: rows are found by ``sent_time IS NULL``,
+not by a cursor.
+
+Messages are persistent, carry ``message_id`` = event id, ``type``, ``content_type`` and a
+timestamp (the event's commit time), and are published ``mandatory``. A message the broker
+confirms but returns as unroutable (no queue bound for its routing key) is marked sent anyway
+and logged: the broker accepted it and nobody is listening; consumers declare their durable
+queues at their start, so an event published before any consumer existed has no audience.
+
+The broker may be absent at start or go away at any time: the relay reconnects with capped
+exponential backoff and jitter, logs once per outage (address only, never credentials) how
+many events wait in the outbox, and once per recovery. It waits ``poll_seconds`` between
+rounds when idle, and :meth:`OutboxRelay.wake` (called after a local commit wrote an event)
+cuts the wait short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aio_pika
+import aio_pika.exceptions
+from aio_pika.abc import AbstractExchange
+from aio_pika.connection import Connection, make_url
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+
+from mesh.errors import DependencyUnavailable
+from services.common.database import Database
+from services.common.messaging import outbox
+from services.common.messaging.outbox import OutboxMessage
+from services.common.messaging.topology import broker_address, declare_exchange
+from services.common.settings import MessagingSettings
+from services.common.values import utc_now
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/x-protobuf"  # every outbox payload is a binary protobuf message
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """How eagerly the relay polls, how big its batches are and how it backs off."""
+
+    batch_size: int = 100
+    # Local commits wake the relay at once; the poll only finds rows other instances wrote (or
+    # left behind), so it can be slow: each poll is a write transaction on SQLite.
+    poll_seconds: float = 0.5
+    # How long a claimed batch is this relay's alone; another instance takes over after it.
+    claim_seconds: float = 30.0
+    backoff_base_seconds: float = 0.1
+    backoff_max_seconds: float = 5.0
+    connect_timeout_seconds: float = 5.0
+    publish_timeout_seconds: float = 10.0
+    # How often the pending gauge is refreshed while idle (a COUNT over the unsent index).
+    gauge_interval_seconds: float = 1.0
+
+
+class RelayMetrics:
+    """``shop_outbox_pending`` and ``shop_outbox_relay_lag_seconds`` in the process's registry."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.pending: Gauge | None = None
+        self.lag: Histogram | None = None
+        if registry is not None:
+            self.pending = Gauge(
+                "shop_outbox_pending",
+                "Events in the outbox not yet confirmed by the broker",
+                registry=registry,
+            )
+            self.lag = Histogram(
+                "shop_outbox_relay_lag_seconds",
+                "From an event's commit to the broker's confirm of its publication",
+                buckets=LAG_BUCKETS,
+                registry=registry,
+            )
+
+
+class TransportErrorFilter(logging.Filter):
+    """Drops aiormq's per-attempt "error when creating transport" record.
+
+    aiormq logs it at ERROR on every failed connect; during an outage that is one line per
+    retry. The relay reports an outage itself, once, with what matters (address, backlog).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("error when creating transport")
+
+
+def quiet_transport_errors() -> None:
+    """Install :class:`TransportErrorFilter` on aiormq's connection logger (once per process)."""
+    logger = logging.getLogger("aiormq.connection")
+    if not any(isinstance(f, TransportErrorFilter) for f in logger.filters):
+        logger.addFilter(TransportErrorFilter())
+
+
+def message_of(row: OutboxMessage) -> aio_pika.Message:
+    """The AMQP message of an outbox row (see shop/order/v1/events.proto for the contract)."""
+    return aio_pika.Message(
+        body=row.payload,
+        message_id=row.event_id,
+        type=row.message_type,
+        content_type=CONTENT_TYPE,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        timestamp=datetime.fromisoformat(row.create_time),
+    )
+
+
+def lag_seconds(row: OutboxMessage, now: datetime) -> float:
+    return max(0.0, (now - datetime.fromisoformat(row.create_time)).total_seconds())
+
+
+class OutboxRelay:
+    """One per process that owns an outbox. :meth:`start` it; :meth:`close` it at shutdown."""
+
+    def __init__(
+        self,
+        database: Database,
+        messaging: MessagingSettings,
+        settings: RelaySettings | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+        owner: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = database
+        self._messaging = messaging
+        self._settings = settings or RelaySettings()
+        self._metrics = RelayMetrics(registry)
+        self._owner = owner or f"relay-{uuid.uuid4().hex[:12]}"
+        self._clock = clock
+        self._address = broker_address(messaging.amqp_url)
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._failures = 0
+        self._outage = False
+        self._database_down = False
+        self._gauge_time = 0.0
+        self._unrouted_logged = False
+        self.published = 0  # confirmed publications since start (diagnostics and tests)
+        self.connect_failures = 0  # failed sessions since start, outages included
+        self.connected = asyncio.Event()  # set while a broker connection is up
+
+    def start(self) -> None:
+        quiet_transport_errors()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self._messaging.exchange}")
+
+    def wake(self) -> None:
+        """A local commit wrote an event: look now instead of at the next poll."""
+        self._wakeup.set()
+
+    async def close(self) -> None:
+        """Stop publishing; rows in flight stay unsent (and go out at the next start)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self._db.transact(lambda tx: outbox.release(tx, self._owner))
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # any broker or network failure: back off and reconnect
+                self.connected.clear()
+                self._failures += 1
+                self.connect_failures += 1
+                await self._after_failure(error)
+                await asyncio.sleep(self._backoff())
+
+    def _backoff(self) -> float:
+        s = self._settings
+        ceiling = min(s.backoff_max_seconds, s.backoff_base_seconds * 2 ** min(self._failures - 1, 20))
+        return float(ceiling * random.uniform(0.5, 1.0))  # jitter: instances don't reconnect in step
+
+    async def _after_failure(self, error: Exception) -> None:
+        if isinstance(error, DependencyUnavailable):  # the outbox's own database, not the broker
+            level = logging.DEBUG if self._database_down else logging.WARNING
+            self._database_down = True
+            log.log(level, "outbox relay paused: %s", error, extra={"error": type(error).__name__})
+            return
+        # Claims held by a relay that cannot publish would only delay another instance.
+        waiting: int | str = "?"
+        try:
+            await self._db.transact(lambda tx: outbox.release(tx, self._owner))
+            waiting = await self._db.transact(outbox.pending)
+            self._set_pending(int(waiting))
+        except Exception:  # the database may be down too; the broker is what we report here
+            log.debug("outbox not readable after a broker failure", exc_info=True)
+        if not self._outage:
+            self._outage = True
+            log.warning(
+                "RabbitMQ at %s unavailable; %s events waiting in the outbox",
+                self._address,
+                waiting,
+                extra={"broker": self._address, "error": type(error).__name__, "pending": waiting},
+            )
+        else:
+            log.debug("RabbitMQ at %s still unavailable: %s", self._address, type(error).__name__)
+
+    async def _session(self) -> None:
+        """One broker connection: publish until something fails (then the caller reconnects)."""
+        s = self._settings
+        # aio_pika.connect() would drop a half-open connection on failure (closed later by its
+        # finalizer, with a warning); built by hand it is closed here, every time.
+        connection = Connection(make_url(self._messaging.amqp_url))
+        try:
+            await connection.connect(timeout=s.connect_timeout_seconds)
+            # Bounded like the connect: a broker that accepts but never answers is an outage too.
+            channel = await asyncio.wait_for(
+                connection.channel(publisher_confirms=True, on_return_raises=True), s.connect_timeout_seconds
+            )
+            exchange = await asyncio.wait_for(
+                declare_exchange(channel, self._messaging), s.connect_timeout_seconds
+            )
+            self._failures = 0
+            self.connected.set()
+            if self._outage:
+                self._outage = False
+                log.info("RabbitMQ at %s reachable again; relaying the outbox", self._address)
+            else:
+                log.info("outbox relay connected to RabbitMQ at %s", self._address)
+            while True:
+                if connection.is_closed or channel.is_closed:
+                    raise ConnectionError(f"connection to RabbitMQ at {self._address} closed")
+                full = await self._relay_batch(exchange)
+                self._database_down = False
+                if not full:
+                    await self._idle()
+        finally:
+            self.connected.clear()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), timeout=2.0)
+
+    async def _idle(self) -> None:
+        now = self._clock()
+        if (
+            self._metrics.pending is not None
+            and now - self._gauge_time >= self._settings.gauge_interval_seconds
+        ):
+            self._set_pending(await self._db.transact(outbox.pending))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout=self._settings.poll_seconds)
+        self._wakeup.clear()
+
+    def _set_pending(self, count: int) -> None:
+        self._gauge_time = self._clock()
+        if self._metrics.pending is not None:
+            self._metrics.pending.set(count)
+
+    async def _relay_batch(self, exchange: AbstractExchange) -> bool:
+        """Publish one claimed batch; True when it was full (more may be waiting)."""
+        s = self._settings
+        self._wakeup.clear()
+        rows = await self._db.transact(
+            lambda tx: outbox.claim(tx, self._owner, self._clock(), s.claim_seconds, s.batch_size)
+        )
+        if not rows:
+            return False
+        # The whole batch goes out at once on the confirming channel (frames leave in claim
+        # order) and its confirms are awaited together: one round trip per batch, not per row,
+        # so a busy order process does not fall behind by a broker round trip per event.
+        results = await asyncio.gather(
+            *(self._publish(exchange, row) for row in rows), return_exceptions=True
+        )
+        confirmed = [row.seq for row, result in zip(rows, results, strict=True) if result is None]
+        # Rows confirmed before a failure are recorded even when others failed (those stay
+        # unsent and go out again: at least once, consumers deduplicate by event_id).
+        if confirmed:
+            await self._db.transact(lambda tx: outbox.mark_sent(tx, confirmed, utc_now()))
+            self.published += len(confirmed)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        if self._metrics.pending is not None and self._clock() - self._gauge_time >= s.gauge_interval_seconds:
+            self._set_pending(await self._db.transact(outbox.pending))
+        return len(rows) == s.batch_size
+
+    async def _publish(self, exchange: AbstractExchange, row: OutboxMessage) -> None:
+        """Returns once the broker confirmed the message; raises when it did not."""
+        try:
+            await exchange.publish(
+                message_of(row),
+                routing_key=row.routing_key,
+                mandatory=True,
+                timeout=self._settings.publish_timeout_seconds,
+            )
+        except aio_pika.exceptions.PublishError:
+            # Confirmed but returned: no queue is bound for this routing key. See the module doc.
+            level = logging.DEBUG if self._unrouted_logged else logging.WARNING
+            self._unrouted_logged = True
+            log.log(
+                level,
+                "event %s (%s) was not routed to any queue of exchange %s; marked sent",
+                row.event_id,
+                row.routing_key,
+                self._messaging.exchange,
+                extra={"event_id": row.event_id, "routing_key": row.routing_key},
+            )
+        lag = lag_seconds(row, datetime.now(UTC))
+        if self._metrics.lag is not None:
+            self._metrics.lag.observe(lag)
+        log.debug(
+            "event %s published after %.1f ms",
+            row.event_id,
+            lag * 1000,
+            extra={"event_id": row.event_id, "routing_key": row.routing_key, "lag_ms": round(lag * 1000, 1)},
+        )
