@@ -1,4 +1,4 @@
-"""Payment's own database: payments and the invoices of captured ones.
+"""Payment's own database: payments, and the invoices billing issued for confirmed orders.
 
 Ownership is checked inside the same transaction that reads a payment: a payment the caller
 may not act for is reported as not found, so its existence does not leak to other users.
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from mesh.identity import Principal
 from services.common.database import Database, Row, Tx
 from services.common.errors import NotFound
-from services.common.values import new_id, utc_now
+from services.common.values import utc_now
 from services.payment.domain import (
     Authorization,
     PaymentPolicy,
@@ -118,27 +118,16 @@ class PaymentStore:
         return await self._db.transact(work)
 
     async def capture(self, payment_id: str, caller: Principal) -> PaymentRecord:
-        """AUTHORIZED -> CAPTURED and its one invoice, together; a re-capture changes nothing."""
+        """AUTHORIZED -> CAPTURED; a re-capture changes nothing.
+
+        The invoice is not written here: billing issues it when the order is confirmed
+        (services/payment/billing.py, from the order.confirmed event).
+        """
 
         def work(tx: Tx) -> PaymentRecord:
-            record, moved = self._move(
-                tx, self._visible(tx, payment_id, caller), may_capture, PaymentState.CAPTURED
-            )
-            if moved:
-                tx.execute(
-                    "INSERT INTO invoices (invoice_id, payment_id, order_id, user_id, amount_minor, currency, "
-                    "create_time) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        new_id("inv"),
-                        record.payment_id,
-                        record.order_id,
-                        record.user_id,
-                        record.amount_minor,
-                        record.currency,
-                        record.update_time,
-                    ),
-                )
-            return record
+            return self._move(tx, self._visible(tx, payment_id, caller), may_capture, PaymentState.CAPTURED)[
+                0
+            ]
 
         return await self._db.transact(work)
 

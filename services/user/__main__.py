@@ -8,6 +8,7 @@ from pathlib import Path
 from mesh.server import HostedService
 from services.common.app import ServiceContext, main
 from services.user.hashing import PasswordHasher
+from services.user.notifications import NotificationStore, start_notifications
 from services.user.servicer import UserServicer
 from services.user.store import UserStore
 from services.user.tokens import TokenIssuer
@@ -21,7 +22,9 @@ async def build(context: ServiceContext) -> Sequence[HostedService]:
     settings, database, auth = context.settings, context.database, context.auth
     # First, so a missing or unusable signing key stops the process with ConfigError.
     issuer = TokenIssuer(settings.jwt)
-    servicer = UserServicer(UserStore(database), auth, PasswordHasher(), issuer)
+    notifications = NotificationStore(database)
+    servicer = UserServicer(UserStore(database), auth, PasswordHasher(), issuer, notifications)
+    start_notifications(context)  # with the bus on: a notification per order event
     return [
         HostedService(
             SERVICE, lambda server: user_pb2_grpc.add_UserServiceServicer_to_server(servicer, server)

@@ -11,6 +11,7 @@ from services.common.values import page_size, timestamp
 from services.user import domain
 from services.user.domain import Role
 from services.user.hashing import PasswordHasher
+from services.user.notifications import NotificationKind, NotificationRecord, NotificationStore
 from services.user.store import NewUser, UserRecord, UserStore
 from services.user.tokens import TokenIssuer
 from shop.user.v1 import user_pb2 as pb
@@ -20,6 +21,11 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 ROLE_PB = {Role.CUSTOMER: pb.ROLE_CUSTOMER, Role.ADMIN: pb.ROLE_ADMIN}
 TOKEN_TYPE = "Bearer"
+KIND_PB = {
+    NotificationKind.ORDER_CREATED: pb.NOTIFICATION_KIND_ORDER_CREATED,
+    NotificationKind.ORDER_CONFIRMED: pb.NOTIFICATION_KIND_ORDER_CONFIRMED,
+    NotificationKind.ORDER_CANCELLED: pb.NOTIFICATION_KIND_ORDER_CANCELLED,
+}
 
 
 def user_pb(record: UserRecord) -> pb.User:
@@ -33,11 +39,29 @@ def user_pb(record: UserRecord) -> pb.User:
     )
 
 
+def notification_pb(record: NotificationRecord) -> pb.Notification:
+    return pb.Notification(
+        notification_id=record.notification_id,
+        user_id=record.user_id,
+        order_id=record.order_id,
+        event_id=record.event_id,
+        kind=KIND_PB[record.kind],
+        text=record.text,
+        create_time=timestamp(record.create_time),
+    )
+
+
 class UserServicer(user_pb2_grpc.UserServiceServicer):
     def __init__(
-        self, store: UserStore, auth: Authenticator, hasher: PasswordHasher, issuer: TokenIssuer
+        self,
+        store: UserStore,
+        auth: Authenticator,
+        hasher: PasswordHasher,
+        issuer: TokenIssuer,
+        notifications: NotificationStore,
     ) -> None:
         self._store = store
+        self._notifications = notifications
         self._auth = auth
         self._hasher = hasher
         self._issuer = issuer
@@ -96,3 +120,18 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         records = records[:limit]
         token = domain.encode_cursor(records[-1].create_time, records[-1].user_id) if more else ""
         return pb.ListUsersResponse(users=[user_pb(r) for r in records], next_page_token=token)
+
+    async def ListNotifications(
+        self, request: pb.ListNotificationsRequest, context: Context
+    ) -> pb.ListNotificationsResponse:
+        # Own only, admins included: a notification is a message to one customer.
+        principal = self._auth.required(context)
+        limit = page_size(request.page_size)
+        after = domain.decode_cursor(request.page_token)
+        records = await self._notifications.list(principal.subject, after, limit + 1)
+        more = len(records) > limit
+        records = records[:limit]
+        token = domain.encode_cursor(records[-1].create_time, records[-1].notification_id) if more else ""
+        return pb.ListNotificationsResponse(
+            notifications=[notification_pb(r) for r in records], next_page_token=token
+        )

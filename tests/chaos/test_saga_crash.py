@@ -181,6 +181,8 @@ async def test_resent_steps_and_orders_change_nothing(shop: SagaShop, orders: Or
     refused_request = request(address=ANTARCTICA)
     refused = (await orders.CreateOrder(refused_request, metadata=shop.customer, timeout=30)).order
     assert (clean.status, refused.status) == (pb.ORDER_STATUS_CONFIRMED, pb.ORDER_STATUS_CANCELLED)
+    # Invoices are issued by the billing consumer: wait (bounded poll) until it caught up.
+    assert await violations(shop.databases, INITIAL_STOCK) == []
     before = await shop_state(shop)
 
     database = Database("order", shop.urls["order"], workers=1)

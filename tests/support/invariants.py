@@ -10,12 +10,19 @@ compares it with the orders. :func:`violations` returns readable lines (empty wh
 - captured payments equal confirmed orders' totals, one payment per order at most (no double
   charge), and nothing stays captured or authorized for a cancelled order;
 - no live (SCHEDULED) shipment for a cancelled order, and one for each confirmed order;
-- exactly one invoice per confirmed order (at most one for any order).
+- exactly one invoice per confirmed order (at most one for any order), and none for an order
+  that was never confirmed (an order confirmed and then cancelled keeps its invoice).
+
+Invoices are issued asynchronously (payment's billing consumer of order.confirmed events), so
+:func:`violations` polls, within ``settle_seconds``, while the only thing wrong is a confirmed
+order still waiting for its invoice; everything else is judged on the snapshot it ends with.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -72,9 +79,38 @@ class Snapshot:
         )
 
 
-async def violations(dbs: ShopDatabases, initial_stock: Mapping[str, int] | None = None) -> list[str]:
-    """Every broken invariant, one line each; [] when the shop is consistent."""
-    shot = await Snapshot.read(dbs)
+INVOICE_PENDING = "has no invoice"
+SETTLE_SECONDS = 30.0
+
+
+async def violations(
+    dbs: ShopDatabases, initial_stock: Mapping[str, int] | None = None, settle_seconds: float = SETTLE_SECONDS
+) -> list[str]:
+    """Every broken invariant, one line each; [] when the shop is consistent.
+
+    Polls (bounded by ``settle_seconds``) while the only violations are confirmed orders whose
+    invoice the billing consumer has not issued yet.
+    """
+    deadline = time.monotonic() + settle_seconds
+    while True:
+        found = snapshot_violations(await Snapshot.read(dbs), initial_stock)
+        waiting = found and all(INVOICE_PENDING in line for line in found)
+        if not waiting or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.1)
+
+
+def ever_confirmed(order: Mapping[str, Any]) -> bool:
+    """CONFIRMED now, or cancelled after its saga completed (its last step, commit_stock, done)."""
+    if order["status"] == "CONFIRMED":
+        return True
+    return any(
+        s.get("name") == "commit_stock" and s.get("outcome") == "completed" for s in order.get("steps", ())
+    )
+
+
+def snapshot_violations(shot: Snapshot, initial_stock: Mapping[str, int] | None = None) -> list[str]:
+    """The invariants over one snapshot."""
     found: list[str] = []
     by_id = {o["order_id"]: o for o in shot.orders}
     live = {o["order_id"] for o in shot.orders if o["status"] != "CANCELLED"}
@@ -125,7 +161,9 @@ async def violations(dbs: ShopDatabases, initial_stock: Mapping[str, int] | None
 
     invoices = Counter(i["order_id"] for i in shot.invoices)
     found += [f"order {o} has {n} invoices" for o, n in invoices.items() if n > 1]
-    found += [f"confirmed {o} has no invoice" for o in confirmed if invoices[o] != 1]
+    found += [f"confirmed {o} {INVOICE_PENDING}" for o in confirmed if invoices[o] == 0]
+    never_confirmed = {o["order_id"] for o in shot.orders if not ever_confirmed(o)}
+    found += [f"order {o} was never confirmed but has an invoice" for o in invoices if o in never_confirmed]
     return found
 
 

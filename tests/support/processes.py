@@ -91,9 +91,12 @@ class ServiceProcess:
 
 def service_env(base: Mapping[str, str], **overrides: str) -> dict[str, str]:
     """The environment for a service process: the test's settings over a clean copy of ours."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_", "SHOP_"))}
     env.update(base)
     env.update(overrides)
     env["PYTHONPATH"] = str(ROOT)
     env.setdefault("MESH_GRACE_SECONDS", "5")
+    # Off unless a test asks for the bus (tests/support/bus.py): a service test that is not
+    # about events must leave no exchange, queue or message on the machine's broker.
+    env.setdefault("SHOP_AMQP_URL", "none")
     return env

@@ -3,6 +3,10 @@
 The participants (user, inventory, payment, shipping) run for the whole module; the order
 service is started and restarted by the tests (with or without a crash point) over the same
 database, which is what a crash-and-resume test needs. Every process is stopped by its PID.
+
+The shop runs with the event bus on, in a namespace of its own on the machine's RabbitMQ
+(tests/support/bus.py, deleted afterwards): the order relay publishes, payment's billing issues
+invoices and user's consumer records notifications, as in production.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import psycopg
 from services.common.database import Database
 from shop.user.v1 import user_pb2
 from shop.user.v1.user_pb2_grpc import UserServiceStub
+from tests.support.bus import Bus, bus_namespace
 from tests.support.invariants import ShopDatabases
 from tests.support.processes import ServiceProcess, free_port, service_env
 from tests.support.tokens import KeyPair
@@ -56,6 +61,7 @@ class SagaShop:
     root: Path
     keys: KeyPair
     urls: dict[str, str]
+    bus: Bus
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     order: ServiceProcess | None = None
     started: list[ServiceProcess] = field(default_factory=list)
@@ -75,6 +81,7 @@ class SagaShop:
             "MESH_DATA_DIR": str(self.root / "data"),
             f"{name.upper()}_DATABASE_URL": self.urls[name],
             **self.keys.env(name),
+            **self.bus.env(),
         }
         process = ServiceProcess(name, port, service_env(base, **env), self.root / f"{name}-{port}.log")
         self.started.append(process)
@@ -85,6 +92,10 @@ class SagaShop:
         with ThreadPoolExecutor(len(settings)) as pool:
             futures = {n: pool.submit(self._process(n, **env).start) for n, env in settings.items()}
             self.processes = {n: f.result() for n, f in futures.items()}
+        # The consumers declare and bind their queues in the background after start; events
+        # published before that would route nowhere, so wait (polled) until both consume.
+        for consumer in self.bus.consumers:
+            self.bus.wait_consumer(consumer)
         self.customer = login(self.address("user"), f"saga-{uuid.uuid4().hex[:8]}@example.com")
 
     def start_order(self, crash_at: str = "") -> ServiceProcess:
@@ -120,16 +131,23 @@ def login(address: str, email: str) -> Metadata:
 def saga_shop(root: Path, keys: KeyPair, backend: str, admin_dsn: str) -> Iterator[SagaShop]:
     """The participants running and no order process yet; all stopped (and dropped) after."""
     names = ("order", *PARTICIPANTS)
+    with bus_namespace() as bus:
+        yield from _shop(root, keys, backend, admin_dsn, names, bus)
+
+
+def _shop(
+    root: Path, keys: KeyPair, backend: str, admin_dsn: str, names: tuple[str, ...], bus: Bus
+) -> Iterator[SagaShop]:
     if backend == "postgresql":
         with postgres_databases(admin_dsn, names) as urls:
-            shop = SagaShop(root, keys, urls)
+            shop = SagaShop(root, keys, urls, bus)
             try:
                 shop.start_participants()
                 yield shop
             finally:
                 shop.stop()
         return
-    shop = SagaShop(root, keys, {n: str(root / "data" / f"{n}.sqlite3") for n in names})
+    shop = SagaShop(root, keys, {n: str(root / "data" / f"{n}.sqlite3") for n in names}, bus)
     try:
         shop.start_participants()
         yield shop

@@ -88,7 +88,8 @@ class PaymentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CapturePayment(self, request, context):
-        """Captures an authorized payment and issues its invoice. Idempotent.
+        """Captures an authorized payment. Idempotent. The invoice is issued when the order is
+        confirmed (billing consumes order.confirmed), not here.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

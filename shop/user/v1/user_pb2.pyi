@@ -17,9 +17,20 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_UNSPECIFIED: _ClassVar[Role]
     ROLE_CUSTOMER: _ClassVar[Role]
     ROLE_ADMIN: _ClassVar[Role]
+
+class NotificationKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NOTIFICATION_KIND_UNSPECIFIED: _ClassVar[NotificationKind]
+    NOTIFICATION_KIND_ORDER_CREATED: _ClassVar[NotificationKind]
+    NOTIFICATION_KIND_ORDER_CONFIRMED: _ClassVar[NotificationKind]
+    NOTIFICATION_KIND_ORDER_CANCELLED: _ClassVar[NotificationKind]
 ROLE_UNSPECIFIED: Role
 ROLE_CUSTOMER: Role
 ROLE_ADMIN: Role
+NOTIFICATION_KIND_UNSPECIFIED: NotificationKind
+NOTIFICATION_KIND_ORDER_CREATED: NotificationKind
+NOTIFICATION_KIND_ORDER_CONFIRMED: NotificationKind
+NOTIFICATION_KIND_ORDER_CANCELLED: NotificationKind
 
 class User(_message.Message):
     __slots__ = ("user_id", "email", "display_name", "roles", "create_time", "update_time")
@@ -118,3 +129,37 @@ class ListUsersResponse(_message.Message):
     users: _containers.RepeatedCompositeFieldContainer[User]
     next_page_token: str
     def __init__(self, users: _Optional[_Iterable[_Union[User, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class Notification(_message.Message):
+    __slots__ = ("notification_id", "user_id", "order_id", "event_id", "kind", "text", "create_time")
+    NOTIFICATION_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    notification_id: str
+    user_id: str
+    order_id: str
+    event_id: str
+    kind: NotificationKind
+    text: str
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, notification_id: _Optional[str] = ..., user_id: _Optional[str] = ..., order_id: _Optional[str] = ..., event_id: _Optional[str] = ..., kind: _Optional[_Union[NotificationKind, str]] = ..., text: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListNotificationsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListNotificationsResponse(_message.Message):
+    __slots__ = ("notifications", "next_page_token")
+    NOTIFICATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    notifications: _containers.RepeatedCompositeFieldContainer[Notification]
+    next_page_token: str
+    def __init__(self, notifications: _Optional[_Iterable[_Union[Notification, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -60,6 +60,11 @@ class UserServiceStub:
                 request_serializer=shop_dot_user_dot_v1_dot_user__pb2.ListUsersRequest.SerializeToString,
                 response_deserializer=shop_dot_user_dot_v1_dot_user__pb2.ListUsersResponse.FromString,
                 _registered_method=True)
+        self.ListNotifications = channel.unary_unary(
+                '/shop.user.v1.UserService/ListNotifications',
+                request_serializer=shop_dot_user_dot_v1_dot_user__pb2.ListNotificationsRequest.SerializeToString,
+                response_deserializer=shop_dot_user_dot_v1_dot_user__pb2.ListNotificationsResponse.FromString,
+                _registered_method=True)
 
 
 class UserServiceServicer:
@@ -103,6 +108,15 @@ class UserServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNotifications(self, request, context):
+        """Lists the caller's own notifications (about their orders), newest first. Every caller,
+        admins included, sees only their own. Notifications are recorded by the user service's
+        consumer of order events, so one may appear a moment after the order changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UserServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +144,11 @@ def add_UserServiceServicer_to_server(servicer, server):
                     servicer.ListUsers,
                     request_deserializer=shop_dot_user_dot_v1_dot_user__pb2.ListUsersRequest.FromString,
                     response_serializer=shop_dot_user_dot_v1_dot_user__pb2.ListUsersResponse.SerializeToString,
+            ),
+            'ListNotifications': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNotifications,
+                    request_deserializer=shop_dot_user_dot_v1_dot_user__pb2.ListNotificationsRequest.FromString,
+                    response_serializer=shop_dot_user_dot_v1_dot_user__pb2.ListNotificationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +287,33 @@ class UserService:
             '/shop.user.v1.UserService/ListUsers',
             shop_dot_user_dot_v1_dot_user__pb2.ListUsersRequest.SerializeToString,
             shop_dot_user_dot_v1_dot_user__pb2.ListUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNotifications(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.user.v1.UserService/ListNotifications',
+            shop_dot_user_dot_v1_dot_user__pb2.ListNotificationsRequest.SerializeToString,
+            shop_dot_user_dot_v1_dot_user__pb2.ListNotificationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

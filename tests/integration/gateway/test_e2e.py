@@ -185,7 +185,7 @@ def test_watching_someone_elses_order_is_a_plain_404(gateway: GatewayProcess) ->
 def test_health_ready_metrics_openapi_docs(gateway: GatewayProcess, shop: Shop) -> None:
     assert gateway.request("GET", "/healthz")[0] == 200
     status, _, body = gateway.request("GET", "/readyz")
-    assert status == 200 and json.loads(body)["routes"] == 27
+    assert status == 200 and json.loads(body)["routes"] == 28
     gateway.request("GET", "/v1/products")
     status, headers, metrics = gateway.request("GET", "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain")

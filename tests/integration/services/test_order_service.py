@@ -7,6 +7,7 @@ The payment process declines anything above 500.00, so a decline is a large enou
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from shop.shipping.v1 import shipping_pb2 as ship
 from shop.shipping.v1.shipping_pb2_grpc import ShippingServiceStub
 from shop.user.v1 import user_pb2
 from shop.user.v1.user_pb2_grpc import UserServiceStub
+from tests.support.bus import new_bus
 from tests.support.processes import ServiceProcess, free_port, service_env
 from tests.support.tokens import KeyPair
 
@@ -72,10 +74,16 @@ def login(address: str, email: str) -> Metadata:
 def shop(tmp_path_factory: pytest.TempPathFactory, jwt_keys: KeyPair) -> Iterator[Shop]:
     root = tmp_path_factory.mktemp("shop")
     started: list[ServiceProcess] = []
+    bus = new_bus()  # the bus on (own namespace): payment's billing issues the invoices
 
     def start(name: str, **env: str) -> ServiceProcess:
         port = free_port()
-        base = {"MESH_PORT": str(port), "MESH_DATA_DIR": str(root / f"data-{port}"), **jwt_keys.env(name)}
+        base = {
+            "MESH_PORT": str(port),
+            "MESH_DATA_DIR": str(root / f"data-{port}"),
+            **jwt_keys.env(name),
+            **bus.env(),
+        }
         process = ServiceProcess(name, port, service_env(base, **env), root / f"{name}-{port}.log")
         started.append(process)
         return process.start()
@@ -90,6 +98,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory, jwt_keys: KeyPair) -> Iterato
         with ThreadPoolExecutor(len(settings)) as pool:
             futures = {name: pool.submit(start, name, **env) for name, env in settings.items()}
             processes = {name: future.result() for name, future in futures.items()}
+        bus.wait_consumer("billing")
         partial = Shop(processes, start, (), (), ())
         processes["order"] = start("order", **partial.upstreams())
         yield Shop(
@@ -102,6 +111,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory, jwt_keys: KeyPair) -> Iterato
     finally:
         for process in reversed(started):
             process.terminate()
+        bus.delete()
 
 
 @dataclass
@@ -196,9 +206,14 @@ async def test_happy_path_confirms_holds_nothing_back(shop: Shop, stubs: Stubs) 
         await stubs.payment.GetPayment(pay.GetPaymentRequest(payment_id=order.payment_id), metadata=shop.ada)
     ).payment
     assert payment.state == pay.PAYMENT_STATE_CAPTURED and payment.amount.units == 43
-    invoices = (
-        await stubs.payment.ListInvoices(pay.ListInvoicesRequest(page_size=100), metadata=shop.ada)
-    ).invoices
+    async with asyncio.timeout(30):  # billing issues the invoice from order.confirmed: polled
+        while True:
+            invoices = (
+                await stubs.payment.ListInvoices(pay.ListInvoicesRequest(page_size=100), metadata=shop.ada)
+            ).invoices
+            if any(i.payment_id == order.payment_id for i in invoices):
+                break
+            await asyncio.sleep(0.05)
     assert [i.order_id for i in invoices if i.payment_id == order.payment_id] == [order.order_id]
     shipment = (
         await stubs.shipping.GetShipment(

@@ -2,16 +2,53 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Iterator
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2
 from google.type import money_pb2
 from grpc_status import rpc_status
 
+from shop.order.v1 import events_pb2, order_pb2
 from shop.payment.v1 import payment_pb2 as pb
 from shop.payment.v1 import payment_pb2_grpc
 from tests.conftest import StartService
+from tests.support.bus import Bus, bus_namespace
 from tests.support.tokens import KeyPair
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+@pytest.fixture
+def bus() -> Iterator[Bus]:
+    """Invoices come from the billing consumer: the service runs on its own bus namespace."""
+    with bus_namespace(("billing",)) as namespace:
+        yield namespace
+
+
+def confirmed(payment_id: str, total: money_pb2.Money, user_id: str = "u-1") -> events_pb2.OrderEvent:
+    """The order.confirmed event of the order paid by ``payment_id`` (as the relay publishes it)."""
+    order = order_pb2.Order(order_id=f"o-{payment_id}", user_id=user_id, payment_id=payment_id, total=total)
+    return events_pb2.OrderEvent(
+        event_id=f"evt-{payment_id}", kind=events_pb2.ORDER_EVENT_KIND_CONFIRMED, order=order
+    )
+
+
+async def invoices_when(
+    stub: payment_pb2_grpc.PaymentServiceStub, metadata: Metadata, count: int, within: float = 30.0
+) -> list[pb.Invoice]:
+    """ListInvoices polled until it holds ``count`` invoices (billing is asynchronous)."""
+    deadline = time.monotonic() + within
+    while True:
+        found = list(
+            (await stub.ListInvoices(pb.ListInvoicesRequest(page_size=100), metadata=metadata)).invoices
+        )
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.05)
 
 
 def eur(units: int, cents: int = 0) -> money_pb2.Money:
@@ -40,8 +77,8 @@ def violated_fields(error: grpc.aio.AioRpcError) -> set[str]:
     return {v.field for v in bad.field_violations}
 
 
-async def test_payments_invoices_and_errors(start_service: StartService, jwt_keys: KeyPair) -> None:
-    service = start_service("payment")
+async def test_payments_invoices_and_errors(start_service: StartService, jwt_keys: KeyPair, bus: Bus) -> None:
+    service = start_service("payment", **bus.env())
     customer = jwt_keys.metadata("u-1")
     order_service = jwt_keys.service_metadata("order")
     stranger = jwt_keys.metadata("u-2")
@@ -67,11 +104,15 @@ async def test_payments_invoices_and_errors(start_service: StartService, jwt_key
             pb.CapturePaymentRequest(payment_id="p-1"), metadata=order_service
         )
         assert recaptured.payment == captured.payment
-        invoices = await stub.ListInvoices(pb.ListInvoicesRequest(), metadata=customer)
-        assert [(i.payment_id, i.amount) for i in invoices.invoices] == [("p-1", eur(1000))]
-        invoice_id = invoices.invoices[0].invoice_id
+        # Capture issues no invoice; the order's confirmation does (billing consumer), once.
+        assert not (await stub.ListInvoices(pb.ListInvoicesRequest(), metadata=customer)).invoices
+        await asyncio.to_thread(bus.wait_consumer, "billing")
+        await asyncio.to_thread(bus.publish, [confirmed("p-1", eur(1000)), confirmed("p-1", eur(1000))])
+        invoices = await invoices_when(stub, customer, 1)
+        assert [(i.payment_id, i.order_id, i.amount) for i in invoices] == [("p-1", "o-p-1", eur(1000))]
+        invoice_id = invoices[0].invoice_id
         got = await stub.GetInvoice(pb.GetInvoiceRequest(invoice_id=invoice_id), metadata=customer)
-        assert got.invoice == invoices.invoices[0]
+        assert got.invoice == invoices[0]
 
         with pytest.raises(grpc.aio.AioRpcError) as void_captured:
             await stub.VoidPayment(pb.VoidPaymentRequest(payment_id="p-1"), metadata=order_service)
@@ -140,9 +181,9 @@ async def test_payments_invoices_and_errors(start_service: StartService, jwt_key
 
 
 async def test_a_service_pays_for_users_and_the_limit_comes_from_the_environment(
-    start_service: StartService, jwt_keys: KeyPair
+    start_service: StartService, jwt_keys: KeyPair, bus: Bus
 ) -> None:
-    service = start_service("payment", PAYMENT_DECLINE_ABOVE_MINOR="500")
+    service = start_service("payment", PAYMENT_DECLINE_ABOVE_MINOR="500", **bus.env())
     saga = jwt_keys.service_metadata("order")
     admin = jwt_keys.metadata("admin-1", ("admin",))
     async with grpc.aio.insecure_channel(service.address) as channel:
@@ -156,6 +197,12 @@ async def test_a_service_pays_for_users_and_the_limit_comes_from_the_environment
         with pytest.raises(grpc.aio.AioRpcError) as declined:
             await stub.AuthorizePayment(authorize("s-big", eur(5, 1)), metadata=saga)
         assert error_info(declined.value).reason == "PAYMENT_DECLINED"
+        await asyncio.to_thread(bus.wait_consumer, "billing")
+        users = ("u-1", "u-2", "u-1")
+        await asyncio.to_thread(
+            bus.publish, [confirmed(f"s-{n}", eur(5), user) for n, user in enumerate(users)]
+        )
+        assert len(await invoices_when(stub, admin, 3)) == 3
 
         first = await stub.ListInvoices(pb.ListInvoicesRequest(page_size=2), metadata=admin)
         assert [i.payment_id for i in first.invoices] == ["s-2", "s-1"] and first.next_page_token

@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 
 from mesh.identity import Principal
-from services.common.database import Database
+from services.common.database import Database, Tx
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
-from services.common.migrations import migrate
+from services.common.migrations import migrate, migration_files
+from services.common.values import money
+from services.payment.billing import issue_invoice
 from services.payment.domain import Authorization, PaymentPolicy, PaymentState
 from services.payment.store import PaymentStore
+from shop.order.v1 import events_pb2, order_pb2
 
 MIGRATIONS = Path("services/payment/migrations")
 POLICY = PaymentPolicy(decline_above_minor=100_000)
@@ -47,6 +50,21 @@ async def count(database: Database, table: str) -> int:
     return int(row["n"])
 
 
+async def bill(
+    database: Database,
+    payment_id: str,
+    user_id: str = "u-1",
+    amount_minor: int = 1250,
+    kind: int = events_pb2.ORDER_EVENT_KIND_CONFIRMED,
+) -> None:
+    """What the billing consumer does for an order event of the order paid by ``payment_id``."""
+    order = order_pb2.Order(
+        order_id=f"o-{payment_id}", user_id=user_id, payment_id=payment_id, total=money(amount_minor, "EUR")
+    )
+    event = events_pb2.OrderEvent(event_id=f"e-{payment_id}-{kind}", kind=kind, order=order)  # type: ignore[arg-type]
+    await database.transact(lambda tx: issue_invoice(tx, event))
+
+
 async def open_every_connection(store: PaymentStore) -> None:
     """Overlapping calls open each worker thread's connection, so the race that follows is real.
 
@@ -58,7 +76,7 @@ async def open_every_connection(store: PaymentStore) -> None:
 async def test_migrations_are_idempotent(database_url: str) -> None:
     database = Database("payment", database_url)
     try:
-        assert await migrate(database, MIGRATIONS) == [1]
+        assert await migrate(database, MIGRATIONS) == [1, 2]
         assert await migrate(database, MIGRATIONS) == []
     finally:
         await database.close()
@@ -112,36 +130,76 @@ async def test_a_replay_is_answered_even_after_the_limit_was_lowered(store: Paym
     assert again.state is PaymentState.AUTHORIZED
 
 
-async def test_capture_issues_one_invoice_and_repeats_unchanged(
+async def test_capture_moves_the_payment_once_and_issues_no_invoice(
     store: PaymentStore, database: Database
 ) -> None:
     await store.authorize(terms(), POLICY)
     captured = await store.capture("p-1", OWNER)
     assert captured.state is PaymentState.CAPTURED
     assert await store.capture("p-1", OWNER) == captured
+    assert await count(database, "invoices") == 0  # billing issues it, on order.confirmed
+
+
+async def test_billing_issues_one_invoice_per_confirmed_order(
+    store: PaymentStore, database: Database
+) -> None:
+    await bill(database, "p-1")
+    await bill(database, "p-1")  # the same order confirmed again: still one invoice
+    await bill(database, "p-2", kind=events_pb2.ORDER_EVENT_KIND_CREATED)
+    await bill(database, "p-3", kind=events_pb2.ORDER_EVENT_KIND_CANCELLED)
     invoices = await store.list_invoices("u-1", None, 10)
     assert [(i.payment_id, i.order_id, i.amount_minor, i.currency) for i in invoices] == [
         ("p-1", "o-p-1", 1250, "EUR")
     ]
-    assert invoices[0].create_time == captured.update_time
     assert await store.get_invoice(invoices[0].invoice_id, OWNER) == invoices[0]
     assert await count(database, "invoices") == 1
 
 
-async def test_ten_concurrent_captures_issue_exactly_one_invoice(
-    store: PaymentStore, database: Database
-) -> None:
+async def test_ten_concurrent_captures_move_the_payment_once(store: PaymentStore) -> None:
     await store.authorize(terms(), POLICY)
     await open_every_connection(store)
     results = await asyncio.gather(*(store.capture("p-1", SAGA) for _ in range(10)))
     assert {r.state for r in results} == {PaymentState.CAPTURED}
     assert len({r.update_time for r in results}) == 1  # one capture; the others saw it done
-    assert await count(database, "invoices") == 1
 
 
-async def test_racing_captures_and_voids_leave_one_consistent_outcome(
-    store: PaymentStore, database: Database
-) -> None:
+def old_rows(tx: Tx) -> None:
+    """Two captured payments and their invoices, as capture wrote them before billing existed."""
+    for n in (1, 2):
+        day = f"2025-01-0{n}"
+        tx.execute(
+            "INSERT INTO payments VALUES (?, ?, 'u-1', 700, 'EUR', 'CAPTURED', ?, ?)",
+            (f"p-{n}", f"o-{n}", day, day),
+        )
+        tx.execute(
+            "INSERT INTO invoices VALUES (?, ?, ?, 'u-1', 700, 'EUR', ?)",
+            (f"inv-{n}", f"p-{n}", f"o-{n}", day),
+        )
+
+
+async def test_existing_invoices_survive_the_billing_migration(database_url: str, tmp_path: Path) -> None:
+    """Data written under 001 (one invoice per captured payment) migrates cleanly to 002."""
+    only_first = tmp_path / "migrations"
+    only_first.mkdir()
+    (only_first / "001_init.sql").write_text((MIGRATIONS / "001_init.sql").read_text())
+    database = Database("payment", database_url)
+    try:
+        await migrate(database, only_first)
+        await database.transact(old_rows)
+        assert await migrate(database, MIGRATIONS) == [n for n, _ in migration_files(MIGRATIONS) if n > 1]
+        store = PaymentStore(database)
+        kept = await store.list_invoices("u-1", None, 10)
+        assert [(i.invoice_id, i.payment_id, i.order_id) for i in kept] == [
+            ("inv-2", "p-2", "o-2"),
+            ("inv-1", "p-1", "o-1"),
+        ]
+        await bill(database, "2", amount_minor=700)  # order o-2 confirmed (again): no second invoice
+        assert await count(database, "invoices") == 2
+    finally:
+        await database.close()
+
+
+async def test_racing_captures_and_voids_leave_one_consistent_outcome(store: PaymentStore) -> None:
     await store.authorize(terms(), POLICY)
 
     async def attempt(n: int) -> PaymentState | str:
@@ -156,12 +214,11 @@ async def test_racing_captures_and_voids_leave_one_consistent_outcome(
 
     outcomes = set(await asyncio.gather(*(attempt(n) for n in range(10))))
     final = (await store.get_payment("p-1", SAGA)).state
-    invoices = await count(database, "invoices")
     if final is PaymentState.CAPTURED:
-        assert invoices == 1 and outcomes <= {PaymentState.CAPTURED, "PAYMENT_CAPTURED"}
+        assert outcomes <= {PaymentState.CAPTURED, "PAYMENT_CAPTURED"}
     else:
         assert final is PaymentState.VOIDED
-        assert invoices == 0 and outcomes <= {PaymentState.VOIDED, "PAYMENT_VOIDED"}
+        assert outcomes <= {PaymentState.VOIDED, "PAYMENT_VOIDED"}
 
 
 async def test_void_moves_an_authorization_and_repeats(store: PaymentStore) -> None:
@@ -198,9 +255,10 @@ async def test_refund_of_an_unknown_payment_is_not_found(store: PaymentStore) ->
         await store.refund("never-made", OWNER)
 
 
-async def test_other_users_cannot_see_or_move_a_payment(store: PaymentStore) -> None:
+async def test_other_users_cannot_see_or_move_a_payment(store: PaymentStore, database: Database) -> None:
     await store.authorize(terms(), POLICY)
     await store.capture("p-1", OWNER)
+    await bill(database, "p-1")
     invoice = (await store.list_invoices("u-1", None, 1))[0]
     for action in (store.get_payment, store.capture, store.refund):
         with pytest.raises(NotFound):
@@ -212,10 +270,9 @@ async def test_other_users_cannot_see_or_move_a_payment(store: PaymentStore) -> 
     assert await store.get_invoice(invoice.invoice_id, SAGA) == invoice
 
 
-async def test_invoices_are_listed_newest_first_in_pages(store: PaymentStore) -> None:
+async def test_invoices_are_listed_newest_first_in_pages(store: PaymentStore, database: Database) -> None:
     for n, user in enumerate(("u-1", "u-2", "u-1", "u-1")):
-        await store.authorize(terms(f"p-{n}", user_id=user), POLICY)
-        await store.capture(f"p-{n}", SAGA)
+        await bill(database, f"p-{n}", user_id=user)
     mine = await store.list_invoices("u-1", None, 10)
     assert [i.payment_id for i in mine] == ["p-3", "p-2", "p-0"]
     first = await store.list_invoices("u-1", None, 2)

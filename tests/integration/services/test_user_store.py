@@ -33,7 +33,7 @@ async def store(database_url: str) -> AsyncIterator[UserStore]:
 async def test_migrations_are_idempotent(database_url: str) -> None:
     database = Database("user", database_url)
     try:
-        assert await migrate(database, MIGRATIONS) == [1]
+        assert await migrate(database, MIGRATIONS) == [1, 2]
         assert await migrate(database, MIGRATIONS) == []
     finally:
         await database.close()
