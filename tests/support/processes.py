@@ -7,7 +7,9 @@ show what the service said.
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,13 +21,42 @@ from pathlib import Path
 from mesh.health import wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]
+SERVICE_NAMES = {
+    "user": "shop.user.v1.UserService",
+    "order": "shop.order.v1.OrderService",
+    "payment": "shop.payment.v1.PaymentService",
+    "inventory": "shop.inventory.v1.InventoryService",
+    "shipping": "shop.shipping.v1.ShippingService",
+}
+
+
+# Test servers take ports below the kernel's ephemeral range (32768-60999 here), one slice per
+# xdist worker, handed out in turn: a port from bind(0) can be handed to the other worker too,
+# or taken by any outgoing connection, between the probe and the server's own bind.
+PORT_FLOOR, SLICE = 10_000, 5_000
+_RESERVED = {15672, 25672}  # RabbitMQ's management and distribution ports
+_cursor = itertools.count(random.randrange(SLICE))
+
+
+def _worker_slice() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    return int(worker) % 4 if worker.isdigit() else 0
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A TCP port on 127.0.0.1, free now and not handed out to another test recently."""
+    base = PORT_FLOOR + _worker_slice() * SLICE
+    for _ in range(SLICE):
+        port = base + next(_cursor) % SLICE
+        if port in _RESERVED:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {base}-{base + SLICE - 1}")
 
 
 @dataclass
@@ -59,7 +90,8 @@ class ServiceProcess:
             stderr=subprocess.STDOUT,
         )
         try:
-            wait_serving(self.address, timeout, self.process)
+            # Asked by service name: another test's server on a reused port does not count.
+            wait_serving(self.address, timeout, self.process, service=SERVICE_NAMES[self.name])
         except Exception as error:
             self.kill()
             raise RuntimeError(f"{self.name} did not start: {error}\n{self.logs()}") from error

@@ -23,10 +23,8 @@ import asyncio
 import contextlib
 import os
 import pwd
-import random
 import shutil
 import signal
-import socket
 import tempfile
 import time
 import uuid
@@ -34,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aio_pika
+
+from tests.support.processes import free_port
 
 NODE_SCRIPT = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 SETPRIV = "/usr/bin/setpriv"
@@ -91,34 +91,19 @@ async def amqp_answers(url: str, wait: float = 2.0) -> bool:
     return True
 
 
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
 def stable_port(*taken: int) -> int:
     """A free port *below* the ephemeral range, so it stays ours while the node is down.
 
     While the node is dead its clients keep reconnecting to its port; a port in the ephemeral
     range can then be taken by one of those very connections (a TCP self-connect when the
     client's source port equals it) or by any outgoing connection on the machine, and the
-    restarted node would fail to bind. Ports below the range are only ever taken by listeners.
+    restarted node would fail to bind. :func:`free_port` hands out ports below the range, each
+    worker from its own slice in turn, so no other test is given this one meanwhile.
     """
-    low, _ = _ephemeral_range()
-    chooser = random.Random()
     for _ in range(200):
-        port = chooser.randrange(max(1024, low - 12000), low)
-        if port in taken or port in (5672, MACHINE_DIST_PORT):
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
+        port = free_port()
+        if port not in taken and port not in (5672, MACHINE_DIST_PORT):
+            return port
     raise RuntimeError("no free port below the ephemeral range")
 
 

@@ -59,8 +59,8 @@ class RelaySettings:
 
     batch_size: int = 100
     # Local commits wake the relay at once; the poll only finds rows other instances wrote (or
-    # left behind), so it can be slow: each poll is a write transaction on SQLite.
-    poll_seconds: float = 0.5
+    # left behind). Not faster: each poll is a (short) write transaction on SQLite.
+    poll_seconds: float = 0.1
     # How long a claimed batch is this relay's alone; another instance takes over after it.
     claim_seconds: float = 30.0
     backoff_base_seconds: float = 0.1

@@ -11,6 +11,8 @@ one invoice per confirmed order (0 lost, 0 twice), the right amounts, and an emp
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 import uuid
 from collections import Counter
@@ -48,6 +50,11 @@ def order_event(kind: int, n: int) -> events_pb2.OrderEvent:
 
 
 async def count(url: str, sql: str) -> int:
+    if not url.startswith("postgresql"):
+        # A plain WAL reader: the service's Database begins IMMEDIATE (a writer), and a writer
+        # polling the lock starves behind a consumer that commits back to back.
+        with contextlib.closing(sqlite3.connect(url, timeout=30)) as connection:
+            return int(connection.execute(sql).fetchone()[0])
     found = await rows(url, "payment", sql)
     return int(next(iter(found[0].values())))
 
@@ -62,8 +69,12 @@ async def test_a_consumer_killed_with_unacked_messages_loses_nothing_and_applies
         # A slower handler (20 ms per event), so the kill lands with the stream in full flow.
         "PAYMENT_CONSUMER_FAULT_DELAY_SECONDS": "0.02",
     }
-    first = start_service("payment", **env)
+    # A first process declares the durable queue and is killed idle, so every event is queued
+    # before consumption starts: on a loaded machine publishing could otherwise be slower than
+    # consuming, and the kill would find nothing in flight.
+    declarer = start_service("payment", **env)
     await asyncio.to_thread(bus.wait_consumer, "billing")
+    declarer.kill()
     confirmed = [order_event(events_pb2.ORDER_EVENT_KIND_CONFIRMED, n) for n in range(CONFIRMED)]
     others = [
         order_event(kind, CONFIRMED + n)
@@ -75,6 +86,9 @@ async def test_a_consumer_killed_with_unacked_messages_loses_nothing_and_applies
         bus.publish, [e for pair in zip(confirmed, others * 8, strict=False) for e in pair]
     )
     await asyncio.to_thread(bus.publish, confirmed[len(others * 8) :])
+    # Billing's queue is bound to order.confirmed only: the others are not even queued.
+    assert await asyncio.to_thread(bus.wait_depth, bus.queue("billing"), CONFIRMED) == CONFIRMED
+    first = start_service("payment", **env)
 
     deadline = time.monotonic() + 60
     while await count(database_url, "SELECT COUNT(*) FROM inbox") < KILL_AFTER:
