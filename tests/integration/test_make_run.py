@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pytest
 
 from services.common.settings import DEFAULT_PORTS
 from services.launcher import GATEWAY_PORT, curl_lines, try_lines
+from tests.support.bus import Bus, bus_namespace
 from tests.support.processes import ROOT, free_port
 from tests.support.tokens import KeyPair
 
@@ -88,8 +90,36 @@ def run_block(block: str, env: dict[str, str]) -> str:
     return shell.stdout
 
 
+# Invoices and notifications come from the event consumers a moment after CONFIRMED: poll.
+AWAIT_INVOICE_AND_NOTIFICATIONS = """
+for _ in $(seq 1 100); do
+  INVOICES=$(curl -s $G/v1/invoices -H "Authorization: Bearer $TOKEN")
+  NOTIFICATIONS=$(curl -s $G/v1/notifications -H "Authorization: Bearer $TOKEN")
+  case "$INVOICES" in *"$ORDER"*) case "$NOTIFICATIONS" in *NOTIFICATION_KIND_ORDER_CONFIRMED*) break;; esac;; esac
+  sleep 0.3
+done
+echo; echo "ORDER=$ORDER"
+echo "INVOICES=$INVOICES"
+echo "NOTIFICATIONS=$NOTIFICATIONS"
+"""
+
+
+def line_value(output: str, prefix: str) -> str:
+    values = [line.removeprefix(prefix) for line in output.splitlines() if line.startswith(prefix)]
+    assert values, f"no {prefix} line in {output!r}"
+    return values[-1]
+
+
+@pytest.fixture
+def bus() -> Iterator[Bus]:
+    with bus_namespace() as namespace:
+        yield namespace
+
+
 @pytest.mark.xdist_group("make-run")
-def test_launcher_starts_the_shop_and_the_readme_lines_work(tmp_path: Path, jwt_keys: KeyPair) -> None:
+def test_launcher_starts_the_shop_and_the_readme_lines_work(
+    tmp_path: Path, jwt_keys: KeyPair, bus: Bus
+) -> None:
     ports = {name: free_port() for name in DEFAULT_PORTS}
     gateway_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
@@ -106,6 +136,7 @@ def test_launcher_starts_the_shop_and_the_readme_lines_work(tmp_path: Path, jwt_
         PYTHONUNBUFFERED="1",
     )
     env.update({f"MESH_UPSTREAM_{name.upper()}": f"127.0.0.1:{port}" for name, port in ports.items()})
+    env.update(bus.env())  # the machine's RabbitMQ, in a namespace of this test's own
     launcher = subprocess.Popen(
         [sys.executable, "-m", "services.launcher"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
     )
@@ -136,10 +167,17 @@ def test_launcher_starts_the_shop_and_the_readme_lines_work(tmp_path: Path, jwt_
         )
         assert status.returncode == 0, status.stderr
         assert_every_instance_passing(json.loads(status.stdout))
-        rest_run = run_block(rest_block, shell_env)
+        rest_run = run_block(rest_block + AWAIT_INVOICE_AND_NOTIFICATIONS, shell_env)
         assert '"userId":' in rest_run
         assert '"status":"ORDER_STATUS_CONFIRMED"' in rest_run.replace(" ", "")
         assert '"sku":"TEA-MATCHA"' in rest_run.replace(" ", "")
+        assert '"steps":' in rest_run  # GetOrder shows the saga's history
+        order = line_value(rest_run, "ORDER=")
+        invoices = json.loads(line_value(rest_run, "INVOICES="))["invoices"]
+        assert [i["orderId"] for i in invoices] == [order]  # exactly one, from the billing consumer
+        notifications = json.loads(line_value(rest_run, "NOTIFICATIONS="))["notifications"]
+        assert {n["orderId"] for n in notifications} == {order}
+        assert "NOTIFICATION_KIND_ORDER_CONFIRMED" in {n["kind"] for n in notifications}
         launcher.send_signal(signal.SIGINT)
         assert launcher.wait(30) == 0
     finally:
