@@ -17,7 +17,7 @@ from __future__ import annotations
 from services.common.app import ServiceContext
 from services.common.database import Tx
 from services.common.errors import InvalidArgument
-from services.common.messaging.consumer import EventConsumer, Malformed, consumer_settings
+from services.common.messaging.consumer import EventConsumer, Malformed, start_consumer
 from services.common.values import minor_units, new_id, utc_now
 from shop.order.v1 import events_pb2
 
@@ -53,15 +53,4 @@ def issue_invoice(tx: Tx, event: events_pb2.OrderEvent) -> None:
 
 def start_billing(context: ServiceContext) -> EventConsumer | None:
     """Start the billing consumer when the bus is on; it stops with the process's resources."""
-    messaging = context.settings.messaging
-    if not messaging.enabled:
-        return None
-    consumer = EventConsumer(
-        messaging,
-        context.database,
-        consumer_settings(CONSUMER, ROUTING_KEYS, context.settings.extra),
-        issue_invoice,
-    )
-    consumer.start()
-    context.resources.push_async_callback(consumer.close)
-    return consumer
+    return start_consumer(context, CONSUMER, ROUTING_KEYS, issue_invoice)

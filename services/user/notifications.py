@@ -15,7 +15,7 @@ from enum import StrEnum
 from services.common.app import ServiceContext
 from services.common.database import Database, Row, Tx
 from services.common.errors import InvalidArgument
-from services.common.messaging.consumer import EventConsumer, Malformed, consumer_settings
+from services.common.messaging.consumer import EventConsumer, Malformed, start_consumer
 from services.common.values import minor_units, new_id, utc_now
 from shop.order.v1 import events_pb2
 
@@ -118,15 +118,4 @@ class NotificationStore:
 
 def start_notifications(context: ServiceContext) -> EventConsumer | None:
     """Start the notification consumer when the bus is on; it stops with the process."""
-    messaging = context.settings.messaging
-    if not messaging.enabled:
-        return None
-    consumer = EventConsumer(
-        messaging,
-        context.database,
-        consumer_settings(CONSUMER, ROUTING_KEYS, context.settings.extra),
-        record_notification,
-    )
-    consumer.start()
-    context.resources.push_async_callback(consumer.close)
-    return consumer
+    return start_consumer(context, CONSUMER, ROUTING_KEYS, record_notification)

@@ -46,6 +46,7 @@ from google.protobuf.message import DecodeError
 
 from mesh.config import env_float, env_int
 from mesh.errors import ConfigError, DependencyUnavailable
+from services.common.app import ServiceContext
 from services.common.database import Database, Tx
 from services.common.messaging.inbox import claim
 from services.common.messaging.topology import broker_address, declare_exchange
@@ -101,6 +102,28 @@ def consumer_settings(name: str, routing_keys: Sequence[str], extra: Mapping[str
         max_attempts=env_int(extra, "CONSUMER_MAX_ATTEMPTS", 5),
         fault_delay_seconds=env_float(extra, "CONSUMER_FAULT_DELAY_SECONDS", 0.0),
     )
+
+
+def start_consumer(
+    context: ServiceContext, name: str, routing_keys: Sequence[str], handler: EventHandler
+) -> EventConsumer | None:
+    """Start consumer ``name`` in a service process when the bus is on; it stops with the process.
+
+    Off (``SHOP_AMQP_URL=none``) nothing is consumed: the events wait in their queue, if it
+    exists, or were never routed to it.
+    """
+    messaging = context.settings.messaging
+    if not messaging.enabled:
+        return None
+    consumer = EventConsumer(
+        messaging,
+        context.database,
+        consumer_settings(name, routing_keys, context.settings.extra),
+        handler,
+    )
+    consumer.start()
+    context.resources.push_async_callback(consumer.close)
+    return consumer
 
 
 def dead_letter_queue(queue: str) -> str:
