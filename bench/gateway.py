@@ -36,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ import grpc.aio  # noqa: E402
 
 from mesh.health import wait_serving  # noqa: E402
 from mesh.identity import generate_keypair  # noqa: E402
+from services.launcher import wait_ready  # noqa: E402
 from shop.inventory.v1 import inventory_pb2  # noqa: E402
 
 CONCURRENCY = 64
@@ -200,21 +200,6 @@ class Processes:
                 process.wait()
 
 
-def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    """Poll ``url`` until it answers 200 (the process's /healthz or a real route)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: process exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
-
-
 # -- load ----------------------------------------------------------------------------------
 
 
@@ -326,7 +311,7 @@ async def bench(rounds: int, seconds: float, warmup: float, with_peer: bool) -> 
             ),
             "gateway",
         )
-        wait_http(f"http://127.0.0.1:{gateway_port}/healthz", gateway)
+        wait_ready(f"http://127.0.0.1:{gateway_port}/healthz", gateway, 20.0)
         pids = {"gateway": gateway.pid, "backend": inventory.pid}
         variants: dict[str, tuple[list[Callable[[], Awaitable[None]]], dict[str, int]]] = {}
         load = HttpLoad(gateway_port)
@@ -340,7 +325,7 @@ async def bench(rounds: int, seconds: float, warmup: float, with_peer: bool) -> 
                 dict(os.environ, GOMAXPROCS=os.environ.get("GOMAXPROCS", "2")),
                 "grpc-gateway",
             )
-            wait_http(f"http://127.0.0.1:{peer_port}{PATH}", go)
+            wait_ready(f"http://127.0.0.1:{peer_port}{PATH}", go, 20.0)
             peer_load = HttpLoad(peer_port)
             variants["rest_grpc_gateway"] = (
                 [await peer_load.connect() for _ in range(CONCURRENCY)],

@@ -60,6 +60,7 @@ from services.common.database import Database  # noqa: E402
 from services.common.messaging import outbox  # noqa: E402
 from services.common.settings import DEFAULT_AMQP_URL, MessagingSettings  # noqa: E402
 from services.common.values import utc_now  # noqa: E402
+from services.launcher import wait_ready  # noqa: E402
 from services.order.domain import Address, Item, Order  # noqa: E402
 from services.order.events import CREATED, order_event  # noqa: E402
 from shop.order.v1 import events_pb2  # noqa: E402
@@ -184,7 +185,7 @@ class Shop:
             **{f"GATEWAY_UPSTREAM_{n.upper()}": f"127.0.0.1:{p}" for n, p in ports.items()},
         )
         gateway = self._start([sys.executable, "-m", "gateway"], gateway_env, "gateway")
-        wait_http(f"http://127.0.0.1:{self.gateway_port}/readyz", gateway)
+        wait_ready(f"http://127.0.0.1:{self.gateway_port}/readyz", gateway, 60.0)
 
     def _ready(self, name: str, port: int, process: subprocess.Popen[bytes]) -> None:
         try:
@@ -207,23 +208,6 @@ class Shop:
     def log_tail(self, name: str, size: int = 2000) -> str:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace")[-size:] if path.exists() else ""
-
-
-def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    """Poll ``url`` until it answers 200."""
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: process exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)  # poll interval
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
 @contextmanager
