@@ -8,9 +8,9 @@ At concurrency 64 with a tiny unary call against one echo server process:
            under an inherited deadline: the resilience wiring alone, no telemetry
   chain    policy plus the client metrics observers a service gets (``grpc_client_*`` and
            the ``mesh_*`` resilience collector; mesh/observer.py); tracing off
-  traced   the chain plus the client tracing observer (a span per call and one per
-           attempt), every call sampled (spans go to a batch processor with an exporter
-           that drops them)
+  traced   the chain plus the client tracing observer (a span per call; a retried call
+           gets one per attempt under it), every call sampled (spans go to the SDK's batch
+           processor with an exporter that drops them)
   raw      a plain grpc.aio channel, for reference
 
 Runs are interleaved (order rotated every round); each ratio is the median of per-round
@@ -67,8 +67,12 @@ def metrics_observers() -> list[Any]:
     return client_observers(CollectorRegistry(), None)
 
 
-def traced_observers() -> tuple[list[Any], Any]:
-    """The same with a provider that samples every call and drops the spans."""
+def traced_observers(queue: int = 2048) -> tuple[list[Any], Any]:
+    """The same with a provider that samples every call and drops the spans.
+
+    ``queue`` is the batch processor's queue (the SDK's default 2048): :func:`observer_cost`
+    needs one that holds every span of its loop, or it measures spans dropped and logged.
+    """
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON
@@ -81,11 +85,14 @@ def traced_observers() -> tuple[list[Any], Any]:
             return SpanExportResult.SUCCESS
 
     provider = TracerProvider(sampler=ALWAYS_ON)
-    provider.add_span_processor(BatchSpanProcessor(Drop()))
+    provider.add_span_processor(BatchSpanProcessor(Drop(), max_queue_size=queue))
     return client_observers(CollectorRegistry(), provider), provider
 
 
-def observer_cost(observers: list[Any], calls: int = 20000) -> float:
+OBSERVER_CALLS = 20000
+
+
+def observer_cost(observers: list[Any], calls: int = OBSERVER_CALLS) -> float:
     """CPU us per call of the observers alone (one call, one attempt, no network).
 
     The steadiest figure on a shared machine: it does not depend on the server or the loop.
@@ -166,7 +173,7 @@ async def bench(rounds: int, seconds: float, warmup: float) -> dict[str, Any]:
             await ch.close()
         traced_alone = None
         if traced_unavailable is None:
-            observers, spare = traced_observers()
+            observers, spare = traced_observers(queue=4 * OBSERVER_CALLS)
             traced_alone = observer_cost(observers)
             spare.shutdown()
         return {

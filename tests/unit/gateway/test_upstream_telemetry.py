@@ -47,6 +47,7 @@ async def test_upstream_calls_get_client_metrics_and_spans_under_the_request_tra
         await factory.close()
         await server.stop(None)
         provider.shutdown()
-    (call,) = [s for s in spans.get_finished_spans() if ATTEMPT_ATTRIBUTE not in (s.attributes or {})]
+    (call,) = spans.get_finished_spans()  # one attempt: one span, which is also the attempt's
+    assert (call.attributes or {})[ATTEMPT_ATTRIBUTE] == 1
     assert call.parent is not None and call.parent.span_id == 0xB7AD6B7169203331
     assert call.context is not None and call.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C

@@ -1,4 +1,4 @@
-"""The MeshChannel's own telemetry: spans per call and per attempt, client metrics, mesh_* metrics.
+"""The MeshChannel's own telemetry: a span per call and per retried attempt, client and mesh_* metrics.
 
 Real grpc.aio servers on 127.0.0.1 record the ``traceparent`` each attempt carried, so the
 assertions tie every attempt span to what reached the network.
@@ -19,6 +19,14 @@ from grpc_health.v1._async import HealthServicer
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    DEFAULT_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
@@ -93,9 +101,9 @@ class Backend:
 
 
 class Rig:
-    def __init__(self) -> None:
+    def __init__(self, sampler: Sampler | None = None) -> None:
         self.spans = InMemorySpanExporter()
-        self.provider = TracerProvider()
+        self.provider = TracerProvider(sampler=sampler)
         self.provider.add_span_processor(SimpleSpanProcessor(self.spans))
         self.registry = CollectorRegistry()
         self.observers: list[CallObserver] = client_observers(self.registry, self.provider)
@@ -121,15 +129,22 @@ class Rig:
         )
 
     def calls(self) -> list[ReadableSpan]:
-        return [s for s in self.spans.get_finished_spans() if ATTEMPT_ATTRIBUTE not in (s.attributes or {})]
+        """The calls' spans: client spans whose parent is not a client span (not an attempt)."""
+        client = [s for s in self.spans.get_finished_spans() if s.kind == SpanKind.CLIENT]
+        ids = {s.context.span_id for s in client if s.context is not None}
+        return [s for s in client if s.parent is None or s.parent.span_id not in ids]
 
     def attempts_of(self, call: ReadableSpan) -> list[ReadableSpan]:
+        """A retried call's attempt spans; a one-attempt call is its own attempt span."""
         assert call.context is not None
+        if ATTEMPT_ATTRIBUTE in (call.attributes or {}):
+            return [call]
         children = [
             s
             for s in self.spans.get_finished_spans()
             if s.parent is not None and s.parent.span_id == call.context.span_id
         ]
+        assert len(children) >= 2, "a call span with attempt children had more than one attempt"
         return sorted(children, key=lambda s: (s.attributes or {})[ATTEMPT_ATTRIBUTE])
 
     def sample(self, name: str, **labels: str) -> float:
@@ -154,6 +169,64 @@ def traceparent_of(span: ReadableSpan) -> str:
     return f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-01"
 
 
+async def test_one_attempt_call_is_one_span_sent_as_the_traceparent(rig: Rig) -> None:
+    (good,) = await rig.start(ok)
+    async with rig.channel([good]) as channel:
+        await get(channel)(inv.ReserveStockRequest(request_id="x"), timeout=5)
+    (span,) = rig.spans.get_finished_spans()
+    assert span.kind == SpanKind.CLIENT and span.name == f"{SERVICE}/ReserveStock" and span.parent is None
+    assert span.status.status_code == StatusCode.UNSET
+    assert span.attributes is not None
+    assert span.attributes[ATTEMPT_ATTRIBUTE] == 1 and span.attributes["rpc.grpc.status_code"] == 0
+    assert span.attributes["rpc.service"] == SERVICE and span.attributes["rpc.method"] == "ReserveStock"
+    assert span.attributes["server.address"] == "127.0.0.1" and span.attributes["server.port"] == good.port
+    assert good.received == [[("traceparent", traceparent_of(span))]]
+
+
+CALLER = "0af7651916cd43dd8448eb211c80319c"
+
+
+@pytest.mark.parametrize(
+    ("sampler", "caller_flags", "recorded", "sent_flags"),
+    [
+        # the SDK's own samplers are decided inline: pinned against what they decide
+        (DEFAULT_ON, None, True, "01"),
+        (DEFAULT_ON, "01", True, "01"),
+        (DEFAULT_ON, "00", False, "00"),
+        (ALWAYS_ON, "00", True, "01"),
+        (ALWAYS_OFF, None, False, "00"),
+        # any other sampler is asked
+        (TraceIdRatioBased(1.0), "00", True, "01"),
+        (ParentBased(TraceIdRatioBased(0.0)), None, False, "00"),
+        (ParentBased(TraceIdRatioBased(0.0)), "01", True, "01"),
+    ],
+)
+async def test_the_providers_sampler_decides_and_the_decision_travels(
+    sampler: Sampler, caller_flags: str | None, recorded: bool, sent_flags: str
+) -> None:
+    rig = Rig(sampler)
+    (good,) = await rig.start(ok)
+    metadata = (
+        None if caller_flags is None else (("traceparent", f"00-{CALLER}-b7ad6b7169203331-{caller_flags}"),)
+    )
+    try:
+        async with rig.channel([good]) as channel:
+            await get(channel)(inv.ReserveStockRequest(request_id="x"), metadata=metadata, timeout=5)
+    finally:
+        await good.server.stop(None)
+        rig.provider.shutdown()
+    ((key, sent),) = good.received[0]
+    assert key == "traceparent"
+    _, trace_id, _, flags = sent.split("-")
+    assert flags == sent_flags
+    if caller_flags is not None:
+        assert trace_id == CALLER  # the caller's trace continues, sampled or not
+    spans = rig.spans.get_finished_spans()
+    assert len(spans) == int(recorded)
+    if recorded:
+        assert sent == traceparent_of(spans[0])
+
+
 async def test_retried_call_has_one_span_per_attempt_each_sent_as_traceparent(rig: Rig) -> None:
     bad, good = await rig.start(unavailable, ok)
     tracer = rig.provider.get_tracer("test")
@@ -176,6 +249,8 @@ async def test_retried_call_has_one_span_per_attempt_each_sent_as_traceparent(ri
         assert numbers == list(range(1, len(attempts) + 1))
         assert all(a.context is not None and call.context is not None for a in attempts)
         assert all(a.context.trace_id == call.context.trace_id for a in attempts)  # type: ignore[union-attr]
+        call_span_of_its_own = ATTEMPT_ATTRIBUTE not in (call.attributes or {})
+        assert call_span_of_its_own == (len(attempts) > 1)  # only a retried call has attempt children
         *failed, last = attempts
         assert (last.attributes or {})["rpc.grpc.status_code"] == 0
         assert (last.attributes or {})["server.address"] == "127.0.0.1"
@@ -248,7 +323,7 @@ async def test_server_stream_span_ends_when_the_stream_ends(rig: Rig) -> None:
     assert good.received == [[("traceparent", traceparent_of(attempt))]]
 
 
-async def test_bidi_stream_gets_a_call_and_an_attempt_span(rig: Rig) -> None:
+async def test_bidi_stream_gets_one_span_for_its_one_attempt(rig: Rig) -> None:
     (good,) = await rig.start(ok)
 
     async def items() -> AsyncIterator[bytes]:
@@ -313,6 +388,12 @@ async def test_breaker_state_and_transitions_are_exported(rig: Rig) -> None:
         assert rig.sample("mesh_endpoints", target_service="inventory") == 1
     assert len(bad.received) == 2  # the refused call never reached it
     assert rig.sample("mesh_endpoints", target_service="inventory") == 0  # closed: no longer exported
+    *tried, refused_span = sorted(rig.spans.get_finished_spans(), key=lambda s: s.start_time or 0)
+    assert [(s.attributes or {}).get(ATTEMPT_ATTRIBUTE) for s in tried] == [1, 1]
+    # refused before any attempt: the call's span alone, with its code and no attempt or endpoint
+    assert refused_span.attributes is not None and ATTEMPT_ATTRIBUTE not in refused_span.attributes
+    assert "server.port" not in refused_span.attributes
+    assert refused_span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAVAILABLE.value[0]
 
 
 async def test_breakers_of_endpoints_that_left_are_forgotten(rig: Rig) -> None:
