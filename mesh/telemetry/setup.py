@@ -37,8 +37,8 @@ class Telemetry:
     """A process's telemetry: interceptors and observers to install, meta to publish, what to close.
 
     ``client_observers`` go to ``mesh_channel(..., observers=...)``: ``grpc_client_*``
-    metrics, client spans (one per call, one per attempt) when tracing is on, and the
-    ``mesh_*`` resilience metrics of every channel built with them.
+    metrics, client spans when tracing is on (one per call; a retried call also gets one per
+    attempt), and the ``mesh_*`` resilience metrics of every channel built with them.
     """
 
     registry: CollectorRegistry

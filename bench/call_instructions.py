@@ -1,0 +1,164 @@
+"""Client instructions per call, counted by callgrind: the steady twin of bench/interceptors.py.
+
+Throughput and CPU time on this shared 2-core machine swing by 2x between minutes (the host,
+not the code), so the ratios of bench/interceptors.py need many interleaved rounds and still
+move by several percent. Valgrind's callgrind counts the instructions the client process
+executes instead: the same code doing the same calls gives the same count within about 1.5 %
+whatever else the machine does. For each variant the client makes ``low`` then ``high``
+calls (concurrency 64, against one echo server, as bench/interceptors.py does) in two
+separate processes under callgrind; (count(high) - count(low)) / (high - low) is the cost of
+one call, free of start-up (imports, channel set-up, warm-up).
+
+Variants are built by the same functions as bench/interceptors.py: ``bare`` (the mesh
+channel), ``chain`` (retry policy, timeout, inherited deadline, client metrics and the
+resilience collector), ``traced`` (the chain plus client tracing, every call sampled, spans
+to the SDK's batch processor and an exporter that drops them) and ``raw`` (plain grpc.aio).
+
+    .venv/bin/python bench/call_instructions.py           # about 8 minutes
+    .venv/bin/python bench/call_instructions.py --quick   # about 4 minutes
+
+Needs ``valgrind`` (Debian package). The last line printed is one JSON object:
+``instructions_per_call`` per variant and ``relative_to_bare`` (variant / bare). What it
+cannot tell: how instructions turn into throughput when the server shares the two cores
+(bench/interceptors.py measures that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from mesh_overhead import CONCURRENCY, METHOD, start_servers  # noqa: E402
+
+VARIANTS = ("raw", "bare", "chain", "traced")
+REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
+
+
+async def client(variant: str, calls: int, port: int) -> None:
+    """Make ``calls`` calls through ``variant`` at concurrency 64 (run under callgrind)."""
+    import grpc.aio
+    from interceptors import CHAIN_POLICY, metrics_observers, traced_observers
+
+    from mesh.channel import mesh_channel
+    from mesh.deadline import deadline_scope
+    from mesh.registry.static import StaticDiscovery
+    from mesh.resilience import parse_policy
+
+    target = f"127.0.0.1:{port}"
+    discovery = StaticDiscovery({variant: [target]})
+    provider = None
+    channel: Any
+    if variant == "raw":
+        channel = grpc.aio.insecure_channel(target)
+    elif variant == "bare":
+        channel = mesh_channel(variant, discovery)
+    else:
+        observers = metrics_observers()
+        if variant == "traced":
+            observers, provider = traced_observers()
+        channel = mesh_channel(variant, discovery, policy=parse_policy(CHAIN_POLICY), observers=observers)
+    call = channel.unary_unary(METHOD, _registered_method=True)
+    for _ in range(100):
+        await call(b"x")
+    left = calls
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await call(b"x")
+
+    # as in bench/interceptors.py: the chain variants run under an inherited deadline
+    inherited = None if variant in ("raw", "bare") else time.monotonic() + 3600
+    with deadline_scope(inherited):
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    await channel.close()
+    if provider is not None:
+        provider.shutdown()
+
+
+def instructions(variant: str, calls: int, port: int) -> int:
+    """Instructions the client process executed for ``calls`` calls, start-up included."""
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        __file__,
+        "--client",
+        variant,
+        str(calls),
+        str(port),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=1800, check=False)
+    found = REFS.search(done.stderr)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"{variant} x{calls} under callgrind failed:\n{done.stderr[-2000:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def bench(low: int, high: int, variants: list[str]) -> dict[str, Any]:
+    processes, ports = start_servers(1)
+    try:
+        per_call: dict[str, float] = {}
+        for variant in variants:
+            counts = [instructions(variant, calls, ports[0]) for calls in (low, high)]
+            per_call[variant] = (counts[1] - counts[0]) / (high - low)
+            print(f"{variant}: {per_call[variant]:,.0f} instructions per call", file=sys.stderr)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+            process.wait(10)
+    bare = per_call.get("bare")
+    return {
+        "instructions_per_call": {name: round(n) for name, n in per_call.items()},
+        "relative_to_bare": {name: round(n / bare, 3) for name, n in per_call.items()} if bare else None,
+        "calls": [low, high],
+        "concurrency": CONCURRENCY,
+        "python": sys.version.split()[0],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="200 and 1000 calls per variant")
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help="comma-separated, from " + ", ".join(VARIANTS)
+    )
+    parser.add_argument("--client", nargs=3, metavar=("VARIANT", "CALLS", "PORT"), help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.client:
+        variant, calls, port = options.client
+        asyncio.run(client(variant, int(calls), int(port)))
+        return
+    variants = [v for v in options.variants.split(",") if v]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    if shutil.which("valgrind") is None:
+        parser.error("valgrind is not installed (Debian: apt-get install valgrind)")
+    started = time.monotonic()
+    low, high = (200, 1000) if options.quick else (300, 1800)
+    result = bench(low, high, variants)
+    result["wall_seconds"] = round(time.monotonic() - started, 1)
+    result["quick"] = options.quick
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
