@@ -2,7 +2,8 @@
 
 Stores are written as small synchronous functions over a :class:`Tx` and run through
 :meth:`Database.transact`, which executes them on a worker thread inside one transaction,
-retries them on lock or serialization conflicts, and turns a lost connection into
+retries them on lock or serialization conflicts (and, on SQLite, once on a fresh connection
+when another connection changed the schema under this one), and turns a lost connection into
 ``DependencyUnavailable`` naming the database, so callers get UNAVAILABLE, never INTERNAL.
 Statements use ``?`` placeholders for both engines.
 """
@@ -121,7 +122,15 @@ class Database:
         except sqlite3.OperationalError as error:
             if "locked" in str(error) or "busy" in str(error):
                 raise Conflict() from error
+            stale = self._schema_changed_under_connection()
             self._forget_connection()
+            if stale:
+                # Another connection changed the schema (a migration) after this one cached
+                # it. SQLite compiles against the cached schema, and a statement naming what
+                # only the new schema has fails before the change is noticed: an upsert on a
+                # new UNIQUE column gives "ON CONFLICT clause does not match". The transaction
+                # was rolled back; a fresh connection reads the current schema.
+                raise Conflict() from error
             raise DependencyUnavailable(self.description, str(error)) from error
         except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as error:
             raise Conflict() from error
@@ -155,10 +164,23 @@ class Database:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             connection = self._connect()
+            if self.dialect == "sqlite":
+                self._local.schema_version = connection.execute("PRAGMA schema_version").fetchone()[0]
             self._local.connection = connection
             with self._lock:
                 self._connections.append(connection)
         return connection
+
+    def _schema_changed_under_connection(self) -> bool:
+        """Whether the SQLite schema changed since this thread's connection was opened."""
+        connection = getattr(self._local, "connection", None)
+        opened_with = getattr(self._local, "schema_version", None)
+        if connection is None or opened_with is None:
+            return False
+        try:
+            return bool(connection.execute("PRAGMA schema_version").fetchone()[0] != opened_with)
+        except sqlite3.Error:
+            return False
 
     def _forget_connection(self) -> None:
         connection = getattr(self._local, "connection", None)

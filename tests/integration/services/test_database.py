@@ -1,0 +1,71 @@
+"""services.common.database on real SQLite files: one connection sees another's schema change."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from mesh.errors import DependencyUnavailable
+from services.common.database import Database, Tx
+
+REBUILD_WITH_UNIQUE = (
+    "CREATE TABLE items_v2 (id TEXT PRIMARY KEY, key TEXT NOT NULL UNIQUE)",
+    "INSERT INTO items_v2 SELECT id, key FROM items",
+    "DROP TABLE items",
+    "ALTER TABLE items_v2 RENAME TO items",
+)
+UPSERT = "INSERT INTO items (id, key) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Iterator[Database]:
+    made = Database("items", str(tmp_path / "items.sqlite3"))
+    yield made
+    asyncio.run(made.close())
+
+
+def run(*statements: str) -> Callable[[Tx], None]:
+    def work(tx: Tx) -> None:
+        for statement in statements:
+            tx.execute(statement)
+
+    return work
+
+
+def in_another_thread(database: Database, work: Callable[[Tx], None]) -> None:
+    """Run a transaction on another thread, hence on another of the database's connections."""
+    failures: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            database.transact_sync(work)
+        except BaseException as error:  # handed to the test's thread
+            failures.append(error)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive() and not failures, failures
+
+
+def test_an_upsert_on_a_key_made_unique_by_another_connections_migration(database: Database) -> None:
+    database.transact_sync(run("CREATE TABLE items (id TEXT PRIMARY KEY, key TEXT NOT NULL)"))
+    assert database.transact_sync(lambda tx: tx.query("SELECT * FROM items")) == []  # schema cached
+    in_another_thread(database, run(*REBUILD_WITH_UNIQUE))
+    # This thread's connection still holds the old schema, where key is not unique.
+    assert database.transact_sync(lambda tx: tx.execute(UPSERT, ("1", "k"))) == 1
+    assert database.transact_sync(lambda tx: tx.execute(UPSERT, ("2", "k"))) == 0
+    assert database.transact_sync(lambda tx: tx.query("SELECT id, key FROM items")) == [
+        {"id": "1", "key": "k"}
+    ]
+
+
+def test_an_error_not_caused_by_a_schema_change_is_unavailable_naming_the_database(
+    database: Database,
+) -> None:
+    with pytest.raises(DependencyUnavailable, match="items database"):
+        database.transact_sync(lambda tx: tx.query("SELECT * FROM no_such_table"))
