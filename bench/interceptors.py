@@ -16,7 +16,7 @@ At concurrency 64 with a tiny unary call against one echo server process:
 Runs are interleaved (order rotated every round); each ratio is the median of per-round
 ratios. Client CPU per call is reported because a saturated server hides client cost.
 
-    .venv/bin/python bench/interceptors.py            # about 3 minutes
+    .venv/bin/python bench/interceptors.py            # about 4 minutes
     .venv/bin/python bench/interceptors.py --quick    # under 60 s
 
 The last line printed is one JSON object with ``ratio_chain`` (chain / bare) and
@@ -95,7 +95,9 @@ OBSERVER_CALLS = 20000
 def observer_cost(observers: list[Any], calls: int = OBSERVER_CALLS) -> float:
     """CPU us per call of the observers alone (one call, one attempt, no network).
 
-    The steadiest figure on a shared machine: it does not depend on the server or the loop.
+    It does not depend on the server or the loop, but a tight loop flatters it: under load
+    the same work cost about twice as much in callgrind (spans held until export, colder
+    caches; docs/benchmarks.md). bench/call_instructions.py counts the whole client.
     """
     from mesh.observer import ChannelObservers
 
