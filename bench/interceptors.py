@@ -95,9 +95,10 @@ OBSERVER_CALLS = 20000
 def observer_cost(observers: list[Any], calls: int = OBSERVER_CALLS) -> float:
     """CPU us per call of the observers alone (one call, one attempt, no network).
 
-    It does not depend on the server or the loop, but a tight loop flatters it: under load
-    the same work cost about twice as much in callgrind (spans held until export, colder
-    caches; docs/benchmarks.md). bench/call_instructions.py counts the whole client.
+    It does not depend on the server or the loop, but a tight loop flatters it: callgrind
+    counts about the same instructions here as in the client under load, which spent about
+    twice the CPU time on them (colder caches; docs/benchmarks.md).
+    bench/call_instructions.py counts the whole client.
     """
     from mesh.observer import ChannelObservers
 
