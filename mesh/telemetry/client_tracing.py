@@ -174,7 +174,7 @@ class _CallSpans:
         if attempts is not None and len(attempts) == 1:
             number, target, span_id, _, _, _ = attempts[0]
             attributes = {**method.with_peer(target), ATTEMPT_ATTRIBUTE: number, CODE_ATTRIBUTE: _CODE[code]}
-            self._emit(span_id, self._parent, attributes, code, self._started, _now())
+            self._emit(self._context(span_id), self._parent, attributes, code, self._started, _now())
             return
         ended = _now()
         call = self._context(method.new_span_id())
@@ -184,7 +184,7 @@ class _CallSpans:
                 ATTEMPT_ATTRIBUTE: number,
                 CODE_ATTRIBUTE: _CODE[attempt_code],
             }
-            self._emit(span_id, call, attributes, attempt_code, started, finished)
+            self._emit(self._context(span_id), call, attributes, attempt_code, started, finished)
         self._emit(
             call, self._parent, {**method.attributes, CODE_ATTRIBUTE: _CODE[code]}, code, self._started, ended
         )
@@ -194,7 +194,7 @@ class _CallSpans:
 
     def _emit(
         self,
-        span: int | SpanContext,
+        context: SpanContext,
         parent: SpanContext | None,
         attributes: dict[str, Any],
         code: grpc.StatusCode,
@@ -207,7 +207,7 @@ class _CallSpans:
         method.emit(
             ReadableSpan(
                 method.name,
-                context=span if isinstance(span, SpanContext) else self._context(span),
+                context=context,
                 parent=parent,
                 resource=method.resource,
                 attributes=attributes,
