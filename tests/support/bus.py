@@ -65,7 +65,7 @@ class Bus:
 
     def depth(self, queue: str) -> int:
         """Ready messages in a queue (0 when it does not exist)."""
-        return asyncio.run(self._depth(queue))
+        return asyncio.run(self._counts(queue))[0]
 
     def wait_depth(self, queue: str, expected: int, timeout: float = 30.0) -> int:
         """Poll a queue's depth until it equals ``expected`` or the deadline; returns the last."""
@@ -78,7 +78,7 @@ class Bus:
 
     def consumers_of(self, queue: str) -> int:
         """Consumers attached to a queue (0 when it does not exist yet)."""
-        return asyncio.run(self._consumers(queue))
+        return asyncio.run(self._counts(queue))[1]
 
     def wait_consumer(self, consumer: str, timeout: float = 30.0) -> None:
         """Poll until ``consumer``'s queue exists with a consumer on it (publishing earlier is lost)."""
@@ -113,25 +113,17 @@ class Bus:
             )
             await exchange.publish(_message(body, message_id), routing_key)
 
-    async def _depth(self, queue: str) -> int:
+    async def _counts(self, queue: str) -> tuple[int, int]:
+        """(ready messages, consumers) of a queue; (0, 0) when it does not exist."""
         connection = await aio_pika.connect(AMQP_URL)
         async with connection:
             channel = await connection.channel()
             try:
                 declared = await channel.declare_queue(queue, passive=True)
             except aio_pika.exceptions.ChannelClosed:
-                return 0
-            return int(declared.declaration_result.message_count or 0)
-
-    async def _consumers(self, queue: str) -> int:
-        connection = await aio_pika.connect(AMQP_URL)
-        async with connection:
-            channel = await connection.channel()
-            try:
-                declared = await channel.declare_queue(queue, passive=True)
-            except aio_pika.exceptions.ChannelClosed:
-                return 0
-            return int(declared.declaration_result.consumer_count or 0)
+                return 0, 0
+            result = declared.declaration_result
+            return int(result.message_count or 0), int(result.consumer_count or 0)
 
     async def _delete(self) -> None:
         connection = await aio_pika.connect(AMQP_URL)
