@@ -19,7 +19,6 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from shop.order.v1 import order_pb2 as pb
@@ -27,7 +26,7 @@ from shop.order.v1.order_pb2_grpc import OrderServiceStub
 from shop.shipping.v1 import shipping_pb2 as ship
 from tests.conftest import StartService
 from tests.integration.services.test_order_service import login
-from tests.integration.telemetry.test_tracing_process import Receiver
+from tests.support.otlp import Receiver, serve_receiver
 from tests.support.processes import free_port
 
 SERVER = trace_pb2.Span.SPAN_KIND_SERVER
@@ -37,16 +36,9 @@ INVENTORY = "shop.inventory.v1.InventoryService"
 
 @pytest.fixture
 async def otlp() -> AsyncIterator[tuple[Receiver, int]]:
-    """An OTLP/gRPC trace receiver on 127.0.0.1 (as test_tracing_process's)."""
-    server = grpc.aio.server()
-    collector = Receiver()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield collector, port
-    finally:
-        await server.stop(None)
+    """An OTLP/gRPC trace receiver on 127.0.0.1."""
+    async with serve_receiver() as served:
+        yield served
 
 
 def attributes(span: trace_pb2.Span) -> dict[str, Any]:

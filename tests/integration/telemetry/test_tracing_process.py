@@ -1,7 +1,7 @@
 """One CreateOrder across five real processes is one trace, exported over OTLP/gRPC.
 
-The receiver is opentelemetry-proto's collector TraceService served in this test with
-grpc.aio; the services export to it from the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` with a
+The receiver is opentelemetry-proto's collector TraceService served in-process with
+grpc.aio (tests/support/otlp.py); the services export to it from the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` with a
 short batch delay. The call carries a ``traceparent`` (as the gateway sends one), so the trace
 id is known; every server span of order, payment, inventory and shipping must carry it, every
 non-order server span must be the child of an order client span, no health-check span may
@@ -14,14 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from shop.order.v1 import order_pb2 as pb
@@ -29,6 +26,7 @@ from shop.order.v1.order_pb2_grpc import OrderServiceStub
 from shop.shipping.v1 import shipping_pb2 as ship
 from tests.conftest import StartService
 from tests.integration.services.test_order_service import login
+from tests.support.otlp import Received, Receiver, serve_receiver
 from tests.support.processes import ServiceProcess
 
 TRACED = ("order", "payment", "inventory", "shipping")
@@ -36,49 +34,10 @@ SERVER = trace_pb2.Span.SPAN_KIND_SERVER
 CLIENT = trace_pb2.Span.SPAN_KIND_CLIENT
 
 
-@dataclass
-class Received:
-    service: str
-    span: trace_pb2.Span
-
-
-@dataclass
-class Receiver(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
-    """Collects every exported span with its resource's service.name."""
-
-    spans: list[Received] = field(default_factory=list)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def Export(self, request: Any, context: Any) -> Any:
-        for resource_spans in request.resource_spans:
-            attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-            for scope in resource_spans.scope_spans:
-                self.spans.extend(Received(attributes["service.name"], span) for span in scope.spans)
-        self.changed.set()
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-    async def wait_for(self, done: Any, within: float) -> None:
-        deadline = time.monotonic() + within
-        while not done():
-            self.changed.clear()
-            try:
-                await asyncio.wait_for(self.changed.wait(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                seen = sorted({(r.service, r.span.name, r.span.trace_id.hex()) for r in self.spans})
-                raise AssertionError(f"spans expected within {within}s never came; got {seen}") from None
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
-    server = grpc.aio.server()
-    collector = Receiver()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield collector, port
-    finally:
-        await server.stop(None)
+    async with serve_receiver() as served:
+        yield served
 
 
 async def start_shop(start_service: StartService, otlp_port: int) -> dict[str, ServiceProcess]:
