@@ -1,8 +1,8 @@
 """One CreateOrder across five real processes is one trace, exported over OTLP/gRPC.
 
 The receiver is opentelemetry-proto's collector TraceService served in-process with
-grpc.aio (tests/support/otlp.py); the services export to it from the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` with a
-short batch delay. The call carries a ``traceparent`` (as the gateway sends one), so the trace
+grpc.aio (tests/support/otlp.py); the services export to it from the standard
+``OTEL_EXPORTER_OTLP_ENDPOINT`` with a short batch delay. The call carries a ``traceparent`` (as the gateway sends one), so the trace
 id is known; every server span of order, payment, inventory and shipping must carry it, every
 non-order server span must be the child of an order client span, no health-check span may
 exist (every process was polled by grpc.health.v1 until SERVING), and the RPC log lines carry
