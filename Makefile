@@ -15,7 +15,7 @@ PYTEST_WORKERS ?= 2
 help:
 	@echo "make run    - install what is missing, start the shop, Ctrl-C to stop"
 	@echo "make test   - install what is missing, run the whole test suite"
-	@echo "make lint   - ruff, mypy --strict (mesh, gateway), buf lint"
+	@echo "make lint   - ruff, mypy --strict (mesh, gateway, services), buf lint"
 	@echo "make gen    - regenerate shop/ from protos/"
 
 $(VENV)/.installed: pyproject.toml

@@ -1,20 +1,28 @@
 """The ``mesh`` command: operator tools that need no running process of ours.
 
 ``mesh keygen DIR`` writes an Ed25519 key pair for signing and verifying tokens;
+``mesh cert NAME`` (or ``--client NAME``) writes a certificate, key and CA bundle from Consul
+Connect's CA for tools such as grpcurl (the ACL token from ``CONSUL_HTTP_TOKEN(_FILE)``);
 ``mesh status`` shows what Consul knows: services, instances, health, and the endpoints a
 mesh channel in this process would pick; ``mesh sagas`` lists sagas that are not terminal,
-through the application's module named by ``MESH_SAGAS_MODULE`` (``services.order.sagas`` for the shop).
+through the application's module named by ``MESH_SAGAS_MODULE`` (``services.order.saga.cli``
+for the shop).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mesh.connect.ca import ConnectUnavailable
+from mesh.connect.cert_files import fetch_certificate, write_certificate
+from mesh.connect.settings import consul_token_from_env
+from mesh.errors import ConfigError
 from mesh.identity import generate_keypair
 from mesh.status import run_status
 
@@ -25,12 +33,38 @@ def keygen(options: argparse.Namespace) -> int:
     return 0
 
 
+def cert(options: argparse.Namespace) -> int:
+    name = options.client or options.service
+    if not name or (options.client and options.service):
+        print("mesh cert: name one service, or --client NAME", file=sys.stderr)
+        return 2
+    try:
+        token = consul_token_from_env(os.environ)
+        leaf, roots = asyncio.run(fetch_certificate(name, options.consul, token))
+        files = write_certificate(leaf, roots, Path(options.out or f".mesh-certs/{name}"))
+    except (ConnectUnavailable, ConfigError) as error:
+        print(f"mesh cert: {error}", file=sys.stderr)
+        return 2
+    print(f"identity    {files.identity}  (valid until {files.valid_before})")
+    print(f"certificate {files.cert}\nkey         {files.key}\nCA bundle   {files.ca}")
+    print(f"servers present the name {files.server_names}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mesh", description="tsunagu service mesh tools")
     commands = parser.add_subparsers(dest="command", required=True)
     keys = commands.add_parser("keygen", help="write an Ed25519 JWT key pair into a directory")
     keys.add_argument("directory")
     keys.set_defaults(run=keygen)
+    certs = commands.add_parser(
+        "cert", help="write a certificate, key and CA bundle from Consul Connect's CA (for grpcurl)"
+    )
+    certs.add_argument("service", nargs="?", help="a service whose identity to take (needs its token)")
+    certs.add_argument("--client", metavar="NAME", help="a client identity, e.g. cli")
+    certs.add_argument("--out", help="directory to write into (default .mesh-certs/NAME)")
+    certs.add_argument("--consul", default=os.environ.get("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500"))
+    certs.set_defaults(run=cert)
     status = commands.add_parser(
         "status", help="services, instances, health and the endpoints calls would go to"
     )
@@ -39,10 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--tag", action="append", default=[], help="only instances with this tag")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(run=show_status)
-    sagas = commands.add_parser("sagas", help="sagas that are not terminal (runs $MESH_SAGAS_MODULE)")
+    # Every argument but --module goes to the module, in order (main collects them): an
+    # argparse.REMAINDER positional would refuse a leading option such as ``mesh sagas --json``.
+    sagas = commands.add_parser(
+        "sagas",
+        help="sagas that are not terminal (runs $MESH_SAGAS_MODULE; other arguments, e.g. --json, go to it)",
+        allow_abbrev=False,
+    )
     sagas.add_argument("--module", default=os.environ.get("MESH_SAGAS_MODULE", ""))
-    sagas.add_argument("args", nargs=argparse.REMAINDER, help="passed to the module, e.g. --json")
-    sagas.set_defaults(run=show_sagas)
+    sagas.set_defaults(run=show_sagas, args=[])
     return parser
 
 
@@ -50,7 +89,7 @@ def show_sagas(options: argparse.Namespace) -> int:
     """Delegate to the application's saga module: the mesh itself knows no sagas."""
     if not options.module:
         print(
-            "mesh sagas: set MESH_SAGAS_MODULE (the shop's: services.order.sagas) or --module",
+            "mesh sagas: set MESH_SAGAS_MODULE (the shop's: services.order.saga.cli) or --module",
             file=sys.stderr,
         )
         return 2
@@ -60,11 +99,22 @@ def show_sagas(options: argparse.Namespace) -> int:
 
 
 def show_status(options: argparse.Namespace) -> int:
-    return run_status(options.consul, options.services, tags=tuple(options.tag), as_json=options.json)
+    return run_status(
+        options.consul,
+        options.services,
+        tags=tuple(options.tag),
+        as_json=options.json,
+        token=consul_token_from_env(os.environ),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    options = build_parser().parse_args(argv)
+    parser = build_parser()
+    options, extra = parser.parse_known_args(argv)
+    if extra:
+        if options.command != "sagas":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        options.args = extra
     result: int = options.run(options)
     return result
 

@@ -27,12 +27,16 @@ class ServerSettings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     version: str = "0.1.0"
     tags: tuple[str, ...] = ()
+    # Under mTLS, the plaintext health-only listener's port (0: any free port); see MeshServer.
+    health_port: int = 0
 
     def __post_init__(self) -> None:
         if not self.service_name:
             raise ConfigError("service_name must not be empty")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"MESH_PORT must be within 0..65535, got {self.port}")
+        if not 0 <= self.health_port <= 65535:
+            raise ConfigError(f"MESH_HEALTH_PORT must be within 0..65535, got {self.health_port}")
         if self.grace_seconds < 0:
             raise ConfigError(f"MESH_GRACE_SECONDS must be >= 0, got {self.grace_seconds}")
         if self.max_message_bytes <= 0:
@@ -109,6 +113,7 @@ def server_settings_from_env(
         max_message_bytes=env_int(environ, "MESH_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES),
         version=env_str(environ, "MESH_VERSION", "0.1.0"),
         tags=env_list(environ, "MESH_TAGS"),
+        health_port=env_int(environ, "MESH_HEALTH_PORT", 0),
     )
 
 

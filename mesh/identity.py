@@ -1,29 +1,47 @@
-"""Who is calling: the principal carried by a verified JWT.
+"""Who is calling: the principal carried by a verified JWT, and the keys that sign one.
 
 The user service signs tokens (EdDSA); every service and the gateway verify them with the
 public key, so a call reaching a service directly (grpcurl with ``-H 'authorization: Bearer
-…'``) is held to the same rules as one through the gateway. Only algorithms from the settings
-are accepted: the token's own ``alg`` header never chooses, and ``none`` never passes.
+…'``) is held to the same rules as one through the gateway. The rules themselves (algorithms,
+keys, the one clock leeway, the maximum lifetime, the roles no token may carry) live in ONE
+place, :mod:`mesh.verifier`, used by the gateway and the services alike.
+
+Tokens are end users' only: the user key (``MESH_JWT_KID``) signs customers and admins. A
+service is not a token: which service calls is proved by the transport (its mTLS client
+certificate's SPIFFE ID, or its ``x-mesh-peer`` claim in the loud plaintext debugging mode:
+:mod:`mesh.connect.peer`), and so is the gateway's standing to tell services the client
+address it forwards (``FORWARDED_CLIENT``, believed only from the gateway's identity).
+The roles ``service`` and ``gateway`` are reserved for those identities: a token claiming one
+is refused whatever key signed it (:mod:`mesh.verifier`). There used to be shared service and
+gateway signing keys; any process holding the service key (or replaying a token it signed)
+could move payments, stock and shipments, which is why they are gone.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import jwt
 
 from mesh.config import env_float, env_str
 from mesh.errors import ConfigError
 
 AUTHORIZATION = "authorization"
-SERVICE_KID = "mesh-service"
 ADMIN_ROLE = "admin"
 SERVICE_ROLE = "service"
+GATEWAY_ROLE = "gateway"
+# Roles no token may carry: only the transport (the caller's mesh identity) grants them.
+RESERVED_ROLES = frozenset({SERVICE_ROLE, GATEWAY_ROLE})
 MAX_TOKEN_BYTES = 8192
+# One clock leeway for every verifier (gateway and services), and the longest a token may
+# live (exp - iat): a token "valid until 9999" is refused however well it is signed.
+DEFAULT_LEEWAY_SECONDS = 5.0
+MAX_LEEWAY_SECONDS = 60.0
+DEFAULT_MAX_LIFETIME_SECONDS = 24 * 3600.0
+# The gateway's word on who the client is (its TCP peer address), believed by a service only
+# when the call comes from the gateway's mesh identity (see services/common/auth.py).
+FORWARDED_CLIENT = "x-forwarded-client"
 
 
 class InvalidToken(Exception):
@@ -32,7 +50,7 @@ class InvalidToken(Exception):
 
 @dataclass(frozen=True)
 class Principal:
-    """An authenticated caller: the token's subject and roles."""
+    """An authenticated caller: a token's subject and roles, or a mesh service (``service:<name>``)."""
 
     subject: str
     roles: frozenset[str] = frozenset()
@@ -61,116 +79,21 @@ class JwtSettings:
     signing_kid: str = ""
     private_key_pem: str = field(default="", repr=False)
     ttl_seconds: float = 3600.0
-    leeway_seconds: float = 30.0
-    service_public_key_pem: str = ""
-    service_private_key_pem: str = field(default="", repr=False)
+    leeway_seconds: float = DEFAULT_LEEWAY_SECONDS
+    max_lifetime_seconds: float = DEFAULT_MAX_LIFETIME_SECONDS
 
     def __post_init__(self) -> None:
         if "none" in {a.lower() for a in self.algorithms}:
             raise ConfigError("MESH_JWT_ALGORITHMS must not include 'none'")
         if self.ttl_seconds <= 0:
             raise ConfigError("MESH_JWT_TTL_SECONDS must be > 0")
+        if not 0 <= self.leeway_seconds <= MAX_LEEWAY_SECONDS:
+            raise ConfigError(f"MESH_JWT_LEEWAY_SECONDS must be within 0..{MAX_LEEWAY_SECONDS:g}")
+        if self.ttl_seconds > self.max_lifetime_seconds:
+            raise ConfigError("MESH_JWT_TTL_SECONDS must not exceed MESH_JWT_MAX_LIFETIME_SECONDS")
 
 
-class JwtVerifier:
-    """Verifies bearer tokens against the configured keys; ``kid`` selects the key."""
-
-    def __init__(self, settings: JwtSettings) -> None:
-        if not settings.public_keys:
-            raise ConfigError("no JWT public key configured (MESH_JWT_PUBLIC_KEY_FILE)")
-        self._settings = settings
-        keys = dict(settings.public_keys)
-        if settings.service_public_key_pem:
-            keys[SERVICE_KID] = settings.service_public_key_pem
-        self._keys = {kid: _load_public_key(pem) for kid, pem in keys.items()}
-
-    def verify(self, token: str) -> Principal:
-        """The principal of a valid token; InvalidToken with the reason otherwise."""
-        if len(token) > MAX_TOKEN_BYTES:
-            raise InvalidToken("token too large")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as error:
-            raise InvalidToken(f"malformed token: {error}") from None
-        if header.get("alg") not in self._settings.algorithms:
-            raise InvalidToken("token algorithm not accepted")
-        if "jku" in header or "x5u" in header or "jwk" in header:
-            raise InvalidToken("token key references are not accepted")
-        key = self._keys.get(str(header.get("kid", "")))
-        if key is None:
-            raise InvalidToken("unknown key id")
-        try:
-            claims = jwt.decode(
-                token,
-                key=key,
-                algorithms=list(self._settings.algorithms),
-                audience=self._settings.audience,
-                issuer=self._settings.issuer,
-                leeway=self._settings.leeway_seconds,
-                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
-            )
-        except jwt.PyJWTError as error:
-            raise InvalidToken(str(error)) from None
-        roles = claims.get("roles", [])
-        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-            raise InvalidToken("roles claim must be a list of strings")
-        if header.get("kid") == SERVICE_KID and set(roles) != {SERVICE_ROLE}:
-            # The service key is shared by the mesh's services; it can vouch for nothing more.
-            raise InvalidToken("service tokens carry only the service role")
-        return Principal(subject=str(claims["sub"]), roles=frozenset(roles))
-
-    def from_metadata(self, metadata: Iterable[tuple[str, str | bytes]]) -> Principal | None:
-        """The principal of the call's ``authorization`` metadata; None when there is none."""
-        for key, value in metadata:
-            if key.lower() == AUTHORIZATION:
-                text = value.decode() if isinstance(value, bytes) else value
-                scheme, _, token = text.partition(" ")
-                if scheme.lower() != "bearer" or not token.strip():
-                    raise InvalidToken("authorization must be 'Bearer <token>'")
-                return self.verify(token.strip())
-        return None
-
-
-class ServiceTokens:
-    """Short-lived tokens that say "this call comes from service X", minted and cached.
-
-    A service acting for the mesh (the order service running an order's steps, possibly
-    after a restart, long after the customer's token expired) authenticates as itself. The
-    shared service key only ever signs the ``service`` role, and verifiers enforce that.
-    """
-
-    def __init__(self, settings: JwtSettings, service_name: str, ttl_seconds: float = 300.0) -> None:
-        if not settings.service_private_key_pem:
-            raise ConfigError(f"service '{service_name}' needs MESH_SERVICE_PRIVATE_KEY_FILE to call others")
-        self._settings = settings
-        self._subject = f"service:{service_name}"
-        self._ttl = ttl_seconds
-        self._token = ""
-        self._expires = 0.0
-
-    def metadata(self) -> tuple[tuple[str, str]]:
-        """``authorization`` metadata with a token valid for at least a third of its life."""
-        now = time.time()
-        if now > self._expires - self._ttl / 3:
-            claims = {
-                "sub": self._subject,
-                "roles": [SERVICE_ROLE],
-                "iss": self._settings.issuer,
-                "aud": self._settings.audience,
-                "iat": int(now),
-                "exp": int(now + self._ttl),
-            }
-            self._token = jwt.encode(
-                claims,
-                self._settings.service_private_key_pem,
-                algorithm="EdDSA",
-                headers={"kid": SERVICE_KID},
-            )
-            self._expires = now + self._ttl
-        return ((AUTHORIZATION, f"Bearer {self._token}"),)
-
-
-def _load_public_key(pem: str) -> Any:
+def load_public_key(pem: str) -> Any:
     """Parse a PEM public key once, so a bad key fails the start rather than every call."""
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
@@ -195,15 +118,11 @@ def jwt_settings_from_env(environ: Mapping[str, str]) -> JwtSettings:
         signing_kid=kid,
         private_key_pem=_read_key(private_file, "MESH_JWT_PRIVATE_KEY_FILE") if private_file else "",
         ttl_seconds=env_float(environ, "MESH_JWT_TTL_SECONDS", 3600.0),
-        leeway_seconds=env_float(environ, "MESH_JWT_LEEWAY_SECONDS", 30.0),
-        service_public_key_pem=_optional_key(environ, "MESH_SERVICE_PUBLIC_KEY_FILE"),
-        service_private_key_pem=_optional_key(environ, "MESH_SERVICE_PRIVATE_KEY_FILE"),
+        leeway_seconds=env_float(environ, "MESH_JWT_LEEWAY_SECONDS", DEFAULT_LEEWAY_SECONDS),
+        max_lifetime_seconds=env_float(
+            environ, "MESH_JWT_MAX_LIFETIME_SECONDS", DEFAULT_MAX_LIFETIME_SECONDS
+        ),
     )
-
-
-def _optional_key(environ: Mapping[str, str], variable: str) -> str:
-    path = env_str(environ, variable, "")
-    return _read_key(path, variable) if path else ""
 
 
 def _read_key(path: str, variable: str) -> str:

@@ -114,6 +114,15 @@ def status_as_dict(status: MeshStatus) -> dict[str, Any]:
     }
 
 
+async def _collect_and_close(
+    api: ConsulApi, consul_address: str, services: Sequence[str], tags: tuple[str, ...]
+) -> MeshStatus:
+    try:
+        return await collect_status(consul_address, services, tags=tags, api=api)
+    finally:
+        await api.close()
+
+
 def run_status(
     consul_address: str,
     services: Sequence[str] = (),
@@ -121,11 +130,13 @@ def run_status(
     tags: tuple[str, ...] = (),
     as_json: bool = False,
     out: TextIO | None = None,
+    token: str = "",
 ) -> int:
     """The ``mesh status`` command body: print the report; exit code 0, or 2 if Consul is down."""
     stream = out or sys.stdout
     try:
-        status = asyncio.run(collect_status(consul_address, services, tags=tags))
+        api = ConsulApi(consul_address, token=token)
+        status = asyncio.run(_collect_and_close(api, consul_address, services, tags))
     except RegistryUnavailable as error:
         print(f"mesh status: {error}", file=sys.stderr)
         return 2

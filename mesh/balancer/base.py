@@ -34,31 +34,24 @@ _TRANSPORT_MARKERS = (
 
 
 class Outcome(NamedTuple):
-    """How one call on a picked endpoint ended (a tuple: one is built per call, cheaply)."""
+    """How one call on a picked endpoint ended (a tuple: one is built per call, cheaply).
+
+    ``counted`` is False when the outcome says nothing about the endpoint: the caller
+    cancelled, the caller's own deadline ran out, or nothing was sent. Such an outcome
+    only gives back what the pick took (an outstanding-call slot); it neither fails nor
+    clears the endpoint.
+    """
 
     code: grpc.StatusCode
     latency: float = 0.0
     transport_failure: bool = False  # refused/reset: the application may never have seen it
-
-    @property
-    def ok(self) -> bool:
-        """The call succeeded."""
-        return self.code is grpc.StatusCode.OK
+    timed_out: bool = False  # the attempt's own timeout ran out: the endpoint did not answer
+    counted: bool = True
 
     @property
     def gateway_failure(self) -> bool:
         """Counts toward outlier ejection: the endpoint, not the request, looks broken."""
-        return self.transport_failure or self.code is grpc.StatusCode.UNAVAILABLE
-
-    @classmethod
-    def success(cls, latency: float = 0.0) -> Outcome:
-        """A successful call."""
-        return cls(grpc.StatusCode.OK, latency)
-
-    @classmethod
-    def from_status(cls, code: grpc.StatusCode, details: str | None, latency: float = 0.0) -> Outcome:
-        """An outcome from a final status, classifying transport failures by their details."""
-        return cls(code, latency, is_transport_failure(code, details))
+        return self.transport_failure or self.timed_out or self.code is grpc.StatusCode.UNAVAILABLE
 
 
 def is_transport_failure(code: grpc.StatusCode, details: str | None) -> bool:

@@ -96,6 +96,8 @@ class OutlierDetector:
             if host is not None:
                 host.consecutive = 0
             return
+        if not outcome.counted:
+            return  # the caller's cancel or deadline: says nothing about the endpoint
         ejected = self._ejected.get(target)
         if ejected is not None:
             now = self._clock()

@@ -93,7 +93,7 @@ class PowerOfTwoChoices:
 
         def observe(outcome: Outcome) -> None:
             load.outstanding -= 1
-            if not outcome.transport_failure:
+            if outcome.counted and not outcome.transport_failure:
                 self._observe(load, outcome.latency or self._clock() - started)
 
         return Picked(chosen, observe)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from mesh.registry.base import Discovery, Endpoints, Registrar, ServiceInstance, Watcher
+from mesh.registry.base import Discovery, Endpoints, ServiceInstance, Watcher
 from mesh.registry.consul import ConsulDiscovery, ConsulRegistrar
 from mesh.registry.static import StaticDiscovery
 
@@ -13,7 +13,6 @@ __all__ = [
     "ConsulRegistrar",
     "Discovery",
     "Endpoints",
-    "Registrar",
     "ServiceInstance",
     "StaticDiscovery",
     "Watcher",
@@ -21,12 +20,14 @@ __all__ = [
 ]
 
 
-def make_discovery(consul_address: str, static: Mapping[str, Iterable[str]] | None = None) -> Discovery:
+def make_discovery(
+    consul_address: str, static: Mapping[str, Iterable[str]] | None = None, *, token: str = ""
+) -> Discovery:
     """Consul when an address is configured, else the static ``host:port`` targets.
 
     Build one per process and hand it to every channel: a discovery shares one upstream watch
     per service name among all the channels that ask for it.
     """
     if consul_address:
-        return ConsulDiscovery(consul_address)
+        return ConsulDiscovery(consul_address, token=token)
     return StaticDiscovery(static or {})

@@ -58,16 +58,6 @@ class ServiceInstance:
 Endpoints = tuple[ServiceInstance, ...]
 
 
-class Registrar(Protocol):
-    """Publishes and withdraws this process's instances."""
-
-    async def register(self, instance: ServiceInstance) -> None:
-        """Publish ``instance``; raises :class:`mesh.errors.RegistryUnavailable` if unreachable."""
-
-    async def deregister(self, instance: ServiceInstance) -> None:
-        """Withdraw ``instance``; raises :class:`mesh.errors.RegistryUnavailable` if unreachable."""
-
-
 class Watcher(Protocol):
     """A view of one service's healthy endpoint set.
 

@@ -59,7 +59,7 @@ def instance_for(server: BoundServer) -> ServiceInstance:
 
 
 class ConsulRegistrar:
-    """Registrar and lifecycle hook: publish on start, keep published, withdraw first on stop."""
+    """A lifecycle hook that publishes this process in Consul on start and withdraws it first on stop."""
 
     def __init__(
         self,
@@ -71,6 +71,7 @@ class ConsulRegistrar:
         resync_interval: float = 2.0,
         propagation_delay: float = 0.5,
         health_service: str = "",
+        token: str = "",
         api: ConsulApi | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -84,14 +85,21 @@ class ConsulRegistrar:
         self.resync_interval = resync_interval
         self.propagation_delay = propagation_delay
         self.health_service = health_service
-        self._api = api or ConsulApi(address)
+        self._api = api or ConsulApi(address, token=token)
         self._rng = rng or random.Random()
         self._instances: dict[str, ServiceInstance] = {}
         self._resync: asyncio.Task[None] | None = None
 
     def check_for(self, instance: ServiceInstance) -> dict[str, Any]:
-        """The gRPC health check (grpc.health.v1) Consul runs against ``instance``."""
-        grpc_target = instance.target + (f"/{self.health_service}" if self.health_service else "")
+        """The gRPC health check (grpc.health.v1) Consul runs against ``instance``.
+
+        Under mTLS the service port wants a client certificate Consul 1.8.7 cannot present:
+        the check then dials the plaintext health-only listener the instance publishes in
+        its meta (``health_port``).
+        """
+        health_port = instance.meta.get("health_port") or str(instance.port)
+        target = f"{instance.target.rsplit(':', 1)[0]}:{health_port}"
+        grpc_target = target + (f"/{self.health_service}" if self.health_service else "")
         return {
             "Name": f"gRPC health of {instance.id}",
             "GRPC": grpc_target,
@@ -188,6 +196,7 @@ class ConsulDiscovery:
         backoff_base: float = 0.1,
         backoff_cap: float = 2.0,
         recovery_grace: float = 30.0,
+        token: str = "",
         api: ConsulApi | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -196,7 +205,7 @@ class ConsulDiscovery:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.recovery_grace = recovery_grace
-        self._api = api or ConsulApi(address)
+        self._api = api or ConsulApi(address, token=token)
         self._rng = rng or random.Random()
         self._clock = clock
         self._feeds: dict[str, EndpointFeed] = {}

@@ -4,9 +4,10 @@ py-consul is untyped and raises a mix of aiohttp, asyncio and Consul exceptions;
 is the one place that knows that. Everything it raises for an unreachable or failing agent
 is :class:`mesh.errors.RegistryUnavailable`, so callers handle one error type.
 
-Facts this leans on (DESIGN §4): ``consul.aio.Consul`` must be built inside a running loop,
-so the client is created lazily; the blocking-query index is a string and goes back
-unchanged; ``locality=``/``socket_path=`` are rejected by Consul 1.8.7 and never sent.
+Facts this leans on (py-consul 1.8.0, as pinned in pyproject.toml): ``consul.aio.Consul``
+must be built inside a running loop, so the client is created lazily; the blocking-query
+index is a string and goes back unchanged; ``locality=``/``socket_path=`` are rejected by
+Consul 1.8.7 and never sent.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import consul
 import consul.aio
+import consul.callback
 
 from mesh.errors import RegistryUnavailable
 from mesh.registry.base import ServiceInstance
@@ -77,8 +79,11 @@ def health_entry(raw: Mapping[str, Any]) -> HealthEntry:
 class ConsulApi:
     """The handful of Consul agent calls the mesh needs, typed and with one error type."""
 
-    def __init__(self, address: str = "http://127.0.0.1:8500", *, request_timeout: float = 5.0) -> None:
+    def __init__(
+        self, address: str = "http://127.0.0.1:8500", *, request_timeout: float = 5.0, token: str = ""
+    ) -> None:
         self.address = address
+        self._token = token  # the ACL token (X-Consul-Token); never logged
         self._host, self._port, self._scheme = parse_address(address)
         self._timeout = request_timeout
         self._client: Any = None
@@ -88,8 +93,15 @@ class ConsulApi:
             # verify only matters for https; for http it would only make py-consul build an
             # unused SSL context (and trip aiohttp's ssl_context deprecation warning).
             self._client = consul.aio.Consul(
-                host=self._host, port=self._port, scheme=self._scheme, verify=self._scheme == "https"
+                host=self._host,
+                port=self._port,
+                scheme=self._scheme,
+                verify=self._scheme == "https",
+                token=self._token or None,
             )
+            # py-consul lets a CONSUL_HTTP_TOKEN in the environment win over the token passed
+            # in; the mesh's settings object is what decides, so put ours back.
+            self._client.token = self._token or None
         return self._client
 
     async def _run(self, what: str, coro: Any, limit: float | None = None) -> Any:
@@ -121,7 +133,15 @@ class ConsulApi:
 
     async def is_registered(self, service_id: str) -> bool:
         """Whether the local agent still knows ``service_id`` (it forgets on restart in dev mode)."""
-        found = await self._run(f"read {service_id}", self._consul().agent.service_definition(service_id))
+        # py-consul's service_definition sends no ACL token: with ACLs on, the agent would answer
+        # 403 (or, for the anonymous token, as if the service were gone), so send it ourselves.
+        client = self._consul()
+        found = await self._run(
+            f"read {service_id}",
+            client.http.get(
+                consul.callback.CB.json(), f"/v1/agent/service/{service_id}", headers=client.prepare_headers()
+            ),
+        )
         return found is not None
 
     async def health(

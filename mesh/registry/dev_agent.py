@@ -1,8 +1,27 @@
 """A local Consul dev agent for ``make run`` and tests: started on loopback, ready when it has
-a leader and answers the catalog (polled), stopped by its own PID.
+a leader, Connect CA roots and answers the catalog (polled), stopped by its own PID.
 
 ``consul agent -dev`` keeps everything in memory, which is what a demo or a test wants: each
 start is a clean registry, and several agents run side by side on free ports.
+
+ACL mode (``ConsulDevAgent(..., acls=True)``): the agent starts with ACLs enabled and
+``default_policy = "deny"``, so a token may do only what its policies grant (without ACLs the
+agent hands a Connect leaf certificate for any name to any local process). The master
+(bootstrap) token is generated here, kept in ``master_token`` and never logged or printed; it
+reaches the agent in a config file readable by its owner only, deleted once the agent is
+ready (``-hcl`` would show it to every local user in ``ps``). Facts from the 1.8.7 binary:
+
+- without an agent token, the dev agent logs "Node info update blocked by ACLs" on every
+  anti-entropy run; ``tokens { agent = <master> }`` makes its node sync clean;
+- ``-dev`` keeps Connect enabled with ACLs on, and the roots endpoint needs no token;
+- the leader initialises ACLs when elected; readiness also waits until ``/v1/acl/token/self``
+  accepts the master token, so no caller races that (here it was accepted at once);
+- the leader sets up the Connect CA after it is elected (a leaf request answers 500 until
+  then, seen here): readiness waits until the roots endpoint lists a root;
+- a restart forgets every policy, token and intention (memory only); the master token stays
+  the same, so whoever created them creates them again (services/mesh_policy.py does).
+
+Every request this module makes sends ``X-Consul-Token`` when the agent has a master token.
 """
 
 from __future__ import annotations
@@ -13,14 +32,18 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 START_TIMEOUT_SECONDS = 30.0
 PORT_NAMES = ("http", "grpc", "serf_lan", "serf_wan", "server")
+TOKEN_VARIABLES = ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE")
 
 
 def find_consul(project_root: Path) -> str:
@@ -46,33 +69,86 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def acl_config(master_token: str) -> str:
+    """The agent config (JSON) for ACLs on, default deny, with ``master_token`` as master and agent."""
+    acl = {
+        "enabled": True,
+        "default_policy": "deny",
+        "enable_token_persistence": False,
+        # The agent's own token: its node registration and anti-entropy need node:write.
+        "tokens": {"master": master_token, "agent": master_token},
+    }
+    return json.dumps({"acl": acl})
+
+
 @dataclass
 class ConsulDevAgent:
-    """One ``consul agent -dev`` on loopback; restartable on the same ports."""
+    """One ``consul agent -dev`` on loopback; restartable on the same ports (and master token)."""
 
     binary: str
     log_path: Path
     ports: dict[str, int] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    acls: bool = False
+    """ACLs enabled, default deny; ``master_token`` is generated when not given."""
+    master_token: str = field(default="", repr=False)
+    connect: bool = True
+    """Connect (its CA) on, as ``-dev`` has it; off shows how the mesh refuses to start without it."""
+
+    def __post_init__(self) -> None:
+        if self.master_token:
+            self.acls = True
+        elif self.acls:
+            self.master_token = str(uuid.uuid4())  # uuid4 draws from os.urandom
 
     @property
     def http_addr(self) -> str:
         return f"http://127.0.0.1:{self.ports['http']}"
 
-    def start(self, new_session: bool = False) -> ConsulDevAgent:
-        """Start (or restart on the same ports) and wait until ready."""
+    def start(self, new_session: bool = False, preexec: Callable[[], None] | None = None) -> ConsulDevAgent:
+        """Start (or restart on the same ports) and wait until ready.
+
+        ``preexec`` runs in the child before exec: a launcher ties the agent to its own life
+        with it, as it does its other children, so a killed launcher leaves no agent behind.
+        """
         for name in PORT_NAMES:
             self.ports.setdefault(name, free_port())
-        command = [self.binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1"]
+        binary = os.path.abspath(self.binary) if os.sep in self.binary else self.binary  # cwd below
+        command = [binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1"]
         for name in PORT_NAMES:
             command += [f"-{name.replace('_', '-')}-port", str(self.ports[name])]
         command += ["-dns-port", "-1", "-log-level", "warn"]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session
-            )
-        self._wait_ready()
+        if not self.connect:
+            command += ["-hcl", "connect { enabled = false }"]
+        config = self._write_acl_config() if self.acls else None
+        try:
+            if config is not None:
+                command += ["-config-file", str(config)]
+            with open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen(
+                    command,
+                    # A dev agent reads "persisted" services from ./services: run it beside its
+                    # log, not in the project root, whose services/ holds Python files.
+                    cwd=self.log_path.parent,
+                    # Its tokens come from its config, never from whoever started it.
+                    env={k: v for k, v in os.environ.items() if k not in TOKEN_VARIABLES},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=new_session,
+                    preexec_fn=preexec,
+                )
+            self._wait_ready()
+        finally:
+            if config is not None:  # read at start; a restart writes it again
+                config.unlink(missing_ok=True)
         return self
+
+    def _write_acl_config(self) -> Path:
+        """The ACL config in a file only its owner reads (mkstemp creates it 0600)."""
+        descriptor, name = tempfile.mkstemp(prefix="consul-acl-", suffix=".json")
+        with os.fdopen(descriptor, "w") as config:
+            config.write(acl_config(self.master_token))
+        return Path(name)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
@@ -82,24 +158,52 @@ class ConsulDevAgent:
             if self.process.poll() is not None:
                 raise RuntimeError(f"consul exited with {self.process.returncode}:\n{self.logs()}")
             try:
-                if self.get("/v1/status/leader"):
+                if not self.get("/v1/status/leader"):
+                    last = "no leader yet"
+                elif self.acls and not self._master_token_works():
+                    last = "ACLs not initialised yet (the master token is refused)"
+                elif self.connect and not self._connect_ca_ready():
+                    last = "the Connect CA has no roots yet"
+                else:
                     self.get("/v1/catalog/services")
                     return
-                last = "no leader yet"
             except (OSError, urllib.error.URLError) as error:
                 last = repr(error)
             time.sleep(0.05)  # poll interval
         self.stop()
         raise RuntimeError(f"consul not ready after {START_TIMEOUT_SECONDS}s ({last}):\n{self.logs()}")
 
+    def _connect_ca_ready(self) -> bool:
+        # A leader is elected before it has set up the Connect CA: until then a leaf request
+        # answers 500, and whoever starts a workload right away would have to retry.
+        roots = self.get("/v1/agent/connect/ca/roots")
+        return isinstance(roots, dict) and bool(roots.get("Roots"))
+
+    def _master_token_works(self) -> bool:
+        try:
+            self.get("/v1/acl/token/self")
+        except urllib.error.HTTPError as error:
+            if error.code == 403:  # "ACL not found": ACLs not initialised (yet)
+                return False
+            raise
+        return True
+
+    def _request(self, path: str, method: str = "GET", data: bytes | None = None) -> urllib.request.Request:
+        request = urllib.request.Request(self.http_addr + path, method=method, data=data)
+        if self.master_token:
+            request.add_header("X-Consul-Token", self.master_token)
+        return request
+
     def get(self, path: str) -> object:
-        with urllib.request.urlopen(self.http_addr + path, timeout=2) as response:
+        """GET ``path`` (with the master token in ACL mode); its JSON body."""
+        with urllib.request.urlopen(self._request(path), timeout=2) as response:
             return json.loads(response.read() or b"null")
 
-    def put(self, path: str) -> None:
-        request = urllib.request.Request(self.http_addr + path, method="PUT", data=b"")
-        with urllib.request.urlopen(request, timeout=2):
-            pass
+    def put(self, path: str, body: object = None) -> object:
+        """PUT ``path`` with ``body`` as JSON (with the master token in ACL mode); its JSON answer."""
+        data = b"" if body is None else json.dumps(body).encode()
+        with urllib.request.urlopen(self._request(path, "PUT", data), timeout=2) as response:
+            return json.loads(response.read() or b"null")
 
     def passing(self, name: str) -> list[dict[str, object]]:
         """The passing instances of ``name`` (each row's ``Service`` object)."""

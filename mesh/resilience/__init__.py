@@ -2,7 +2,7 @@
 
 Nothing here does I/O or imports grpc: status codes are their names
 (``grpc.StatusCode.X.name``) and time comes from an injectable clock, so every decision
-is a plain function call a test can pin exactly. The interceptors adapt these to grpc.aio.
+is a plain function call a test can pin exactly. The mesh channel's attempt engine (:mod:`mesh.channel.attempts`) applies them to calls.
 """
 
 from mesh.resilience.backoff import Backoff
@@ -14,7 +14,7 @@ from mesh.resilience.breaker import (
     Permit,
     State,
 )
-from mesh.resilience.budget import BudgetConfig, RetryBudget, RetryBudgets
+from mesh.resilience.budget import BudgetConfig, RetryBudget
 from mesh.resilience.clock import Clock, ManualClock
 from mesh.resilience.codes import STATUS_CODE_NAMES
 from mesh.resilience.policy_config import (
@@ -30,7 +30,6 @@ from mesh.resilience.retry import (
     RetryPolicy,
     idempotent_level,
     pushback_seconds,
-    safe_to_retry,
     stream_retryable,
 )
 from mesh.resilience.validate import FieldError
@@ -51,7 +50,6 @@ __all__ = [
     "Permit",
     "PolicySettings",
     "RetryBudget",
-    "RetryBudgets",
     "RetryPolicy",
     "ServicePolicy",
     "State",
@@ -60,6 +58,5 @@ __all__ = [
     "parse_policy",
     "policy_from_env",
     "pushback_seconds",
-    "safe_to_retry",
     "stream_retryable",
 ]

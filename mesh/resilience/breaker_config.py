@@ -13,11 +13,15 @@ from dataclasses import dataclass
 from mesh.resilience.codes import code_names
 from mesh.resilience.validate import FieldError, require_int, require_percent, require_positive
 
-DEFAULT_FAILURE_CODES = frozenset(
-    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN", "RESOURCE_EXHAUSTED"}
-)
+# What says the upstream is broken. DEADLINE_EXCEEDED counts only as the attempt engine
+# reports it: an attempt's own timeout or the server's own, never the caller's deadline
+# (docs/channel.md). RESOURCE_EXHAUSTED is not here: a throttle refusing one caller (the user
+# service's login throttle, a quota) says nothing about the server, and counting it would let
+# one customer open the circuit for everyone; a server that is overloaded answers UNAVAILABLE.
+DEFAULT_FAILURE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN"})
 DEFAULT_IGNORED_CODES = frozenset(
     {
+        "RESOURCE_EXHAUSTED",
         "INVALID_ARGUMENT",
         "NOT_FOUND",
         "ALREADY_EXISTS",

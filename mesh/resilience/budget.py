@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from mesh.resilience.clock import Clock
@@ -102,25 +101,3 @@ class RetryBudget:
                 self._retries[slot] = 0
             self._generation = generation
         return generation % (SLOTS + 1)
-
-
-class RetryBudgets:
-    """One budget per target service, created on first use; owned by whoever owns the channels."""
-
-    def __init__(
-        self,
-        config: BudgetConfig | Callable[[str], BudgetConfig] | None = None,
-        *,
-        clock: Clock = time.monotonic,
-    ) -> None:
-        self._config = config or BudgetConfig()
-        self._clock = clock
-        self._budgets: dict[str, RetryBudget] = {}
-
-    def for_service(self, service: str) -> RetryBudget:
-        """The budget shared by every call to ``service``."""
-        budget = self._budgets.get(service)
-        if budget is None:
-            config = self._config if isinstance(self._config, BudgetConfig) else self._config(service)
-            budget = self._budgets.setdefault(service, RetryBudget(config, clock=self._clock))
-        return budget

@@ -25,9 +25,9 @@ The file (every key optional; built-in defaults in brackets)::
     slow_call_rate_threshold = 100.0    # percent
     open_wait = 60.0                    # seconds
     half_open_permits = 10
-    failure_codes = ["UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN", "RESOURCE_EXHAUSTED"]
-    ignored_codes = ["INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "FAILED_PRECONDITION",
-                     "PERMISSION_DENIED", "UNAUTHENTICATED"]
+    failure_codes = ["UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN"]
+    ignored_codes = ["RESOURCE_EXHAUSTED", "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS",
+                     "FAILED_PRECONDITION", "PERMISSION_DENIED", "UNAUTHENTICATED"]
     # or the simple form instead of the window keys:  consecutive_failures = 5
 
     [defaults.budget]                   # retry budget per target service (Linkerd's)
@@ -37,6 +37,8 @@ The file (every key optional; built-in defaults in brackets)::
 
     [services.payment]                  # same keys as [defaults], for calls to "payment"
     timeout = 2.0
+    idempotent = true                   # service or method only: its calls are safe to repeat
+                                        # [none: the proto's idempotency_level decides]
     [services.payment.breaker]
     consecutive_failures = 5
     [services.payment.methods.Capture.retry]   # a method: timeout and retry only
@@ -46,6 +48,17 @@ Precedence is per key: method > service > defaults > built-in. A layer that sets
 ``consecutive_failures`` replaces the window keys below it, and the other way round. A
 method is named bare (``Capture``) or by full path (``"/shop.payment.v1.PaymentService/Capture"``).
 Breakers and budgets exist per endpoint and per service, so a method cannot set them.
+
+``idempotent = true`` says a method's (or every method of a service's) calls are safe to
+send again, so its retries and per-attempt timeouts can act on a method whose proto sets
+no ``idempotency_level``; ``false`` forbids repeating even what the proto marks (a request
+with an idempotency key may always repeat). [defaults] cannot set it.
+
+A program may bring its own defaults (``builtin``, a tree in the file's format: the
+gateway's for its GET routes, the order service's for its saga steps). They sit below the
+whole file: a key the file or the environment sets at *any* layer wins over every built-in
+layer, so ``[defaults.retry] max_attempts = 1`` turns built-in retries off everywhere.
+Below that, the built-in tree's own layers follow the same per-key order.
 
 Environment overrides (``MESH_POLICY__payment__retry__max_attempts=3``) are described in
 :mod:`mesh.resilience.policy_env`; ``MESH_POLICY_FILE`` names the file for
@@ -66,7 +79,7 @@ from mesh.errors import ConfigError
 from mesh.resilience.breaker_config import BreakerConfig
 from mesh.resilience.budget import BudgetConfig
 from mesh.resilience.policy_env import apply_env, key_path
-from mesh.resilience.policy_layers import Flat, LayerLoader, breaker_dict, overlay
+from mesh.resilience.policy_layers import IDEMPOTENT, Entry, Flat, LayerLoader, overlay
 from mesh.resilience.retry import RetryPolicy
 from mesh.resilience.validate import require_positive
 
@@ -76,10 +89,12 @@ NO_RETRIES = RetryPolicy(max_attempts=1)  # the default: retries only where conf
 
 @dataclass(frozen=True)
 class CallPolicy:
-    """What one call uses: its default timeout (None: the caller's own) and its retries."""
+    """What one call uses: its default timeout (None: the caller's own), its retries, and
+    whether it is safe to repeat (None: as its proto's ``idempotency_level`` says)."""
 
     timeout: float | None = None
     retry: RetryPolicy = field(default_factory=lambda: NO_RETRIES)
+    idempotent: bool | None = None
 
     def __post_init__(self) -> None:
         if self.timeout is not None:
@@ -114,45 +129,79 @@ class PolicySettings:
         """The policy of calls to ``name``; the defaults for a service the file does not list."""
         return self.services.get(name, self.defaults)
 
-    def policy_for(self, service: str, method: str) -> CallPolicy:
-        """The policy of one call: method > service > defaults."""
-        return self.service(service).for_method(method)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Every resolved value as a file tree; ``parse_policy(s.to_dict()) == s``."""
-        return {
-            "defaults": _service_dict(self.defaults),
-            "services": {name: _service_dict(policy) for name, policy in self.services.items()},
-        }
+def parse_policy(
+    data: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    *,
+    builtin: Mapping[str, Any] | None = None,
+) -> PolicySettings:
+    """Validate a parsed policy tree plus ``MESH_POLICY__`` overrides; ConfigError names the key.
 
-
-def parse_policy(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> PolicySettings:
-    """Validate a parsed policy tree plus ``MESH_POLICY__`` overrides; ConfigError names the key."""
+    ``builtin`` is a program's own default tree, in the file's format: every key the file or
+    the environment sets, at any layer, wins over it (see the module's docstring).
+    """
     tree, origins = apply_env(data, environ or {})
     loader = LayerLoader(origins)
+    own_defaults, own_services = _read_tree(loader, tree)
+    base_defaults, base_services = _read_tree(LayerLoader({}, "built-in policy: "), builtin or {})
+    defaults = _build_service(loader, overlay(base_defaults, own_defaults), ("defaults",), {})
+    services: dict[str, ServicePolicy] = {}
+    for name in {**base_services, **own_services}:
+        where = ("services", name)
+        own_layer, own_methods = own_services.get(name, ({}, {}))
+        base_layer, base_methods = base_services.get(name, ({}, {}))
+        own_flat = overlay(own_defaults, own_layer)
+        base_flat = overlay(base_defaults, base_layer)
+        methods: dict[str, CallPolicy] = {}
+        for method in {**base_methods, **own_methods}:
+            merged = overlay(
+                overlay(base_flat, _method_layer(base_methods, method)),
+                overlay(own_flat, _method_layer(own_methods, method)),
+            )
+            methods[method] = _build_call(loader, merged, (*where, "methods", method))
+        services[name] = _build_service(loader, overlay(base_flat, own_flat), where, methods)
+    return PolicySettings(defaults, MappingProxyType(services))
+
+
+Layer = dict[str, Entry]
+Tree = tuple[Layer, dict[str, tuple[Layer, dict[str, Layer]]]]
+
+
+def _read_tree(loader: LayerLoader, tree: Mapping[str, Any]) -> Tree:
+    """Every layer of one tree, read and checked but not merged: (defaults, {service: …})."""
     for key in tree:
         if key not in ("defaults", "services"):
             raise loader.error(key_path([key]), "unknown key (expected one of: defaults, services)")
-    base = loader.layer(loader.table(tree.get("defaults", {}), "defaults"), ("defaults",), method=False)
-    defaults = _build_service(loader, base, ("defaults",), {})
-    services: dict[str, ServicePolicy] = {}
+    defaults = loader.layer(loader.table(tree.get("defaults", {}), "defaults"), ("defaults",), method=False)
+    services: dict[str, tuple[Layer, dict[str, Layer]]] = {}
     for name, raw in loader.table(tree.get("services", {}), "services").items():
         where = ("services", name)
         table = dict(loader.table(raw, key_path(where)))
         raw_methods = loader.table(table.pop("methods", {}), key_path((*where, "methods")))
-        flat = overlay(base, loader.layer(table, where, method=False))
-        methods: dict[str, CallPolicy] = {}
+        methods: dict[str, Layer] = {}
         for method, raw_method in raw_methods.items():
             method_where = (*where, "methods", method)
             loader.check_method_name(method, method_where)
             method_table = loader.table(raw_method, key_path(method_where))
-            method_flat = overlay(flat, loader.layer(method_table, method_where, method=True))
-            methods[method] = _build_call(loader, method_flat, method_where)
-        services[name] = _build_service(loader, flat, where, methods)
-    return PolicySettings(defaults, MappingProxyType(services))
+            methods[method] = loader.layer(method_table, method_where, method=True)
+        services[name] = (loader.layer(table, where, method=False), methods)
+    return defaults, services
 
 
-def load_policy(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> PolicySettings:
+def _method_layer(methods: Mapping[str, Layer], method: str) -> Layer:
+    """The layer written for ``method``: under its own name, else (a full path) its bare name."""
+    if method in methods:
+        return methods[method]
+    return methods.get(method.rsplit("/", 1)[1], {}) if "/" in method else {}
+
+
+def load_policy(
+    path: str | os.PathLike[str] | None,
+    environ: Mapping[str, str],
+    *,
+    builtin: Mapping[str, Any] | None = None,
+) -> PolicySettings:
     """Read the TOML file at ``path`` (None: no file, defaults only) and apply overrides."""
     data: dict[str, Any] = {}
     if path is not None:
@@ -163,19 +212,23 @@ def load_policy(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
             raise ConfigError(f"policy file {os.fspath(path)!s}: {error.strerror}") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"policy file {os.fspath(path)!s}: {error}") from None
-    return parse_policy(data, environ)
+    return parse_policy(data, environ, builtin=builtin)
 
 
-def policy_from_env(environ: Mapping[str, str]) -> PolicySettings:
-    """The policy named by ``MESH_POLICY_FILE`` (if set) with the environment's overrides."""
+def policy_from_env(
+    environ: Mapping[str, str], *, builtin: Mapping[str, Any] | None = None
+) -> PolicySettings:
+    """The policy named by ``MESH_POLICY_FILE`` (if set) with the environment's overrides,
+    over the program's ``builtin`` defaults (a tree in the file's format) if it has any."""
     path = environ.get(FILE_VARIABLE, "").strip()
-    return load_policy(path or None, environ)
+    return load_policy(path or None, environ, builtin=builtin)
 
 
 def _build_call(loader: LayerLoader, flat: Flat, where: tuple[str, ...]) -> CallPolicy:
     timeout, retry = loader.build_call_parts(flat, where)
+    idempotent = flat[IDEMPOTENT].value if IDEMPOTENT in flat else None
     with loader.located(flat, where, {"timeout": "timeout"}):
-        return CallPolicy(timeout, retry)
+        return CallPolicy(timeout, retry, idempotent)
 
 
 def _build_service(
@@ -184,33 +237,3 @@ def _build_service(
     call = _build_call(loader, flat, where)
     breaker, budget = loader.build_breaker(flat, where), loader.build_budget(flat, where)
     return ServicePolicy(call, breaker, budget, MappingProxyType(methods))
-
-
-def _call_dict(call: CallPolicy) -> dict[str, Any]:
-    retry = call.retry
-    retry_table: dict[str, Any] = {
-        "max_attempts": retry.max_attempts,
-        "retryable_codes": sorted(retry.retryable_codes),
-        "initial_backoff": retry.backoff.initial,
-        "backoff_multiplier": retry.backoff.multiplier,
-        "max_backoff": retry.backoff.maximum,
-    }
-    if retry.per_attempt_timeout is not None:
-        retry_table["per_attempt_timeout"] = retry.per_attempt_timeout
-    table: dict[str, Any] = {"retry": retry_table}
-    if call.timeout is not None:
-        table["timeout"] = call.timeout
-    return table
-
-
-def _service_dict(policy: ServicePolicy) -> dict[str, Any]:
-    table = _call_dict(policy.call)
-    table["breaker"] = breaker_dict(policy.breaker)
-    table["budget"] = {
-        "ratio": policy.budget.ratio,
-        "min_retries_per_second": policy.budget.min_retries_per_second,
-        "ttl": policy.budget.ttl,
-    }
-    if policy.methods:
-        table["methods"] = {name: _call_dict(call) for name, call in policy.methods.items()}
-    return table

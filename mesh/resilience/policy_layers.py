@@ -22,6 +22,7 @@ from mesh.resilience.retry import RetryPolicy
 from mesh.resilience.validate import FieldError
 
 INT, FLOAT, CODES = "int", "float", "codes"
+IDEMPOTENT = "idempotent"  # a service's or method's calls are safe to repeat (not in [defaults])
 SECTIONS: dict[str, dict[str, str]] = {
     "retry": {
         "max_attempts": INT,
@@ -93,13 +94,14 @@ def overlay(base: Flat, layer: Flat) -> dict[str, Entry]:
 class LayerLoader:
     """Reads layers and builds policies, turning field errors into key-path errors."""
 
-    def __init__(self, origins: Mapping[str, str]) -> None:
+    def __init__(self, origins: Mapping[str, str], label: str = "") -> None:
         self.origins = origins
+        self.label = label  # before every path it names: which tree (a program's built-in one)
 
     def error(self, path: str, reason: str) -> ConfigError:
         """A ConfigError for ``path``, naming the environment variable that set it if one did."""
         variable = self.origins.get(path)
-        return ConfigError(f"{path}: {reason}" + (f" (set by {variable})" if variable else ""))
+        return ConfigError(f"{self.label}{path}: {reason}" + (f" (set by {variable})" if variable else ""))
 
     def table(self, value: object, path: str) -> Mapping[str, Any]:
         """``value`` as a table, or an error naming ``path``."""
@@ -121,6 +123,10 @@ class LayerLoader:
             path = key_path((*where, key))
             if key == "timeout":
                 flat[key] = Entry(_as_float(value), where, path)
+            elif key == IDEMPOTENT and where != ("defaults",):
+                if not isinstance(value, bool):
+                    raise self.error(path, f"must be true or false, got {value!r}")
+                flat[key] = Entry(value, where, path)
             elif key in sections:
                 kinds = SECTIONS[key]
                 for sub, sub_value in self.table(value, path).items():
@@ -132,9 +138,14 @@ class LayerLoader:
                     )
             elif method and key in SECTIONS:
                 raise self.error(path, f"{key} is kept per endpoint and service, not per method")
+            elif key == IDEMPOTENT:
+                raise self.error(
+                    path, "says one service's or method's calls are safe to repeat: set it there"
+                )
             else:
+                top = ("timeout",) if where == ("defaults",) else ("timeout", IDEMPOTENT)
                 nested = () if method or where == ("defaults",) else ("methods",)
-                allowed = ", ".join(("timeout", *sections, *nested))
+                allowed = ", ".join((*top, *sections, *nested))
                 raise self.error(path, f"unknown key (expected one of: {allowed})")
         if CONSECUTIVE in flat and WINDOW_KEYS & flat.keys():
             mixed = ", ".join(sorted(key.split(".")[1] for key in WINDOW_KEYS & flat.keys()))
@@ -210,18 +221,3 @@ class LayerLoader:
 def _as_float(value: object) -> object:
     """Integers written for float keys become floats; anything else is left to validation."""
     return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-def breaker_dict(config: BreakerConfig) -> dict[str, Any]:
-    """A breaker as its window-form table (the consecutive form is that table's shorthand)."""
-    return {
-        "window_size": config.window_size,
-        "minimum_calls": config.minimum_calls,
-        "failure_rate_threshold": config.failure_rate_threshold,
-        "slow_call_duration": config.slow_call_duration,
-        "slow_call_rate_threshold": config.slow_call_rate_threshold,
-        "open_wait": config.open_wait,
-        "half_open_permits": config.half_open_permits,
-        "failure_codes": sorted(config.failure_codes),
-        "ignored_codes": sorted(config.ignored_codes),
-    }

@@ -115,11 +115,6 @@ def idempotent_level(level_name: str) -> bool:
     return level_name in IDEMPOTENT_LEVELS
 
 
-def safe_to_retry(method_idempotent: bool, has_idempotency_key: bool) -> bool:
-    """Whether repeating this request cannot apply its effect twice."""
-    return method_idempotent or has_idempotency_key
-
-
 def stream_retryable(received_any: bool) -> bool:
     """Whether a streaming call may still be retried: only before any response message."""
     return not received_any

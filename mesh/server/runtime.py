@@ -4,6 +4,29 @@ One implementation for all services means the shutdown order that keeps rolling 
 lossless lives in one place: hooks withdraw the instance (registry deregistration), health
 turns NOT_SERVING, the server stops accepting calls and lets in-flight ones finish within the
 grace period, then whatever is left is cancelled.
+
+The interceptor stack is built here too, and only here (:meth:`MeshServer.interceptor_stack`),
+outermost first: deadline -> tracing -> metrics -> log -> intentions -> status.
+
+- deadline first, so everything below (the handler's own calls included) runs under it;
+- tracing next, so its span is current while metrics, the log line and the handler run (the
+  log line carries its trace id);
+- metrics and log outside status, so they see the code the client gets: the status layer
+  (the application's, e.g. services' DomainError -> google.rpc.Status) turns a raised error
+  into an abort whose code the outer layers read back; were it outside them, they would
+  record UNKNOWN for every NOT_FOUND.
+
+- intentions (under mTLS) inside the telemetry layers, so a refused caller is counted and
+  logged like any other PERMISSION_DENIED.
+
+Each telemetry layer is optional (tracing off installs no tracing interceptor at all).
+
+Under mTLS (``security``, :mod:`mesh.connect`) the service port requires a client certificate
+chained to the current roots (dynamic credentials: a renewed certificate serves new
+connections at once), and a second, plaintext listener on ``settings.health_port`` serves
+``grpc.health.v1`` and nothing else: Consul 1.8.7's gRPC check has no client certificate to
+present, and the launcher's readiness probe dials it too. Its port is published in the
+instance's meta (``health_port``), where the registrar points Consul's check.
 """
 
 from __future__ import annotations
@@ -11,6 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -20,6 +44,9 @@ from grpc_reflection.v1alpha import reflection
 from mesh.config import ServerSettings
 from mesh.server.deadline import DeadlineInterceptor
 from mesh.server.lifecycle import BoundServer, LifecycleHook
+
+if TYPE_CHECKING:  # mesh.connect imports mesh.server's modules
+    from mesh.connect.setup import ConnectedWorkload
 
 log = logging.getLogger(__name__)
 
@@ -34,26 +61,56 @@ class HostedService:
     register: Callable[[grpc.aio.Server], None]
 
 
+@dataclass(frozen=True)
+class ServerTelemetry:
+    """A process's server-side telemetry layers (:func:`mesh.telemetry.start_telemetry`); ``None`` is off."""
+
+    tracing: grpc.aio.ServerInterceptor | None = None
+    metrics: grpc.aio.ServerInterceptor | None = None
+    log: grpc.aio.ServerInterceptor | None = None
+
+
 @dataclass
 class MeshServer:
-    """A started grpc.aio server with its health service and lifecycle hooks."""
+    """A started grpc.aio server with its health service and lifecycle hooks.
+
+    ``status`` is the application's own layer that turns its errors into statuses; it runs
+    innermost, next to the handler (see the module docstring for the whole order).
+    """
 
     settings: ServerSettings
     services: Sequence[HostedService]
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+    telemetry: ServerTelemetry = field(default_factory=ServerTelemetry)
+    status: grpc.aio.ServerInterceptor | None = None
     hooks: Sequence[LifecycleHook] = ()
     meta: dict[str, str] = field(default_factory=dict)
+    security: ConnectedWorkload | None = None
     port: int = 0
+    health_port: int = 0
     _server: grpc.aio.Server | None = None
+    _health_server: grpc.aio.Server | None = None
     _health: HealthServicer | None = None
     _stopping: bool = False
+
+    def interceptor_stack(self) -> list[grpc.aio.ServerInterceptor]:
+        """The server's interceptors, outermost first: deadline, tracing, metrics, log, intentions, status."""
+        telemetry = self.telemetry
+        guard = self.security.guard if self.security is not None else None
+        layers = (
+            DeadlineInterceptor(),
+            telemetry.tracing,
+            telemetry.metrics,
+            telemetry.log,
+            guard,
+            self.status,
+        )
+        return [layer for layer in layers if layer is not None]
 
     async def start(self) -> int:
         """Bind, start serving and run the hooks' on_started; returns the bound port."""
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
-            # Deadline first: every handler publishes its deadline to the calls it makes.
-            interceptors=[DeadlineInterceptor(), *self.interceptors],
+            interceptors=self.interceptor_stack(),
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -66,9 +123,20 @@ class MeshServer:
             service.register(server)
         names = tuple(s.name for s in self.services)
         reflection.enable_server_reflection((*names, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
-        self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        address = f"{self.settings.host}:{self.settings.port}"
+        if self.security is not None:
+            self.port = server.add_secure_port(address, self.security.identity.server_credentials())
+        else:
+            self.port = server.add_insecure_port(address)
         if self.port == 0:
-            raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
+            raise OSError(f"cannot bind {address}")
+        meta = dict(self.meta)
+        if self.security is not None:
+            self._health_server = await self._serve_health(health)
+            meta.update(health_port=str(self.health_port), mtls="on")
+        else:
+            self.health_port = self.port
+            meta["mtls"] = "off"
         await server.start()
         serving = health_pb2.HealthCheckResponse.SERVING
         for name in ("", *names):
@@ -81,7 +149,7 @@ class MeshServer:
             hosted_services=names,
             version=self.settings.version,
             tags=self.settings.tags,
-            meta=dict(self.meta),
+            meta=meta,
         )
         for hook in self.hooks:
             await hook.on_started(bound)
@@ -90,6 +158,17 @@ class MeshServer:
             extra={"event": "serving", "address": f"{self.settings.address}:{self.port}", "services": names},
         )
         return self.port
+
+    async def _serve_health(self, health: HealthServicer) -> grpc.aio.Server:
+        """The plaintext health-only listener (see the module docstring), sharing ``health``."""
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        address = f"{self.settings.host}:{self.settings.health_port}"
+        self.health_port = server.add_insecure_port(address)
+        if self.health_port == 0:
+            raise OSError(f"cannot bind the health listener {address}")
+        await server.start()
+        return server
 
     async def stop(self, grace: float | None = None) -> None:
         """Withdraw, turn NOT_SERVING, drain in-flight calls for ``grace`` seconds, stop."""
@@ -106,6 +185,8 @@ class MeshServer:
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(None)
         log.info("stopped", extra={"event": "stopped"})
 
     async def wait_for_termination(self) -> None:

@@ -52,7 +52,7 @@ def test_p2c_prefers_the_endpoint_with_fewer_calls_in_flight() -> None:
     assert balancer.outstanding(eps[0]) == 3
     assert balancer.outstanding(eps[1]) == 2
     for p in held + picks:
-        p.done(Outcome.success())
+        p.done(Outcome(grpc.StatusCode.OK))
     assert balancer.outstanding(eps[0]) == balancer.outstanding(eps[1]) == 0
 
 
@@ -64,7 +64,7 @@ def test_p2c_never_compares_an_endpoint_with_itself() -> None:
     for _ in range(50):
         endpoint, done = balancer.pick(eps)
         assert endpoint == eps[1]
-        done(Outcome.success())
+        done(Outcome(grpc.StatusCode.OK))
 
 
 def test_p2c_spreads_sequential_calls_over_all_endpoints() -> None:
@@ -74,7 +74,7 @@ def test_p2c_spreads_sequential_calls_over_all_endpoints() -> None:
     for _ in range(3000):
         endpoint, done = balancer.pick(eps)
         counts[endpoint] += 1
-        done(Outcome.success())
+        done(Outcome(grpc.StatusCode.OK))
     assert all(900 <= c <= 1100 for c in counts.values()), counts
 
 
@@ -83,7 +83,7 @@ def test_p2c_ewma_avoids_the_slow_endpoint_when_nothing_is_in_flight() -> None:
     clock = FakeClock()
     balancer = PowerOfTwoChoices(ewma=True, rng=random.Random(6), clock=clock)
     for endpoint, latency in ((eps[0], 0.200), (eps[1], 0.010)):
-        balancer.pick((endpoint,)).done(Outcome.success(latency))
+        balancer.pick((endpoint,)).done(Outcome(grpc.StatusCode.OK, latency))
     picks = Counter(balancer.pick(eps).endpoint for _ in range(20))
     assert picks == {eps[1]: 20}
 
@@ -92,12 +92,12 @@ def test_p2c_ewma_reacts_to_a_slowdown_at_once_and_recovers_gradually() -> None:
     eps = endpoints(1)
     clock = FakeClock()
     balancer = PowerOfTwoChoices(ewma=True, decay_seconds=10.0, clock=clock)
-    balancer.pick(eps).done(Outcome.success(0.010))
-    balancer.pick(eps).done(Outcome.success(0.500))
+    balancer.pick(eps).done(Outcome(grpc.StatusCode.OK, 0.010))
+    balancer.pick(eps).done(Outcome(grpc.StatusCode.OK, 0.500))
     load = balancer._loads[eps[0].target]
     assert load.ewma == pytest.approx(0.500)
     clock.now += 10.0
-    balancer.pick(eps).done(Outcome.success(0.010))
+    balancer.pick(eps).done(Outcome(grpc.StatusCode.OK, 0.010))
     assert 0.010 < load.ewma < 0.500
     assert load.ewma == pytest.approx(0.500 * 0.3679 + 0.010 * 0.6321, rel=1e-3)
 
@@ -105,7 +105,7 @@ def test_p2c_ewma_reacts_to_a_slowdown_at_once_and_recovers_gradually() -> None:
 def test_p2c_transport_failures_do_not_make_an_endpoint_look_fast() -> None:
     eps = endpoints(1)
     balancer = PowerOfTwoChoices(ewma=True, clock=FakeClock())
-    balancer.pick(eps).done(Outcome.success(0.100))
+    balancer.pick(eps).done(Outcome(grpc.StatusCode.OK, 0.100))
     balancer.pick(eps).done(Outcome(grpc.StatusCode.UNAVAILABLE, 0.0001, transport_failure=True))
     assert balancer._loads[eps[0].target].ewma == pytest.approx(0.100)
 
@@ -146,7 +146,6 @@ def test_transport_failures_are_told_apart_from_application_unavailable(
     details: str | None, transport: bool
 ) -> None:
     assert is_transport_failure(grpc.StatusCode.UNAVAILABLE, details) is transport
-    assert Outcome.from_status(grpc.StatusCode.UNAVAILABLE, details).transport_failure is transport
 
 
 def test_only_unavailable_and_a_bare_cancel_can_be_transport_failures() -> None:
@@ -155,7 +154,6 @@ def test_only_unavailable_and_a_bare_cancel_can_be_transport_failures() -> None:
     assert not is_transport_failure(grpc.StatusCode.CANCELLED, "handler gave up")
     assert Outcome(grpc.StatusCode.UNAVAILABLE).gateway_failure
     assert not Outcome(grpc.StatusCode.NOT_FOUND).gateway_failure
-    assert Outcome.success().ok
 
 
 def test_service_instance_is_frozen_hashable_and_targets_ipv6() -> None:

@@ -283,14 +283,22 @@ def test_never_failure_codes_never_count() -> None:
     assert recorder.transitions == []
 
 
-@pytest.mark.parametrize(
-    "code", ["UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN", "RESOURCE_EXHAUSTED"]
-)
+@pytest.mark.parametrize("code", ["UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN"])
 def test_default_failure_codes_count(code: str) -> None:
     b, _ = breaker(ManualClock())
     for _ in range(5):
         call(b, CallOutcome(code, 0.01))
     assert b.state is State.OPEN
+
+
+def test_a_throttled_caller_is_not_the_servers_failure() -> None:
+    """RESOURCE_EXHAUSTED (a login throttle, a quota) is not recorded: one customer hammering
+    a throttled method must not open the circuit for everyone."""
+    b, recorder = breaker(ManualClock())
+    for _ in range(20):
+        call(b, CallOutcome("RESOURCE_EXHAUSTED", 0.01))
+    assert b.state is State.CLOSED and b.snapshot().calls == 0
+    assert recorder.transitions == []
 
 
 @pytest.mark.parametrize("code", ["OK", "CANCELLED", "ABORTED", "UNIMPLEMENTED", "OUT_OF_RANGE"])

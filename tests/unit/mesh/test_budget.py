@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mesh.errors import ConfigError
-from mesh.resilience.budget import BudgetConfig, RetryBudget, RetryBudgets
+from mesh.resilience.budget import BudgetConfig, RetryBudget
 from mesh.resilience.clock import ManualClock
 
 
@@ -112,17 +112,6 @@ def test_long_idle_gap_clears_everything() -> None:
         budget.record_request()
     clock.advance(3600.0)
     assert budget.available() == 0
-
-
-def test_budgets_are_per_service() -> None:
-    clock = ManualClock()
-    configs = {"payment": BudgetConfig(min_retries_per_second=0), "inventory": BudgetConfig()}
-    budgets = RetryBudgets(configs.__getitem__, clock=clock)
-    assert budgets.for_service("payment") is budgets.for_service("payment")
-    assert not budgets.for_service("payment").try_withdraw()
-    assert budgets.for_service("inventory").try_withdraw()
-    shared = RetryBudgets(clock=clock)
-    assert shared.for_service("a") is not shared.for_service("b")
 
 
 @pytest.mark.parametrize(

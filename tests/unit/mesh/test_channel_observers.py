@@ -35,8 +35,8 @@ from mesh.channel import MeshChannel, mesh_channel
 from mesh.observer import CallObserver
 from mesh.registry import StaticDiscovery
 from mesh.resilience import State, parse_policy
-from mesh.telemetry.client_tracing import ATTEMPT_ATTRIBUTE
-from mesh.telemetry.setup import client_observers
+from mesh.telemetry import client_observers
+from mesh.tracing.client import ATTEMPT_ATTRIBUTE
 from shop.inventory.v1 import inventory_pb2 as inv
 
 SERVICE = "shop.inventory.v1.InventoryService"

@@ -1,4 +1,4 @@
-"""Token verification rules and the mesh's own service tokens."""
+"""Token verification rules: end users' tokens only; the mesh's reserved roles from no key."""
 
 from __future__ import annotations
 
@@ -9,24 +9,21 @@ import jwt
 import pytest
 
 from mesh.errors import ConfigError
-from mesh.identity import SERVICE_KID, InvalidToken, JwtSettings, JwtVerifier, ServiceTokens, generate_keypair
+from mesh.identity import InvalidToken, JwtSettings, generate_keypair, jwt_settings_from_env
+from mesh.verifier import JwtVerifier
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> JwtSettings:
     user_private, user_public = generate_keypair(tmp_path)
-    service_private, service_public = generate_keypair(tmp_path, "service")
     return JwtSettings(
         public_keys={"user-1": user_public.read_text()},
         signing_kid="user-1",
         private_key_pem=user_private.read_text(),
-        service_public_key_pem=service_public.read_text(),
-        service_private_key_pem=service_private.read_text(),
     )
 
 
-def sign(settings: JwtSettings, kid: str, roles: list[str], **claims: object) -> str:
-    key = settings.service_private_key_pem if kid == SERVICE_KID else settings.private_key_pem
+def sign(settings: JwtSettings, roles: list[str], *, key: str = "", kid: str = "user-1") -> str:
     now = int(time.time())
     body = {
         "sub": "x",
@@ -36,42 +33,46 @@ def sign(settings: JwtSettings, kid: str, roles: list[str], **claims: object) ->
         "iat": now,
         "exp": now + 60,
     }
-    body.update(claims)
-    return jwt.encode(body, key, algorithm="EdDSA", headers={"kid": kid})
+    return jwt.encode(body, key or settings.private_key_pem, algorithm="EdDSA", headers={"kid": kid})
 
 
-def test_service_tokens_verify_as_the_service_role(settings: JwtSettings) -> None:
-    principal = JwtVerifier(settings).from_metadata(ServiceTokens(settings, "order").metadata())
-    assert principal is not None
-    assert principal.subject == "service:order"
-    assert principal.is_service and not principal.is_admin
+def test_a_users_token_verifies_with_its_roles(settings: JwtSettings) -> None:
+    principal = JwtVerifier(settings).verify(sign(settings, ["customer"]))
+    assert principal.subject == "x" and principal.roles == {"customer"}
+    assert not principal.is_service and not principal.is_admin
 
 
-def test_the_service_key_cannot_vouch_for_an_admin(settings: JwtSettings) -> None:
-    forged = sign(settings, SERVICE_KID, ["service", "admin"])
-    with pytest.raises(InvalidToken, match="only the service role"):
-        JwtVerifier(settings).verify(forged)
-
-
-def test_a_user_token_signed_with_the_service_key_is_refused(settings: JwtSettings) -> None:
-    with pytest.raises(InvalidToken):
-        JwtVerifier(settings).verify(sign(settings, SERVICE_KID, ["customer"]))
-
-
-def test_service_tokens_are_cached_then_renewed(
-    settings: JwtSettings, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("roles", [["service"], ["gateway"], ["customer", "service"], ["admin", "gateway"]])
+def test_a_token_with_a_reserved_role_is_refused_even_from_the_user_key(
+    settings: JwtSettings, roles: list[str]
 ) -> None:
-    tokens = ServiceTokens(settings, "order", ttl_seconds=300)
-    first = tokens.metadata()
-    assert tokens.metadata() == first
-    later = time.time() + 250  # past two thirds of the token's life
-    monkeypatch.setattr(time, "time", lambda: later)
-    assert tokens.metadata() != first
+    """Only the transport proves a service (or the gateway) now: no token may claim to be one."""
+    with pytest.raises(InvalidToken, match="the mesh's own"):
+        JwtVerifier(settings).verify(sign(settings, roles))
 
 
-def test_a_caller_without_the_service_key_fails_at_start(settings: JwtSettings) -> None:
-    with pytest.raises(ConfigError, match="MESH_SERVICE_PRIVATE_KEY_FILE"):
-        ServiceTokens(JwtSettings(public_keys=settings.public_keys), "order")
+def test_the_old_service_key_ids_are_unknown_keys(settings: JwtSettings, tmp_path: Path) -> None:
+    private, _ = generate_keypair(tmp_path, "old-service")
+    for kid in ("mesh-service", "mesh-gateway"):
+        with pytest.raises(InvalidToken, match="unknown key id"):
+            JwtVerifier(settings).verify(sign(settings, ["service"], key=private.read_text(), kid=kid))
+
+
+def test_the_removed_key_variables_configure_nothing(tmp_path: Path) -> None:
+    """MESH_SERVICE_*/MESH_GATEWAY_* are gone: setting them adds no key a token could use."""
+    _, public = generate_keypair(tmp_path)
+    service_private, service_public = generate_keypair(tmp_path, "service")
+    settings = jwt_settings_from_env(
+        {
+            "MESH_JWT_PUBLIC_KEY_FILE": str(public),
+            "MESH_SERVICE_PUBLIC_KEY_FILE": str(service_public),
+            "MESH_GATEWAY_PUBLIC_KEY_FILE": str(service_public),
+        }
+    )
+    assert list(settings.public_keys) == ["user-1"]
+    token = sign(settings, ["customer"], key=service_private.read_text(), kid="mesh-service")
+    with pytest.raises(InvalidToken):
+        JwtVerifier(settings).verify(token)
 
 
 def test_none_algorithm_is_refused_in_configuration() -> None:

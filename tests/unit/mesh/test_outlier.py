@@ -12,7 +12,7 @@ from mesh.registry.base import ServiceInstance
 
 UNAVAILABLE = Outcome(grpc.StatusCode.UNAVAILABLE)
 REFUSED = Outcome(grpc.StatusCode.UNAVAILABLE, transport_failure=True)
-OK = Outcome.success()
+OK = Outcome(grpc.StatusCode.OK)
 
 
 class FakeClock:

@@ -109,34 +109,27 @@ def test_valid_file_loads_every_value(tmp_path: Path) -> None:
 
 def test_method_over_service_over_defaults(tmp_path: Path) -> None:
     settings = load_policy(write(tmp_path), {})
-    authorize = settings.policy_for("payment", AUTHORIZE)  # not listed: the service's
+    authorize = settings.service("payment").for_method(AUTHORIZE)  # not listed: the service's
     assert authorize.timeout == 2.0
     assert authorize.retry.max_attempts == 2
     assert authorize.retry.per_attempt_timeout == 0.5
     assert authorize.retry.backoff.initial == 0.05  # from defaults
-    capture = settings.policy_for("payment", CAPTURE)  # listed by bare name
+    capture = settings.service("payment").for_method(CAPTURE)  # listed by bare name
     assert (capture.timeout, capture.retry.max_attempts) == (10.0, 1)
     assert capture.retry.per_attempt_timeout == 0.5  # from the service
-    assert settings.policy_for("payment", "Capture") is capture
-    void = settings.policy_for("payment", VOID)  # listed by full path
+    assert settings.service("payment").for_method("Capture") is capture
+    void = settings.service("payment").for_method(VOID)  # listed by full path
     assert void.retry.retryable_codes == frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED"})
     assert void.retry.max_attempts == 2
-    unknown = settings.policy_for("shipping", "/shop.shipping.v1.ShippingService/Schedule")
+    unknown = settings.service("shipping").for_method("/shop.shipping.v1.ShippingService/Schedule")
     assert unknown == settings.defaults.call
     assert unknown.timeout == 5.0
-
-
-def test_valid_file_round_trips(tmp_path: Path) -> None:
-    settings = load_policy(write(tmp_path), {})
-    again = parse_policy(settings.to_dict(), {})
-    assert again == settings
-    assert again.policy_for("payment", CAPTURE) == settings.policy_for("payment", CAPTURE)
 
 
 def test_no_file_means_built_in_defaults() -> None:
     settings = load_policy(None, {})
     assert settings == PolicySettings()
-    assert settings.policy_for("any", "/a.B/C") == CallPolicy(None, RetryPolicy(max_attempts=1))
+    assert settings.service("any").for_method("/a.B/C") == CallPolicy(None, RetryPolicy(max_attempts=1))
     assert settings.service("any").breaker == BreakerConfig()
 
 
@@ -151,10 +144,10 @@ def test_env_overrides_win(tmp_path: Path) -> None:
         "UNRELATED": "x",
     }
     settings = policy_from_env(environ)
-    assert settings.policy_for("payment", AUTHORIZE).retry.max_attempts == 3
-    assert settings.policy_for("payment", CAPTURE).timeout == 12.5
-    assert settings.policy_for("payment", CAPTURE).retry.max_attempts == 1  # the file's method layer
-    assert settings.policy_for("user", "/x.Y/Z").retry.retryable_codes == {"UNAVAILABLE", "INTERNAL"}
+    assert settings.service("payment").for_method(AUTHORIZE).retry.max_attempts == 3
+    assert settings.service("payment").for_method(CAPTURE).timeout == 12.5
+    assert settings.service("payment").for_method(CAPTURE).retry.max_attempts == 1  # the file's method layer
+    assert settings.service("user").for_method("/x.Y/Z").retry.retryable_codes == {"UNAVAILABLE", "INTERNAL"}
     assert settings.service("shipping").breaker == BreakerConfig.consecutive(3, 15.0)
     assert settings.service("inventory").budget.ratio == 0.5
 
@@ -218,7 +211,7 @@ INVALID = [
     ("[services.a]\ntimeout = true", "services.a.timeout: must be a number, got True"),
     (
         "[services.a]\nretries = 2",
-        "services.a.retries: unknown key (expected one of: timeout, retry, breaker, budget, methods)",
+        "services.a.retries: unknown key (expected one of: timeout, idempotent, retry, breaker, budget, methods)",
     ),
     (
         "[defaults]\nmethods = {}",

@@ -13,7 +13,6 @@ from mesh.resilience.retry import (
     RetryPolicy,
     idempotent_level,
     pushback_seconds,
-    safe_to_retry,
     stream_retryable,
 )
 
@@ -111,10 +110,7 @@ def test_max_attempts_message() -> None:
         policy(max_attempts=9)
 
 
-def test_mutations_retried_only_when_idempotent_or_keyed() -> None:
-    assert not safe_to_retry(method_idempotent=False, has_idempotency_key=False)
-    assert safe_to_retry(method_idempotent=True, has_idempotency_key=False)
-    assert safe_to_retry(method_idempotent=False, has_idempotency_key=True)
+def test_only_idempotent_levels_mark_a_method_safe_to_repeat() -> None:
     assert idempotent_level("IDEMPOTENT")
     assert idempotent_level("NO_SIDE_EFFECTS")
     assert not idempotent_level("IDEMPOTENCY_UNKNOWN")

@@ -1,8 +1,9 @@
-"""Telemetry interceptors against an in-process grpc.aio server: spans, metrics and log lines.
+"""Telemetry against an in-process MeshServer: spans, metrics and log lines.
 
-Every call type is exercised through its own client interceptor class (grpc.aio applies a
-class that implements several call types to unary-unary only, grpc/grpc#31442), so a missing
-or mis-registered class shows up as a missing span or counter here.
+The server is a MeshServer with the server layers a service gets (its interceptor stack as
+built for production), the client a MeshChannel with the client observers a service gives its
+channels, so every call type shows both sides: a client span and its child server span,
+client and server counts.
 """
 
 from __future__ import annotations
@@ -20,25 +21,28 @@ import grpc
 import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
+from mesh.channel import MeshChannel, mesh_channel
+from mesh.config import ServerSettings
 from mesh.errors import ConfigError
-from mesh.interceptors.metrics_client import metrics_client_interceptors
-from mesh.interceptors.metrics_server import MetricsServerInterceptor
-from mesh.interceptors.rpc_log import RpcLogServerInterceptor
-from mesh.interceptors.tracing_client import tracing_client_interceptors
-from mesh.interceptors.tracing_server import TracingServerInterceptor
-from mesh.telemetry.client_metrics import ClientMetrics
-from mesh.telemetry.client_tracing import ClientTracing
-from mesh.telemetry.logs import JsonFormatter
-from mesh.telemetry.metrics import rpc_families
-from mesh.telemetry.setup import start_telemetry
-from mesh.telemetry.tracing import TracingSettings, tracing_settings_from_env
+from mesh.logs.server import RpcLogServerInterceptor
+from mesh.logs.setup import JsonFormatter
+from mesh.metrics.client import ClientMetrics
+from mesh.metrics.endpoint import MetricsEndpoint
+from mesh.metrics.families import rpc_families
+from mesh.metrics.resilience import ResilienceCollector
+from mesh.metrics.server import MetricsServerInterceptor
+from mesh.registry import StaticDiscovery
+from mesh.server import HostedService, MeshServer, ServerTelemetry
+from mesh.telemetry import start_telemetry
+from mesh.tracing.client import ClientTracing
+from mesh.tracing.server import TracingServerInterceptor
+from mesh.tracing.setup import TracingSettings, tracing_settings_from_env
 
 SERVICE = "test.Echo"
 
@@ -75,7 +79,7 @@ HANDLERS = {
 
 @dataclass
 class Rig:
-    channel: grpc.aio.Channel
+    channel: MeshChannel
     target: str
     spans: InMemorySpanExporter
     registry: CollectorRegistry
@@ -113,28 +117,30 @@ async def rig(rpc_logger: tuple[logging.Logger, io.StringIO]) -> AsyncIterator[R
     tracer = provider.get_tracer("test")
     registry = CollectorRegistry()
     logger, stream = rpc_logger
-    server = grpc.aio.server(
-        interceptors=[
-            TracingServerInterceptor(tracer),
-            MetricsServerInterceptor(rpc_families(registry, "server")),
-            RpcLogServerInterceptor(logger),
-        ]
+    layers = ServerTelemetry(
+        tracing=TracingServerInterceptor(tracer),
+        metrics=MetricsServerInterceptor(rpc_families(registry, "server")),
+        log=RpcLogServerInterceptor(logger),
     )
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, HANDLERS)])
-    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    interceptors = [
-        *tracing_client_interceptors(tracer),
-        *metrics_client_interceptors(rpc_families(registry, "client")),
-    ]
+
+    def register(server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, HANDLERS)])
+
+    server = MeshServer(ServerSettings("echo", 0), [HostedService(SERVICE, register)], telemetry=layers)
+    port = await server.start()
     target = f"127.0.0.1:{port}"
-    channel = grpc.aio.insecure_channel(target, interceptors=interceptors)
+    channel = mesh_channel(
+        "echo",
+        StaticDiscovery({"echo": [target]}),
+        balancer="round_robin",
+        outlier=None,
+        observers=[ClientTracing(tracer), ClientMetrics(rpc_families(registry, "client"))],
+    )
     try:
         yield Rig(channel, target, spans, registry, stream)
     finally:
         await channel.close()
-        await server.stop(None)
+        await server.stop(0)
         provider.shutdown()
 
 
@@ -274,13 +280,28 @@ def test_tracing_off_installs_no_tracing_interceptor_and_metrics_serve_over_http
     telemetry = start_telemetry(TracingSettings(), metrics_port=0)
     try:
         assert telemetry.provider is None
-        assert not any(isinstance(i, TracingServerInterceptor) for i in telemetry.server_interceptors)
+        assert telemetry.server.tracing is None
+        assert isinstance(telemetry.server.metrics, MetricsServerInterceptor)
+        assert isinstance(telemetry.server.log, RpcLogServerInterceptor)
+        assert isinstance(telemetry.endpoint, MetricsEndpoint)
         assert not any(isinstance(o, ClientTracing) for o in telemetry.client_observers)
         assert any(isinstance(o, ClientMetrics) for o in telemetry.client_observers)
+        assert any(isinstance(o, ResilienceCollector) for o in telemetry.client_observers)
         port = telemetry.meta["metrics_port"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             text = response.read().decode()
         assert "# TYPE grpc_server_handled_total counter" in text
         assert "# TYPE grpc_client_handling_seconds histogram" in text
+    finally:
+        telemetry.close()
+
+
+def test_tracing_on_gives_the_server_a_tracing_layer_and_rpc_logs_can_be_off() -> None:
+    telemetry = start_telemetry(TracingSettings(exporter="console"), metrics_port=None, rpc_logs=False)
+    try:
+        assert isinstance(telemetry.server.tracing, TracingServerInterceptor)
+        assert telemetry.server.log is None
+        assert any(isinstance(o, ClientTracing) for o in telemetry.client_observers)
+        assert telemetry.endpoint is None and telemetry.meta == {}
     finally:
         telemetry.close()

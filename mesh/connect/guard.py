@@ -1,0 +1,105 @@
+"""The server's gate under mTLS: a caller with a verified identity that intentions allow.
+
+The handshake has already required a client certificate chained to the current roots; this
+interceptor reads the caller's SPIFFE ID from the auth context, refuses one from another trust
+domain (UNAUTHENTICATED), and asks :class:`~mesh.connect.intentions.IntentionAuthorizer`
+whether that service may call this one: a denial is PERMISSION_DENIED naming both services and
+the reason. It runs inside the telemetry layers, so refused calls are counted and logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+from cryptography import x509
+
+from mesh.connect.intentions import IntentionAuthorizer
+from mesh.connect.peer import PEER_URI
+from mesh.connect.spiffe import SpiffeId
+from mesh.connect.workload import WorkloadIdentity
+from mesh.server.wrap import rewrap
+
+PEER_PEM = "x509_pem_cert"
+# grpc is untyped for mypy (follow_imports=skip): the servicer context is Any.
+Context = Any
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+Admit = Callable[[Context], Awaitable[None]]
+
+
+class IntentionGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped (Any) for mypy
+    """Admits a call only from an identity of this mesh that intentions allow."""
+
+    def __init__(self, identity: WorkloadIdentity, authorizer: IntentionAuthorizer) -> None:
+        self._identity = identity
+        self._authorizer = authorizer
+        self.target = authorizer.target
+
+    async def admit(self, context: Context) -> None:
+        """Return when the caller may call; abort the call otherwise."""
+        values = context.auth_context().get(PEER_URI)
+        uri = values[0].decode() if values else ""
+        known = self._authorizer.cached(uri)
+        if known is None:
+            try:
+                peer = SpiffeId.parse(uri)
+            except ValueError:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED, "the client certificate names no mesh service"
+                )
+            trust_domain = self._identity.bundle.trust_domain
+            if peer.trust_domain != trust_domain:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"the client certificate is from trust domain {peer.trust_domain!r}, not {trust_domain!r}",
+                )
+            known = await self._authorizer.check(uri, _serial(context))
+        if not known.allowed:
+            caller = uri.rsplit("/", 1)[-1]
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"service {caller!r} may not call {self.target!r}: {known.reason}",
+            )
+
+    async def intercept_service(
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        admit = self.admit
+        return rewrap(handler, lambda b: _unary(b, admit), lambda b: _streaming(b, admit))
+
+
+def _serial(context: Context) -> str:
+    """The client certificate's serial as Consul writes it (``3a:0f:…``); asked once per caller."""
+    pem = context.auth_context().get(PEER_PEM)
+    if not pem:
+        return ""
+    number = x509.load_pem_x509_certificate(pem[0]).serial_number
+    digits = f"{number:x}"
+    digits = digits if len(digits) % 2 == 0 else "0" + digits
+    return ":".join(digits[i : i + 2] for i in range(0, len(digits), 2))
+
+
+def _unary(behaviour: Callable[..., Any], admit: Admit) -> Callable[..., Awaitable[Any]]:
+    async def guarded(request: Any, context: Context) -> Any:
+        await admit(context)
+        return await behaviour(request, context)
+
+    return guarded
+
+
+def _streaming(behaviour: Callable[..., Any], admit: Admit) -> Callable[..., AsyncIterator[Any]]:
+    async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
+        await admit(context)
+        result = behaviour(request, context)
+        if hasattr(result, "__aiter__"):
+            async for item in result:
+                yield item
+        else:
+            await result
+
+    return guarded

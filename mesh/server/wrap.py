@@ -1,0 +1,133 @@
+"""Wrap a server method handler so a scope sees every call start and finish with its code.
+
+Every server interceptor of the stack :class:`~mesh.server.runtime.MeshServer` builds needs
+the same thing: run something before the handler, and afterwards know the status code the
+client will see. The deadline (:mod:`mesh.server.deadline`) sets its contextvar and resets
+it; tracing, metrics and RPC logs open a span, a timer, a log line and close them with the
+code. One wrapper per call type lives here once: a unary response is awaited, a response
+stream is iterated, and mixing the two in one wrapper breaks one of them. The handler's
+code is not returned: it is the code set by ``context.abort``/``set_code`` (read back with
+``context.code()``), ``CANCELLED`` when the task is cancelled, ``UNKNOWN`` for any other
+exception (what grpc.aio answers then), or ``OK``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+import grpc
+import grpc.aio
+
+from mesh.rpc import HEALTH_PREFIX, Rpc, RpcCache, call_type
+
+# grpc is untyped for mypy (follow_imports=skip): the servicer context is Any.
+Context = Any
+
+
+class Scope(Protocol):
+    """What a concern keeps for one call; ``done`` runs exactly once."""
+
+    def done(self, code: grpc.StatusCode) -> None: ...
+
+
+Start = Callable[[Rpc, Context], Scope]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+
+
+def status_of(context: Context, error: BaseException | None) -> grpc.StatusCode:
+    """The status code of a finished call (see the module docstring)."""
+    if error is None or isinstance(error, grpc.aio.AbortError):
+        code = context.code()
+        if isinstance(code, grpc.StatusCode):
+            return code
+        if isinstance(code, int):
+            return _BY_VALUE.get(code, grpc.StatusCode.UNKNOWN)
+        return grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
+
+
+_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+async def wrap_service(
+    continuation: Continuation,
+    details: grpc.HandlerCallDetails,
+    rpcs: RpcCache,
+    start: Start,
+    *,
+    skip_health: bool = False,
+) -> grpc.RpcMethodHandler | None:
+    """The handler ``continuation`` finds, wrapped so ``start`` scopes each call.
+
+    ``skip_health`` leaves ``grpc.health.v1`` unwrapped: Consul checks every instance every
+    second, and a span or a log line per check would drown the real calls.
+    """
+    handler = await continuation(details)
+    if handler is None or (skip_health and details.method.startswith(HEALTH_PREFIX)):
+        return handler
+    rpc = rpcs.get(details.method, call_type(handler.request_streaming, handler.response_streaming))
+    return rewrap(handler, lambda b: _unary(b, rpc, start), lambda b: _streaming(b, rpc, start))
+
+
+Behaviour = Callable[..., Any]
+
+
+def rewrap(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[[Behaviour], Behaviour],
+    streaming: Callable[[Behaviour], Behaviour],
+) -> grpc.RpcMethodHandler:
+    """``handler`` with its behaviour wrapped: by ``unary`` when it answers one response (an
+    awaitable), by ``streaming`` when it answers a stream (an async generator)."""
+    kinds = (
+        (handler.unary_unary, grpc.unary_unary_rpc_method_handler, unary),
+        (handler.stream_unary, grpc.stream_unary_rpc_method_handler, unary),
+        (handler.unary_stream, grpc.unary_stream_rpc_method_handler, streaming),
+        (handler.stream_stream, grpc.stream_stream_rpc_method_handler, streaming),
+    )
+    for behaviour, build, wrap in kinds:
+        if behaviour is not None:
+            return build(
+                wrap(behaviour),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+    return handler
+
+
+def _unary(behaviour: Callable[..., Any], rpc: Rpc, start: Start) -> Callable[..., Awaitable[Any]]:
+    async def wrapped(request: Any, context: Context) -> Any:
+        scope = start(rpc, context)
+        try:
+            response = await behaviour(request, context)
+        except BaseException as error:
+            scope.done(status_of(context, error))
+            raise
+        scope.done(status_of(context, None))
+        return response
+
+    return wrapped
+
+
+def _streaming(behaviour: Callable[..., Any], rpc: Rpc, start: Start) -> Callable[..., AsyncIterator[Any]]:
+    # A response-streaming handler is an async generator, or a coroutine that uses
+    # context.write(); both are served through this one async generator.
+    async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
+        scope = start(rpc, context)
+        try:
+            result = behaviour(request, context)
+            if hasattr(result, "__aiter__"):
+                async for item in result:
+                    yield item
+            else:
+                await result
+        except BaseException as error:
+            scope.done(status_of(context, error))
+            raise
+        scope.done(status_of(context, None))
+
+    return wrapped

@@ -1,0 +1,155 @@
+"""The server interceptor stack MeshServer builds: deadline -> tracing -> metrics -> log -> status.
+
+Pinned twice: by inspecting the list MeshServer hands grpc.aio, and by observing a call pass
+through recording layers put in each slot, since the order is what makes the telemetry right
+(the status layer innermost, so the others record the code the client gets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from mesh.config import ServerSettings
+from mesh.deadline import remaining
+from mesh.rpc import Rpc, RpcCache
+from mesh.server import HostedService, MeshServer, ServerTelemetry
+from mesh.server.deadline import DeadlineInterceptor
+from mesh.server.wrap import Context, Continuation, wrap_service
+
+SERVICE = "test.Stack"
+Events = list[tuple[str, object]]
+
+
+class Recording(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """A telemetry-like layer: records its start (with the deadline it sees) and the code it ends with."""
+
+    def __init__(self, name: str, events: Events) -> None:
+        self.name = name
+        self._events = events
+        self._rpcs = RpcCache()
+
+    def _start(self, rpc: Rpc, context: Context) -> Recording:
+        self._events.append((self.name, remaining() is not None))
+        return self
+
+    def done(self, code: grpc.StatusCode) -> None:
+        self._events.append((f"{self.name} done", code))
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        return await wrap_service(continuation, handler_call_details, self._rpcs, self._start)
+
+
+class LookupToNotFound(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """A status layer as an application writes one: a raised LookupError becomes NOT_FOUND."""
+
+    def __init__(self, events: Events) -> None:
+        self._events = events
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        behaviour: Callable[[bytes, Any], Awaitable[bytes]] = handler.unary_unary
+        events = self._events
+
+        async def mapped(request: bytes, context: Any) -> bytes:
+            events.append(("status", remaining() is not None))
+            try:
+                return await behaviour(request, context)
+            except LookupError as error:
+                await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+                raise
+
+        return grpc.unary_unary_rpc_method_handler(mapped)
+
+
+async def find(request: bytes, context: Any) -> bytes:
+    if request == b"missing":
+        raise LookupError("no such thing")
+    return request
+
+
+def register(server: grpc.aio.Server) -> None:
+    handlers = {"Find": grpc.unary_unary_rpc_method_handler(find)}
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
+
+
+def test_the_stack_is_deadline_tracing_metrics_log_status() -> None:
+    events: Events = []
+    tracing, metrics, log = (Recording(name, events) for name in ("tracing", "metrics", "log"))
+    status = LookupToNotFound(events)
+    server = MeshServer(
+        ServerSettings("stack", 0),
+        [],
+        telemetry=ServerTelemetry(tracing=tracing, metrics=metrics, log=log),
+        status=status,
+    )
+    deadline, *rest = server.interceptor_stack()
+    assert isinstance(deadline, DeadlineInterceptor)
+    assert rest == [tracing, metrics, log, status]
+
+
+def test_layers_that_are_off_leave_no_gap() -> None:
+    events: Events = []
+    metrics = Recording("metrics", events)
+    server = MeshServer(ServerSettings("stack", 0), [], telemetry=ServerTelemetry(metrics=metrics))
+    deadline, *rest = server.interceptor_stack()
+    assert isinstance(deadline, DeadlineInterceptor)
+    assert rest == [metrics]
+    assert [type(i) for i in MeshServer(ServerSettings("bare", 0), []).interceptor_stack()] == [
+        DeadlineInterceptor
+    ]
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[tuple[grpc.aio.Channel, Events]]:
+    events: Events = []
+    server = MeshServer(
+        ServerSettings("stack", 0),
+        [HostedService(SERVICE, register)],
+        telemetry=ServerTelemetry(*(Recording(name, events) for name in ("tracing", "metrics", "log"))),
+        status=LookupToNotFound(events),
+    )
+    port = await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield channel, events
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_a_call_passes_the_layers_in_order_under_its_deadline(
+    stack: tuple[grpc.aio.Channel, Events],
+) -> None:
+    channel, events = stack
+    assert await channel.unary_unary(f"/{SERVICE}/Find")(b"here", timeout=5) == b"here"
+    ok = grpc.StatusCode.OK
+    assert events == [
+        ("tracing", True),  # the deadline layer is outside every other one
+        ("metrics", True),
+        ("log", True),
+        ("status", True),
+        ("log done", ok),
+        ("metrics done", ok),
+        ("tracing done", ok),
+    ]
+
+
+async def test_telemetry_records_the_code_the_status_layer_gives(
+    stack: tuple[grpc.aio.Channel, Events],
+) -> None:
+    channel, events = stack
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await channel.unary_unary(f"/{SERVICE}/Find")(b"missing")
+    assert raised.value.code() is grpc.StatusCode.NOT_FOUND
+    ended = [(name, code) for name, code in events if name.endswith(" done")]
+    assert ended == [(f"{name} done", grpc.StatusCode.NOT_FOUND) for name in ("log", "metrics", "tracing")]
+    assert ("tracing", False) in events  # no deadline sent, none published
