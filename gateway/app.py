@@ -5,8 +5,10 @@
     -> render proto3 JSON, or stream NDJSON/SSE -> errors as google.rpc.Status JSON
 
 Everything a route needs (transcoder, renderer, invoker) is built once at start, so the hot
-path is lookups and the upstream call. Built-in endpoints (/healthz, /readyz, /metrics,
-/openapi.json, /docs) are answered before the router.
+path is lookups and the upstream call. Built-in endpoints (/healthz, /readyz, /openapi.json,
+/docs) are answered before the router. Metrics are not among them: they have their own
+listener (``GATEWAY_METRICS_PORT``, see ``__main__``), as every service's do, so the public
+API port does not publish them (``/metrics`` there is a plain 404).
 """
 
 from __future__ import annotations
@@ -19,13 +21,12 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
-from gateway.auth import AuthBackend, JwtAuth, require
+from gateway.auth import AuthBackend, ClientForwarder, JwtAuth, require
 from gateway.docs import DocsAssets
-from gateway.errors import GatewayError, http_status, status_from_rpc_error, status_json, www_authenticate
+from gateway.errors import GatewayError, retry_after, status_json, upstream_answer, www_authenticate
 from gateway.headers import PRINCIPAL_ROLES, PRINCIPAL_SUBJECT, Inbound, inbound, outbound, request_id_from
 from gateway.http import Request, Response, StreamResponse
 from gateway.limits import TokenBucketLimiter, too_many_requests
-from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import build_openapi
 from gateway.router import Entry, Router
@@ -97,6 +98,8 @@ class Gateway:
             [Entry(r.binding.http_method, r.binding.template, r, r.binding.describe()) for r in self.routes]
         )
         self.auth: AuthBackend = auth or JwtAuth(settings.jwt, settings.realm)
+        # Tells upstreams the client's address (believed from the gateway's mesh identity).
+        self.forwarder = ClientForwarder(settings.security.insecure)
         self.metrics = metrics or GatewayMetrics()
         limits = settings.limits
         self.limiter = (
@@ -107,10 +110,12 @@ class Gateway:
         self.upstreams = tuple(sorted({r.upstream for r in self.routes}))
         self.openapi = build_openapi(self.routes, settings)
         self.docs = DocsAssets()
+        # Set when the process starts stopping: /readyz then answers 503, so Consul's check
+        # and any load balancer stop sending new work while in-flight requests finish.
+        self.stopping = False
         self._builtins: dict[str, Builtin] = {
             "/healthz": self._healthz,
             "/readyz": self._readyz,
-            "/metrics": self._metrics,
             "/openapi.json": self._openapi,
         }
 
@@ -156,11 +161,20 @@ class Gateway:
             message = route.transcoder.build(values, request.query, request.body)
         except GatewayError as error:
             raise _with_request_id(error, head.request_id) from None
+        except Exception:
+            # The transcoder answers every input it can blame on the client with a 400 naming
+            # the field; anything else is our bug. Logged with its traceback, answered as a
+            # plain INTERNAL (the client learns nothing of the internals), counted as a 500.
+            log.exception("bug while transcoding a request for %s", route.binding.rpc)
+            raise _with_request_id(
+                GatewayError(grpc.StatusCode.INTERNAL, "internal gateway error"), head.request_id
+            ) from None
         metadata = head.metadata
         if head.authorization is not None and principal is not None:
             metadata.append(("authorization", head.authorization))
             metadata.append((PRINCIPAL_SUBJECT, principal.subject))
             metadata.append((PRINCIPAL_ROLES, ",".join(sorted(principal.roles))))
+        metadata.extend(self.forwarder.metadata(request.client))
         if route.binding.server_streaming:
             return await self._stream(route, message, head)
         try:
@@ -168,7 +182,7 @@ class Gateway:
             reply = await call
         except grpc.aio.AioRpcError as error:
             self.metrics.upstream(route.binding.rpc, error.code().name)
-            return self._rpc_error(error, head)
+            return self._rpc_error(error, route, head)
         except MeshError as error:
             self.metrics.upstream(route.binding.rpc, error.code.name)
             raise _with_request_id(GatewayError(error.code, str(error)), head.request_id) from None
@@ -182,27 +196,37 @@ class Gateway:
     async def _stream(self, route: Route, message: object, head: Inbound) -> Response | StreamResponse:
         timeout = head.timeout if head.timeout_given else self.settings.stream_timeout_seconds
         call = route.invoker.callable(message, timeout=timeout, metadata=head.metadata)
-        encoder = Encoder(route.renderer, wants_sse(head.accept))
+        encoder = Encoder(route.renderer, wants_sse(head.accept), route.upstream)
         try:
             response = await open_stream(call, encoder, [("x-request-id", head.request_id)])
         except grpc.aio.AioRpcError as error:
             self.metrics.upstream(route.binding.rpc, error.code().name)
-            return self._rpc_error(error, head)
+            return self._rpc_error(error, route, head)
         self.metrics.upstream(route.binding.rpc, "OK")
         return response
 
     # -- errors ----------------------------------------------------------------------------
 
-    def _rpc_error(self, error: grpc.aio.AioRpcError, head: Inbound) -> Response:
-        status = status_from_rpc_error(error)
-        code = error.code()
+    def _rpc_error(self, error: grpc.aio.AioRpcError, route: Route, head: Inbound) -> Response:
+        answer = upstream_answer(error, route.upstream)
+        if not answer.own and error.code() is not grpc.StatusCode.CANCELLED:
+            # The client gets the gateway's words; what grpc-core said is for operators.
+            log.warning(
+                "upstream %s failed in transport: %s %s",
+                route.binding.rpc,
+                error.code().name,
+                (error.details() or "")[:500],
+                extra={"request_id": head.request_id},
+            )
         headers = [("x-request-id", head.request_id)]
         headers += outbound(
             self.settings.response_metadata, error.initial_metadata(), error.trailing_metadata()
         )
-        if code == grpc.StatusCode.UNAUTHENTICATED:
+        if answer.own and answer.status.code == grpc.StatusCode.UNAUTHENTICATED.value[0]:
             headers.append(("www-authenticate", www_authenticate(self.settings.realm)))
-        return Response(http_status(code), status_json(status), headers=headers)
+        if answer.own and answer.status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]:
+            headers += retry_after(answer.status)
+        return Response(answer.http_status, status_json(answer.status), headers=headers)
 
     def _gateway_error(self, error: GatewayError, request: Request) -> Response:
         headers = list(error.headers)
@@ -236,19 +260,16 @@ class Gateway:
 
     async def _readyz(self, request: Request) -> Response:
         missing = [name for name in self.upstreams if self.factory.endpoint_count(name) < 1]
-        if missing or not self.routes:
-            error = GatewayError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"not ready: no endpoint known for {', '.join(missing)}"
-                if missing
-                else "not ready: no routes",
-                reason="NOT_READY",
-            )
+        if missing or not self.routes or self.stopping:
+            if self.stopping:
+                reason = "not ready: stopping"
+            elif missing:
+                reason = f"not ready: no endpoint known for {', '.join(missing)}"
+            else:
+                reason = "not ready: no routes"
+            error = GatewayError(grpc.StatusCode.UNAVAILABLE, reason, reason="NOT_READY")
             return Response(503, status_json(error.status()))
         return Response(200, b'{"status":"ready","routes":%d}' % len(self.routes))
-
-    async def _metrics(self, request: Request) -> Response:
-        return Response(200, self.metrics.render(), METRICS_CONTENT_TYPE)
 
     async def _openapi(self, request: Request) -> Response:
         return Response(200, self.openapi)

@@ -1,12 +1,18 @@
 """Authentication at the edge: ``AuthBackend.authenticate(headers) -> Principal | None``.
 
-The JWT backend reuses :class:`mesh.identity.JwtVerifier` (the same rules every service
-applies): algorithms come from the settings only, never from the token, and ``none`` is
-refused whatever its spelling; ``kid`` selects the key; ``jku``/``x5u``/``jwk`` are
-refused, never fetched; exp, iat, iss, aud and sub are required and nbf is honoured, with
-the gateway's small leeway. A verified token is cached by its exact text until it expires,
-so a busy client costs one signature check, not one per request; expiry is re-checked on
-every hit.
+The JWT backend is :class:`mesh.verifier.JwtVerifier`, the one verifier every service uses
+too: the same algorithms, keys, leeway (``MESH_JWT_LEEWAY_SECONDS``), maximum lifetime and
+refusal of the mesh's reserved roles, so a token is valid at the edge exactly when it is valid
+behind it. Only end users' tokens exist: a token claiming the ``service`` or ``gateway`` role
+is refused whatever key signed it (services and the gateway are proved by their mesh identity,
+never by a token). A verified token is cached by its exact text until it expires, so a busy
+client costs one signature check, not one per request; validity is re-checked on every hit by
+the verifier itself (``still_valid``).
+
+:class:`ClientForwarder` is the other direction: the gateway tells upstream services who the
+client is (its TCP peer address); services believe it because the call comes from the
+gateway's mesh identity, so the user service can throttle logins per client and not per
+gateway.
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ from collections.abc import Callable
 from typing import Protocol
 
 import grpc
-import jwt
 
 from gateway.errors import GatewayError, www_authenticate
-from mesh.identity import InvalidToken, JwtSettings, JwtVerifier, Principal
+from mesh.connect.peer import peer_metadata
+from mesh.identity import FORWARDED_CLIENT, InvalidToken, JwtSettings, Principal
+from mesh.verifier import JwtVerifier, VerifiedToken
 
 # RFC 6750 b64token: what a bearer credential may contain at all.
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *")
@@ -57,12 +64,10 @@ class JwtAuth:
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._verifier = JwtVerifier(settings)
-        self._leeway = settings.leeway_seconds
+        self._verifier = JwtVerifier(settings, clock)
         self._realm = realm
-        self._cache: OrderedDict[str, tuple[Principal, float, float]] = OrderedDict()
+        self._cache: OrderedDict[str, VerifiedToken] = OrderedDict()
         self._cache_size = cache_size
-        self._clock = clock
 
     def authenticate(self, authorization: str | None) -> Principal | None:
         if authorization is None:
@@ -71,28 +76,41 @@ class JwtAuth:
         if match is None:
             raise unauthenticated(self._realm, "authorization must be 'Bearer <token>'", True)
         token = match.group(1)
-        now = self._clock()
         cached = self._cache.get(token)
         if cached is not None:
-            principal, not_before, expires = cached
-            if not_before - self._leeway <= now < expires + self._leeway:
-                return principal
-            del self._cache[token]
-            raise unauthenticated(self._realm, "token expired", True)
+            try:
+                self._verifier.still_valid(cached)
+            except InvalidToken as error:
+                del self._cache[token]
+                raise unauthenticated(self._realm, str(error), True) from None
+            return cached.principal
         try:
-            principal = self._verifier.verify(token)
-            claims = jwt.decode(token, options={"verify_signature": False})
-        except InvalidToken as error:
+            verified = self._verifier.check(token)
+        except InvalidToken as error:  # a reserved role (service, gateway) included
             raise unauthenticated(self._realm, f"invalid token: {error}", True) from None
-        except jwt.PyJWTError:
-            raise unauthenticated(self._realm, "invalid token", True) from None
-        if principal.is_service:
-            raise unauthenticated(self._realm, "service tokens are not accepted at the edge", True)
-        not_before = float(claims.get("nbf", claims.get("iat", 0)))
-        self._cache[token] = (principal, not_before, float(claims["exp"]))
+        self._cache[token] = verified
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return principal
+        return verified.principal
+
+
+class ClientForwarder:
+    """Metadata on every upstream call: who the client is, and (in plaintext mode) who calls.
+
+    ``x-forwarded-client`` is the client's address as the gateway's TCP peer, never a header
+    the client wrote: the gateway is the edge. Services believe it only from the gateway's
+    mesh identity (services/common/auth.py): its mTLS certificate, which says so by itself, or
+    in the loud plaintext debugging mode (``MESH_INSECURE=1``) the ``x-mesh-peer: gateway``
+    claim added here. So a direct gRPC caller cannot pretend to be many clients. Both keys are
+    reserved: a client cannot send them through ``Grpc-Metadata-*`` (gateway/headers.py).
+    """
+
+    def __init__(self, insecure: bool) -> None:
+        self._identity = list(peer_metadata("gateway", insecure))
+
+    def metadata(self, client: str) -> list[tuple[str, str | bytes]]:
+        forwarded: list[tuple[str, str | bytes]] = [(FORWARDED_CLIENT, client)] if client else []
+        return forwarded + self._identity
 
 
 def require(principal: Principal | None, realm: str) -> Principal:

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gateway.errors import bad_request
+from mesh.connect.peer import PEER_HEADER
+from mesh.identity import FORWARDED_CLIENT
 
 METADATA_PREFIX = "grpc-metadata-"
 REQUEST_ID = "x-request-id"
@@ -31,6 +33,8 @@ RESERVED_KEYS = frozenset(
         "authorization",
         PRINCIPAL_SUBJECT,
         PRINCIPAL_ROLES,
+        FORWARDED_CLIENT,  # the client's address is the gateway's word, never the client's
+        PEER_HEADER,  # plaintext mode: the calling service's claim, the gateway's alone
         REQUEST_ID,
         TRACEPARENT,
         TRACESTATE,

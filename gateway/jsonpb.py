@@ -142,7 +142,7 @@ def _map(value: Any, message: Message, field: FieldDescriptor, path: str, depth:
                 raise JsonError(where, "map key must be true or false")
             key: Any = raw_key == "true"
         elif key_field.type == FieldDescriptor.TYPE_STRING:
-            key = raw_key
+            key = text(raw_key, where)
         else:
             key = scalar(raw_key, key_field, where)
         if item is None:
@@ -153,12 +153,28 @@ def _map(value: Any, message: Message, field: FieldDescriptor, path: str, depth:
             container[key] = scalar(item, value_field, where)
 
 
+def text(value: str, path: str) -> str:
+    """``value`` when it is Unicode text; JsonError for a lone surrogate.
+
+    JSON lets ``"\\ud800"`` through as an escape, Python decodes it to a lone surrogate, and
+    protobuf (which stores UTF-8) then raises UnicodeEncodeError on assignment: the client's
+    bad input, so it must be a 400 here rather than an unexpected error later. ASCII, the
+    common case, is checked in one pass without encoding.
+    """
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise JsonError(path, "is not Unicode text (it holds a lone surrogate escape)") from None
+    return value
+
+
 def scalar(value: Any, field: FieldDescriptor, path: str) -> Any:
     kind = field.type
     if kind == FieldDescriptor.TYPE_STRING:
         if not isinstance(value, str):
             raise JsonError(path, "expected a string")
-        return value
+        return text(value, path)
     if kind in INT_RANGES:
         return _integer(value, kind, path)
     if kind == FieldDescriptor.TYPE_BOOL:
@@ -221,7 +237,8 @@ def _enum(value: Any, field: FieldDescriptor, path: str) -> int:
     enum = field.enum_type
     assert enum is not None
     if isinstance(value, str):
-        known = enum.values_by_name.get(value)
+        # Enum names are ASCII identifiers; upb's lookup raises SystemError on a lone surrogate.
+        known = enum.values_by_name.get(value) if value.isascii() else None
         if known is None:
             raise JsonError(path, f"unknown {enum.name} value")
         return int(known.number)

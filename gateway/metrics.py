@@ -44,6 +44,16 @@ class GatewayMetrics:
             "gateway_rate_limited", "Requests refused by the rate limiter.", registry=self.registry
         )
         self.in_flight = Gauge("gateway_in_flight_requests", "Requests being served.", registry=self.registry)
+        self.open_connections = Gauge(
+            "gateway_open_connections", "Client connections open now.", registry=self.registry
+        )
+        self._connections_closed = Counter(
+            "gateway_connections_closed",
+            "Connections the gateway closed to protect itself, by reason "
+            "(header_timeout, over_capacity, reclaimed_idle).",
+            ["reason"],
+            registry=self.registry,
+        )
         self._request_children: dict[tuple[str, str, int], Counter] = {}
         self._latency_children: dict[str, Histogram] = {}
         self._upstream_children: dict[tuple[str, str], Counter] = {}
@@ -65,6 +75,10 @@ class GatewayMetrics:
         if child is None:
             child = self._upstream_children[key] = self._upstream.labels(rpc, code)
         child.inc()
+
+    def connection_closed(self, reason: str) -> None:
+        """Count a connection the HTTP server closed for ``reason`` (its ``on_close`` hook)."""
+        self._connections_closed.labels(reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,8 +17,6 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescript
 
 from gateway.template import PathTemplate, TemplateError, parse_template
 
-_PATTERNS = ("get", "put", "post", "delete", "patch")
-
 
 class RuleError(ValueError):
     """An http rule that cannot be served; the message names the method and the problem."""

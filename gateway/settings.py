@@ -4,6 +4,17 @@ Every limit the gateway enforces lives here, validated when built, so a typo in 
 fails the start (``ConfigError`` naming the variable) instead of surfacing as odd behaviour.
 
     GATEWAY_HOST / GATEWAY_PORT                listen address (127.0.0.1:8080)
+    GATEWAY_TLS_CERT_FILE / GATEWAY_TLS_KEY_FILE   HTTPS on that listener from these PEM files
+                                                (both or neither; HTTP when neither is set)
+    GATEWAY_METRICS_PORT                        /metrics listener on GATEWAY_HOST (0: a free port,
+                                                published in Consul meta as metrics_port)
+    GATEWAY_ADVERTISE_HOST                      address registered in Consul (default GATEWAY_HOST)
+    CONSUL_HTTP_ADDR                            Consul agent: upstreams from its catalog, and the
+                                                gateway registers itself as service "gateway"
+    GATEWAY_HEADER_TIMEOUT_SECONDS              a request head must arrive within this (10 s), 408
+    GATEWAY_MAX_CONNECTIONS                     open connections at most (1024); past it idle
+                                                ones are reclaimed, else 503
+    GATEWAY_KEEPALIVE_SECONDS / _GRACE_SECONDS  idle keep-alive close (75 s); drain on stop (10 s)
     GATEWAY_UPSTREAM_<SERVICE>=host:port        upstream of each shop service (default ports)
     GATEWAY_PUBLIC_METHODS                      RPCs served without a token (full names, comma-separated)
     GATEWAY_DEFAULT_TIMEOUT_SECONDS             deadline when the client sends no Grpc-Timeout
@@ -12,23 +23,37 @@ fails the start (``ConfigError`` naming the variable) instead of surfacing as od
     GATEWAY_MAX_BODY_BYTES / _MAX_JSON_DEPTH / _MAX_HEADER_BYTES / _MAX_PAGE_SIZE
     GATEWAY_RATE_LIMIT_PER_SECOND / _RATE_LIMIT_BURST   per-principal token bucket (0 disables)
     GATEWAY_RESPONSE_METADATA                   upstream metadata keys returned as headers
-    GATEWAY_JWT_LEEWAY_SECONDS                  clock leeway for exp/nbf/iat (0.5 s)
     MESH_JWT_PUBLIC_KEY_FILE, MESH_JWT_KID, MESH_JWT_ISSUER, MESH_JWT_AUDIENCE,
-    MESH_JWT_ALGORITHMS                         how tokens are verified (shared with the services)
-    MESH_POLICY_FILE, MESH_POLICY__*            upstream timeouts, retries, breakers (the README)
+    MESH_JWT_ALGORITHMS, MESH_JWT_LEEWAY_SECONDS,
+    MESH_JWT_MAX_LIFETIME_SECONDS               how tokens are verified: the same rules and the
+                                                same leeway as the services (mesh/verifier.py)
+    MESH_INSECURE, CONSUL_HTTP_TOKEN(_FILE)     the gateway's mesh identity (mesh/connect/settings.py):
+                                                services believe the client address it forwards
+                                                (login throttling per client) from that identity
+    MESH_POLICY_FILE, MESH_POLICY__*            upstream timeouts, retries, breakers (the README),
+                                                over the gateway's built-in read policy below
+
+Built-in read policy: every unary method bound to an HTTP GET rule is a read, safe to repeat,
+so it gets ``idempotent = true`` and :data:`READ_RETRY` (1 s per attempt, 3 attempts,
+UNAVAILABLE and DEADLINE_EXCEEDED retried): a hung upstream instance costs a read one short
+attempt, not its whole deadline. Any key the operator's policy file or ``MESH_POLICY__*``
+sets, at any layer, wins over it (``[defaults.retry] max_attempts = 1`` turns it off).
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gateway.rules import RuleError, bindings_of_files, load_files, upstream_of
 from mesh.config import env_float, env_int, env_list, env_str
+from mesh.connect.settings import SecuritySettings, security_settings_from_env
 from mesh.errors import ConfigError
 from mesh.identity import JwtSettings, jwt_settings_from_env
 from mesh.resilience import PolicySettings, policy_from_env
-from mesh.telemetry.tracing import TracingSettings, tracing_settings_from_env
+from mesh.tracing.setup import TracingSettings, tracing_settings_from_env
 
 DEFAULT_UPSTREAMS: Mapping[str, str] = {
     "user": "127.0.0.1:50051",
@@ -47,6 +72,13 @@ DEFAULT_PROTO_MODULES = (
     "shop.shipping.v1.shipping_pb2",
 )
 
+# What a read behind a GET route gets unless the operator's policy says otherwise.
+READ_RETRY: Mapping[str, Any] = {
+    "max_attempts": 3,
+    "per_attempt_timeout": 1.0,
+    "retryable_codes": ["UNAVAILABLE", "DEADLINE_EXCEEDED"],
+}
+
 # Register, log in, and read the catalog: everything else needs a bearer token.
 DEFAULT_PUBLIC_METHODS = (
     "shop.user.v1.UserService.CreateUser",
@@ -54,9 +86,6 @@ DEFAULT_PUBLIC_METHODS = (
     "shop.inventory.v1.InventoryService.ListProducts",
     "shop.inventory.v1.InventoryService.GetProduct",
 )
-
-
-_SERVICE_KEY_FIELDS = ("service_public_key_pem", "service_private_key_pem")
 
 
 @dataclass(frozen=True)
@@ -102,6 +131,16 @@ class GatewaySettings:
     response_metadata: frozenset[str] = frozenset()
     keepalive_seconds: float = 75.0
     grace_seconds: float = 10.0
+    # A request head (request line and headers) must be complete this long after its first
+    # byte; a connection that starts no request in this time is closed (slow clients).
+    header_timeout_seconds: float = 10.0
+    # Open connections at most; past it the longest-idle one is reclaimed, else 503.
+    max_connections: int = 1024
+    # /metrics on its own listener, bound to ``host`` as the services bind theirs; 0 binds a
+    # free port, published in the Consul registration as meta ``metrics_port``.
+    metrics_port: int = 0
+    # The address registered in Consul (and checked by it); ``host`` unless told otherwise.
+    advertise_host: str = ""
     realm: str = "tsunagu"
     log_level: str = "INFO"
     # Consul's HTTP address: upstream endpoints come from its catalog; empty means the static
@@ -111,10 +150,34 @@ class GatewaySettings:
     policy: PolicySettings = field(default_factory=PolicySettings)
     # Spans of upstream calls (OTEL_* as every service reads them); off unless configured.
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    # The gateway's mesh identity: mTLS from Consul Connect, or the loud MESH_INSECURE=1 switch.
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    # HTTPS at the edge: PEM certificate (chain) and private key files; both empty means HTTP.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
     def __post_init__(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            missing = "GATEWAY_TLS_KEY_FILE" if self.tls_cert_file else "GATEWAY_TLS_CERT_FILE"
+            raise ConfigError(
+                f"{missing} must be set too: HTTPS needs both GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE"
+            )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"GATEWAY_PORT must be within 0..65535, got {self.port}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"GATEWAY_METRICS_PORT must be within 0..65535, got {self.metrics_port}")
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ConfigError("GATEWAY_METRICS_PORT must differ from GATEWAY_PORT")
+        for name in ("keepalive_seconds", "header_timeout_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"GATEWAY_{name.upper()} must be > 0")
+        if self.max_connections < 1:
+            raise ConfigError(f"GATEWAY_MAX_CONNECTIONS must be >= 1, got {self.max_connections}")
+        if self.consul_address and self.address in ("0.0.0.0", "::", ""):
+            raise ConfigError(
+                "GATEWAY_ADVERTISE_HOST must name this host's address when GATEWAY_HOST is a "
+                "wildcard and CONSUL_HTTP_ADDR is set (Consul would publish an unreachable address)"
+            )
         for target in self.upstreams.values():
             host, _, port = target.rpartition(":")
             if not host or not port.isdigit():
@@ -124,11 +187,73 @@ class GatewaySettings:
                 raise ConfigError(f"GATEWAY_{name.upper()} must be > 0")
         if self.default_timeout_seconds > self.max_timeout_seconds:
             raise ConfigError("GATEWAY_DEFAULT_TIMEOUT_SECONDS must not exceed GATEWAY_MAX_TIMEOUT_SECONDS")
-        if self.jwt.leeway_seconds < 0 or self.jwt.leeway_seconds > 60:
-            raise ConfigError("GATEWAY_JWT_LEEWAY_SECONDS must be within 0..60")
         for key in self.response_metadata:
             if key != key.lower() or key.startswith("grpc-") or key == "authorization":
                 raise ConfigError(f"GATEWAY_RESPONSE_METADATA: {key!r} is not a returnable key")
+
+    @property
+    def address(self) -> str:
+        """The host other processes (Consul's check, Prometheus) should dial."""
+        return self.advertise_host or self.host
+
+    @property
+    def https(self) -> bool:
+        return bool(self.tls_cert_file)
+
+
+def edge_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """The server-side TLS context of the HTTPS listener (TLS 1.2 or later, HTTP/1.1 by ALPN).
+
+    ConfigError naming the variable whose file is missing, unreadable or not PEM of its kind,
+    or naming both when the key is not the certificate's.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    cert_pem = _read_pem("GATEWAY_TLS_CERT_FILE", cert_file)
+    key_pem = _read_pem("GATEWAY_TLS_KEY_FILE", key_file)
+    try:
+        x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise ConfigError(f"GATEWAY_TLS_CERT_FILE: {cert_file} holds no PEM certificate") from None
+    try:
+        load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(f"GATEWAY_TLS_KEY_FILE: {key_file} holds no unencrypted PEM private key") from None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except ssl.SSLError as error:
+        raise ConfigError(
+            f"GATEWAY_TLS_KEY_FILE does not match GATEWAY_TLS_CERT_FILE ({key_file}, {cert_file}): "
+            f"{error.reason or error}"
+        ) from None
+    return context
+
+
+def _read_pem(variable: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as error:
+        raise ConfigError(f"{variable}: cannot read {path}: {error.strerror}") from None
+
+
+def read_policy(proto_modules: tuple[str, ...]) -> dict[str, Any]:
+    """The built-in policy tree: each unary method bound to an HTTP GET rule, by full path,
+    is ``idempotent`` with :data:`READ_RETRY` (a server stream keeps the time left)."""
+    try:
+        bindings = list(bindings_of_files(load_files(proto_modules)))
+    except RuleError as error:
+        raise ConfigError(str(error)) from None
+    services: dict[str, dict[str, Any]] = {}
+    for binding in bindings:
+        if binding.http_method == "GET" and not binding.server_streaming:
+            methods = services.setdefault(upstream_of(binding), {"methods": {}})["methods"]
+            methods[binding.grpc_path] = {"idempotent": True, "retry": dict(READ_RETRY)}
+    return {"services": services}
 
 
 def settings_from_env(environ: Mapping[str, str]) -> GatewaySettings:
@@ -139,15 +264,10 @@ def settings_from_env(environ: Mapping[str, str]) -> GatewaySettings:
     }
     jwt = jwt_settings_from_env(environ)
     algorithms = env_list(environ, "MESH_JWT_ALGORITHMS") or jwt.algorithms
-    jwt = replace(
-        jwt,
-        algorithms=algorithms,
-        private_key_pem="",  # the gateway verifies; it never signs
-        leeway_seconds=env_float(environ, "GATEWAY_JWT_LEEWAY_SECONDS", 0.5),
-    )
-    # Service-to-service tokens are for calls inside the mesh: the edge never accepts one.
-    blank: dict[str, Any] = {name: "" for name in _SERVICE_KEY_FIELDS if hasattr(jwt, name)}
-    jwt = replace(jwt, **blank)
+    if "GATEWAY_JWT_LEEWAY_SECONDS" in environ:
+        # One leeway for the edge and the services, or a token valid at one is refused by the other.
+        raise ConfigError("GATEWAY_JWT_LEEWAY_SECONDS is gone: set MESH_JWT_LEEWAY_SECONDS (shared)")
+    jwt = replace(jwt, algorithms=algorithms, private_key_pem="")  # no user tokens signed here
     limits = Limits(
         max_body_bytes=env_int(environ, "GATEWAY_MAX_BODY_BYTES", Limits.max_body_bytes),
         max_json_depth=env_int(environ, "GATEWAY_MAX_JSON_DEPTH", Limits.max_json_depth),
@@ -156,11 +276,12 @@ def settings_from_env(environ: Mapping[str, str]) -> GatewaySettings:
         rate_per_second=env_float(environ, "GATEWAY_RATE_LIMIT_PER_SECOND", Limits.rate_per_second),
         rate_burst=env_int(environ, "GATEWAY_RATE_LIMIT_BURST", Limits.rate_burst),
     )
+    proto_modules = env_list(environ, "GATEWAY_PROTO_MODULES") or DEFAULT_PROTO_MODULES
     return GatewaySettings(
         host=env_str(environ, "GATEWAY_HOST", "127.0.0.1"),
         port=env_int(environ, "GATEWAY_PORT", 8080),
         upstreams=upstreams,
-        proto_modules=env_list(environ, "GATEWAY_PROTO_MODULES") or DEFAULT_PROTO_MODULES,
+        proto_modules=proto_modules,
         public_methods=frozenset(env_list(environ, "GATEWAY_PUBLIC_METHODS") or DEFAULT_PUBLIC_METHODS),
         jwt=jwt,
         limits=limits,
@@ -169,9 +290,16 @@ def settings_from_env(environ: Mapping[str, str]) -> GatewaySettings:
         stream_timeout_seconds=env_float(environ, "GATEWAY_STREAM_TIMEOUT_SECONDS", 300.0),
         response_metadata=frozenset(k.lower() for k in env_list(environ, "GATEWAY_RESPONSE_METADATA")),
         consul_address=env_str(environ, "CONSUL_HTTP_ADDR", ""),
-        policy=policy_from_env(environ),
+        policy=policy_from_env(environ, builtin=read_policy(proto_modules)),
         tracing=tracing_settings_from_env(environ, "gateway"),
         keepalive_seconds=env_float(environ, "GATEWAY_KEEPALIVE_SECONDS", 75.0),
         grace_seconds=env_float(environ, "GATEWAY_GRACE_SECONDS", 10.0),
+        header_timeout_seconds=env_float(environ, "GATEWAY_HEADER_TIMEOUT_SECONDS", 10.0),
+        max_connections=env_int(environ, "GATEWAY_MAX_CONNECTIONS", 1024),
+        metrics_port=env_int(environ, "GATEWAY_METRICS_PORT", 0),
+        advertise_host=env_str(environ, "GATEWAY_ADVERTISE_HOST", ""),
         log_level=env_str(environ, "GATEWAY_LOG_LEVEL", env_str(environ, "MESH_LOG_LEVEL", "INFO")),
+        security=security_settings_from_env(environ),
+        tls_cert_file=env_str(environ, "GATEWAY_TLS_CERT_FILE", ""),
+        tls_key_file=env_str(environ, "GATEWAY_TLS_KEY_FILE", ""),
     )

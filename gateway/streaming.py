@@ -18,7 +18,7 @@ import grpc
 import grpc.aio
 from google.protobuf.message import Message
 
-from gateway.errors import status_from_rpc_error, status_json
+from gateway.errors import status_json, upstream_answer
 from gateway.http import StreamResponse, media_types
 from gateway.transcode import ResponseRenderer
 
@@ -32,9 +32,10 @@ def wants_sse(accept: str | None) -> bool:
 
 
 class Encoder:
-    def __init__(self, renderer: ResponseRenderer, sse: bool) -> None:
+    def __init__(self, renderer: ResponseRenderer, sse: bool, upstream: str) -> None:
         self._renderer = renderer
         self.sse = sse
+        self.upstream = upstream  # named in a transport failure's status, never grpc-core's text
         self.content_type = EVENT_STREAM if sse else NDJSON
 
     def message(self, message: Message) -> bytes:
@@ -44,7 +45,7 @@ class Encoder:
         return _dumps({"result": value}) + b"\n"
 
     def error(self, error: grpc.aio.AioRpcError) -> bytes:
-        body = status_json(status_from_rpc_error(error))
+        body = status_json(upstream_answer(error, self.upstream).status)
         if self.sse:
             return b"event: error\ndata: " + body + b"\n\n"
         return b'{"error":' + body + b"}\n"

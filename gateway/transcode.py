@@ -3,7 +3,9 @@
 A request message is built in the order the http.proto spec gives: the body (``*`` fills
 the message, a field name fills that field), then the path variables (they win over the
 body), then the query parameters for fields bound by neither. JSON is parsed strictly:
-unknown fields, bare NaN, wrong types, too deep nesting are all 400, never a crash.
+unknown fields, bare NaN, wrong types, too deep nesting, text that is not Unicode are all
+400 naming the field, never a crash. Anything else raised here is a gateway bug, not the
+client's bad input: the gateway logs it and answers 500 (it is never relabelled as a 400).
 Responses are rendered as canonical proto3 JSON (lowerCamel names, int64 as strings, enums
 by name) with every field present, so clients see a stable shape.
 """
@@ -14,7 +16,6 @@ import json
 from typing import Any
 from urllib.parse import parse_qsl
 
-import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -46,7 +47,9 @@ def load_json(body: bytes, max_depth: int) -> Any:
         value = json.loads(body, parse_constant=_reject_constant)
     except RecursionError:
         raise _too_deep(max_depth) from None
-    except ValueError as error:  # includes JSONDecodeError and UnicodeDecodeError
+    except UnicodeDecodeError:  # a ValueError too; its text is Python's codec message
+        raise bad_request("the body is not valid UTF-8", "body") from None
+    except ValueError as error:  # JSONDecodeError: says where the JSON breaks
         raise bad_request(f"the body is not valid JSON: {error}", "body") from None
     stack = [(value, 1)]
     while stack:
@@ -125,7 +128,9 @@ class RequestTranscoder:
             raise FieldValueError("query", "this method takes every field from the body, not the query")
         try:
             pairs = parse_qsl(query, keep_blank_values=True, errors="strict", max_num_fields=MAX_QUERY_FIELDS)
-        except (ValueError, UnicodeDecodeError) as error:
+        except UnicodeDecodeError:  # not Python's codec message: the client needs the rule
+            raise FieldValueError("query", "the query string is not valid percent-encoded UTF-8") from None
+        except ValueError as error:
             raise FieldValueError("query", f"malformed query string: {error}") from None
         grouped: dict[str, list[str]] = {}
         for key, value in pairs:
@@ -158,8 +163,3 @@ class ResponseRenderer:
 
     def render(self, message: Message) -> bytes:
         return json.dumps(self.to_json_value(message), ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def request_error(error: Exception) -> GatewayError:
-    """An unexpected failure while building a request is still the client's 400, never a 500."""
-    return GatewayError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {error}")

@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 from gateway.rules import Binding
 from mesh.channel import MeshChannel, mesh_channel
+from mesh.connect.workload import WorkloadIdentity
 from mesh.observer import CallObserver
 from mesh.registry import Discovery
 from mesh.resilience import PolicySettings
@@ -99,8 +100,10 @@ class MeshChannelFactory:
 
     This is what the gateway runs with: endpoints come from the registry, each call picks one
     (P2C with outlier ejection) and a call refused before reaching a server fails over.
-    ``observers`` (:func:`mesh.telemetry.setup.client_observers`) give the upstream calls
-    ``grpc_client_*`` and ``mesh_*`` metrics and, with tracing on, client spans.
+    ``observers`` (:func:`mesh.telemetry.client_observers`) give the upstream calls
+    ``grpc_client_*`` and ``mesh_*`` metrics and, with tracing on, client spans. With
+    ``identity`` (the gateway's own, :mod:`mesh.connect`) every upstream call is mTLS: the
+    gateway is a mesh identity like any service, and intentions decide what it may call.
     """
 
     def __init__(
@@ -108,10 +111,12 @@ class MeshChannelFactory:
         discovery: Discovery,
         policy: PolicySettings | None = None,
         observers: Sequence[CallObserver] = (),
+        identity: WorkloadIdentity | None = None,
     ) -> None:
         self._discovery = discovery
         self._policy = policy
         self._observers = tuple(observers)
+        self._identity = identity
         self._channels: dict[str, MeshChannel] = {}
 
     def channel(self, service: str) -> Channel:
@@ -124,7 +129,11 @@ class MeshChannelFactory:
         channel = self._channels.get(service)
         if channel is None:
             channel = self._channels[service] = mesh_channel(
-                service, self._discovery, policy=self._policy, observers=self._observers
+                service,
+                self._discovery,
+                policy=self._policy,
+                observers=self._observers,
+                identity=self._identity,
             )
             channel.start()
         return channel

@@ -74,7 +74,9 @@ FORGED: dict[str, Callable[[KeyPair], str]] = {
     "HS256 signed with the public key": hs256_with_public_key,
     "unknown kid": lambda k: signed(k, claims(), kid="someone-else"),
     "no kid": lambda k: jwt.encode(claims(), k.private.read_text(), algorithm="EdDSA"),
-    "expired by 1 s": lambda k: signed(k, claims(iat=now_plus(-120), exp=now_plus(-1))),
+    "expired 10 s ago (past the 5 s leeway)": lambda k: signed(
+        k, claims(iat=now_plus(-120), exp=now_plus(-10))
+    ),
     "nbf in the future": lambda k: signed(k, claims(nbf=now_plus(60))),
     "iat in the future": lambda k: signed(k, claims(iat=now_plus(300))),
     "wrong aud": lambda k: signed(k, claims(aud="someone-else")),
@@ -90,7 +92,8 @@ FORGED: dict[str, Callable[[KeyPair], str]] = {
     "x5u header": lambda k: signed(k, claims(), x5u="http://127.0.0.1:1/cert.pem"),
     "embedded jwk": lambda k: signed(k, claims(), jwk={"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}),
     "two segments": lambda k: ".".join(signed(k, claims()).split(".")[:2]),
-    "service token at the edge": lambda k: k.service_token(),
+    "service role claimed at the edge": lambda k: k.token("service:order", ("service",)),
+    "gateway role claimed at the edge": lambda k: k.token("service:gateway", ("gateway",)),
     "roles not a list": lambda k: signed(k, claims(roles="admin")),
 }
 

@@ -1,10 +1,10 @@
-"""Edge authentication: forged tokens, a cache that re-checks expiry, role and key rules."""
+"""Edge authentication: forged tokens, a cache that re-checks expiry, reserved roles, the forwarder."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.auth import JwtAuth, require
+from gateway.auth import ClientForwarder, JwtAuth, require
 from gateway.errors import GatewayError
 from mesh.identity import JwtSettings
 from tests.support.tokens import KID, KeyPair
@@ -61,3 +61,16 @@ def test_cached_tokens_still_expire(jwt_keys: KeyPair) -> None:
     now[0] += 6
     with pytest.raises(GatewayError, match="expired"):
         auth.authenticate(f"Bearer {token}")
+
+
+def test_the_forwarder_says_who_the_client_is_and_in_plaintext_mode_who_calls() -> None:
+    """No token: under mTLS the gateway's certificate says who calls, so only the address travels."""
+    plaintext = ClientForwarder(insecure=True)
+    assert plaintext.metadata("203.0.113.7") == [
+        ("x-forwarded-client", "203.0.113.7"),
+        ("x-mesh-peer", "gateway"),
+    ]
+    assert plaintext.metadata("") == [("x-mesh-peer", "gateway")]
+    mtls = ClientForwarder(insecure=False)
+    assert mtls.metadata("203.0.113.7") == [("x-forwarded-client", "203.0.113.7")]
+    assert mtls.metadata("") == []

@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from gateway.upstream import MeshChannelFactory
 from mesh.registry import StaticDiscovery
-from mesh.telemetry.client_tracing import ATTEMPT_ATTRIBUTE
-from mesh.telemetry.setup import client_observers
+from mesh.telemetry import client_observers
+from mesh.tracing.client import ATTEMPT_ATTRIBUTE
 
 SERVICE = "test.Echo"
 
