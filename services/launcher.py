@@ -3,6 +3,24 @@
 It prepares what a fresh clone lacks (a JWT key pair under .run/, the admin account, the
 demo catalog), starts every service as its own process, waits until each reports SERVING,
 prints the commands to try, and on Ctrl-C or SIGTERM stops the processes it started, by PID.
+While it runs, a process that dies is restarted on the same port with capped exponential
+backoff, and given up on only after a crash loop (services/supervisor.py): one dead instance
+never stops the shop.
+
+Identities mean something only with Consul ACLs on (without them the agent hands a Connect
+certificate for any name to any local process). So the Consul dev agent the launcher starts
+enforces ACLs with default deny, and the launcher applies the shop's mesh policy
+(services/mesh_policy.py) with the agent's master token, which it keeps to itself: one token
+per identity in ``.run/tokens/<identity>`` (0600), and the intentions the shop needs, the rest
+denied. Each child gets ``CONSUL_HTTP_TOKEN_FILE`` naming its own identity's file, never the
+master token nor the launcher's ``CONSUL_HTTP_TOKEN``. An agent already running at
+``CONSUL_HTTP_ADDR`` with ACLs on needs a management token from ``CONSUL_HTTP_TOKEN`` (or
+``CONSUL_HTTP_TOKEN_FILE``) to do the same.
+
+Each service instance also gets ``MESH_HEALTH_PORT``: under mTLS its server answers
+grpc.health.v1 in plaintext there (Consul 1.8.7's gRPC check has no client certificate), and
+readiness is probed there. ``MESH_INSECURE=1`` (plaintext, for debugging) reaches every child,
+and the launcher says loudly that it is on.
 """
 
 from __future__ import annotations
@@ -16,22 +34,30 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
+from mesh.connect.settings import INSECURE_WARNING, security_settings_from_env
+from mesh.errors import ConfigError
 from mesh.health import wait_serving
 from mesh.identity import generate_keypair
+from mesh.registry.acl import ConsulAcl, ConsulAclError
 from mesh.registry.dev_agent import ConsulDevAgent, consul_answers, find_consul, free_port
+from services import mesh_policy
 from services.common.messaging.topology import broker_address
 from services.common.settings import DEFAULT_PORTS, messaging_settings_from_env
+from services.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
 LOG_DIR = RUN_DIR / "logs"
+TOKEN_DIR = RUN_DIR / "tokens"
 START_ORDER = ("user", "inventory", "payment", "shipping", "order")
 INSTANCES = {"inventory": 2, "payment": 2}  # several instances show balancing and failover
 DEFAULT_CONSUL = "127.0.0.1:8500"
-SERVICE_CALLERS = ("order",)
+TOKEN_VARIABLES = ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE")
 PR_SET_PDEATHSIG = 1
 GATEWAY_PORT = 8080
 
@@ -41,38 +67,96 @@ class Child:
     name: str
     port: int
     process: subprocess.Popen[bytes]
+    respawn: Callable[[], subprocess.Popen[bytes]]
+    """Start it again the same way, on the same port (the supervisor calls it after a death)."""
+    ready: Callable[[subprocess.Popen[bytes]], None]
+    """Block until this process serves (its health check); raise if it does not."""
+    health_port: int = 0
+    """Under mTLS, the port of its plaintext health-only listener (0: none)."""
 
 
-def try_lines(ports: dict[str, int], host: str = "localhost") -> list[str]:
-    """The grpcurl commands printed at start and shown in the README, for these ports."""
+class LaunchError(Exception):
+    """The shop cannot start as configured; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """The Consul agent the shop uses, and the identities' token files on it."""
+
+    consul: str
+    token: str = field(repr=False)
+    """The launcher's own (management) token, for its own reads; never given to a child."""
+    token_files: dict[str, Path] = field(default_factory=dict)
+    """Each identity's token file; empty when the agent runs without ACLs."""
+
+    def child_env(self, env: dict[str, str], identity: str) -> dict[str, str]:
+        """``env`` for a child running as ``identity``: its own token file and no other token."""
+        child = {k: v for k, v in env.items() if k not in TOKEN_VARIABLES}
+        if self.token_files:
+            child["CONSUL_HTTP_TOKEN_FILE"] = str(self.token_files[identity])
+        return child
+
+
+def shown(path: Path) -> str:
+    """``path`` as a person at the project root types it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _no_wait(process: subprocess.Popen[bytes]) -> None:
+    """Readiness for what is ready once started (the Consul agent's start waits for a leader)."""
+
+
+CLI_CERT_DIR = ".run/certs/cli"  # where the README's grpcurl lines keep the "cli" identity's files
+
+
+def try_lines(
+    ports: dict[str, int], host: str = "localhost", *, mtls: bool = True, cli_token: str = ".run/tokens/cli"
+) -> list[str]:
+    """The grpcurl commands printed at start and shown in the README, for these ports.
+
+    Under mTLS grpcurl presents the "cli" identity's certificate, which ``mesh cert`` fetches
+    with that identity's token. The bundled grpcurl (1.8.6) cannot verify a server certificate
+    whose only SAN is a SPIFFE URI, so these lines skip verifying the server (``-insecure``);
+    the mesh's own clients do verify it. Plaintext (``MESH_INSECURE=1``) needs neither.
+    """
     user, inventory, order = (f"{host}:{ports[n]}" for n in ("user", "inventory", "order"))
+    if mtls:
+        token = f"CONSUL_HTTP_TOKEN_FILE={cli_token} " if cli_token else ""
+        setup = [
+            f"{token}mesh cert --client cli --out {CLI_CERT_DIR}",
+            f'MTLS="-insecure -cert {CLI_CERT_DIR}/cert.pem -key {CLI_CERT_DIR}/key.pem"',
+        ]
+        how = "$MTLS"
+    else:
+        setup, how = [], "-plaintext"
     return [
-        f"grpcurl -plaintext {inventory} list",
-        f"grpcurl -plaintext {inventory} describe shop.inventory.v1.InventoryService",
-        f"grpcurl -plaintext -d '{{\"page_size\": 3}}' {inventory} shop.inventory.v1.InventoryService/ListProducts",
-        f'grpcurl -plaintext -d \'{{"email": "ada@example.com", "password": "correct-horse-9", '
+        *setup,
+        f"grpcurl {how} {inventory} list",
+        f"grpcurl {how} {inventory} describe shop.inventory.v1.InventoryService",
+        f"grpcurl {how} -d '{{\"page_size\": 3}}' {inventory} shop.inventory.v1.InventoryService/ListProducts",
+        f'grpcurl {how} -d \'{{"email": "ada@example.com", "password": "correct-horse-9", '
         f'"display_name": "Ada", "request_id": "signup-ada"}}\' {user} shop.user.v1.UserService/CreateUser',
-        f'TOKEN=$(grpcurl -plaintext -d \'{{"email": "ada@example.com", "password": "correct-horse-9"}}\' '
+        f'TOKEN=$(grpcurl {how} -d \'{{"email": "ada@example.com", "password": "correct-horse-9"}}\' '
         f"{user} shop.user.v1.UserService/Login | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
-        f'grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d \'{{"items": [{{"sku": "TEA-SENCHA", '
+        f'grpcurl {how} -H "authorization: Bearer $TOKEN" -d \'{{"items": [{{"sku": "TEA-SENCHA", '
         f'"quantity": 2}}], "shipping_address": {{"recipient": "Ada", "line1": "1-1 Chiyoda", '
         f'"city": "Tokyo", "postal_code": "100-0001", "country_code": "JP"}}, "request_id": "order-1"}}\' '
         f"{order} shop.order.v1.OrderService/CreateOrder",
-        f'grpcurl -plaintext -H "authorization: Bearer $TOKEN" {order} shop.order.v1.OrderService/ListOrders',
+        f'grpcurl {how} -H "authorization: Bearer $TOKEN" {order} shop.order.v1.OrderService/ListOrders',
     ]
 
 
 def prepare(environ: dict[str, str]) -> dict[str, str]:
-    """The environment every child gets: keys and data under .run/ unless already configured."""
-    env = dict(environ)
+    """The environment every child gets: keys and data under .run/ unless already configured.
+
+    Consul tokens are left out: each child gets its own identity's (:meth:`Mesh.child_env`).
+    """
+    env = {k: v for k, v in environ.items() if k not in TOKEN_VARIABLES}
     keys = RUN_DIR / "keys"
-    for stem in ("jwt", "service"):
-        if not (keys / f"{stem}-private.pem").exists():
-            generate_keypair(keys, stem)
+    if not (keys / "jwt-private.pem").exists():
+        generate_keypair(keys, "jwt")  # users' tokens; services trust each other by mTLS identity
     env.setdefault("MESH_JWT_PRIVATE_KEY_FILE", str(keys / "jwt-private.pem"))
     env.setdefault("MESH_JWT_PUBLIC_KEY_FILE", str(keys / "jwt-public.pem"))
-    env.setdefault("MESH_SERVICE_PRIVATE_KEY_FILE", str(keys / "service-private.pem"))
-    env.setdefault("MESH_SERVICE_PUBLIC_KEY_FILE", str(keys / "service-public.pem"))
     env.setdefault("MESH_DATA_DIR", str(RUN_DIR / "data"))
     env.setdefault("INVENTORY_SEED_DEMO", "1")
     env["PYTHONPATH"] = str(ROOT)
@@ -133,50 +217,130 @@ def spawn(module: str, env: dict[str, str], log_name: str) -> subprocess.Popen[b
         )
 
 
-def start_consul(env: dict[str, str], children: list[Child]) -> str:
-    """Use the Consul agent at CONSUL_HTTP_ADDR, or start a dev agent there and own it."""
+def start_consul(env: dict[str, str], children: list[Child], bootstrap_token: str = "") -> Mesh:
+    """Use the Consul agent at CONSUL_HTTP_ADDR, or start a dev agent there and own it.
+
+    Either way the shop's mesh policy is applied to it (tokens under .run/tokens, intentions).
+    ``bootstrap_token`` is the operator's management token for an agent already running.
+    """
     address = env.get("CONSUL_HTTP_ADDR", DEFAULT_CONSUL)
     if consul_answers(address):
         print(f"  {'consul':<10} {address}  (already running)", flush=True)
-        return address
+        return use_running_consul(address, bootstrap_token)
     port = int(address.rsplit(":", 1)[1]) if ":" in address else 8500
     RUN_DIR.mkdir(exist_ok=True)
-    agent = ConsulDevAgent(find_consul(ROOT), RUN_DIR / "consul.log", ports={"http": port})
-    agent.start(new_session=True)
+    # ACLs on, default deny: the master token stays in this process (and the agent).
+    agent = ConsulDevAgent(find_consul(ROOT), RUN_DIR / "consul.log", ports={"http": port}, acls=True)
+    token_files: dict[str, Path] = {}
+
+    def restart_agent() -> subprocess.Popen[bytes]:
+        # Same ports and master token, empty catalog and ACL store: the policy is applied again
+        # with the same token secrets (the files the children hold), then each service's
+        # registrar re-registers (anti-entropy). Blocks a few seconds of the supervisor's loop.
+        try:
+            agent.start(new_session=True, preexec=_terminate_with_parent)
+            token_files.update(mesh_policy.apply(agent.http_addr, agent.master_token, TOKEN_DIR))
+        except (KeyboardInterrupt, ConsulAclError):  # no Child holds this agent yet
+            agent.stop()
+            raise
+        assert agent.process is not None
+        return agent.process
+
+    children.append(Child("consul", port, restart_agent(), restart_agent, _no_wait))
     assert agent.process is not None
-    children.append(Child("consul", port, agent.process))
-    print(f"  {'consul':<10} 127.0.0.1:{port}  pid {agent.process.pid}  READY", flush=True)
-    return f"127.0.0.1:{port}"
+    print(
+        f"  {'consul':<10} 127.0.0.1:{port}  pid {agent.process.pid}  READY"
+        f"  (ACLs on, default deny; tokens in {shown(TOKEN_DIR)}/)",
+        flush=True,
+    )
+    return Mesh(f"127.0.0.1:{port}", agent.master_token, token_files)
 
 
-def start_services(env: dict[str, str], children: list[Child]) -> None:
-    """Start every service instance, wait until each is SERVING and passing in Consul."""
+def use_running_consul(address: str, bootstrap_token: str) -> Mesh:
+    """Apply the shop's mesh policy to an agent the launcher does not own, with the operator's token."""
+    acl = ConsulAcl(address, bootstrap_token)
+    if not acl.acl_enabled():
+        print(
+            f"  !!! consul at {address} runs WITHOUT ACLs: any local process can get a certificate "
+            "for any service name, so mesh identities prove nothing there !!!",
+            flush=True,
+        )
+        mesh_policy.apply_intentions(acl)
+        return Mesh(address, bootstrap_token, {})
+    if not bootstrap_token:
+        raise LaunchError(
+            f"the Consul agent at {address} is already running with ACLs on, and the launcher has no "
+            "token to create the shop's ACL tokens and intentions with: set CONSUL_HTTP_TOKEN (or "
+            "CONSUL_HTTP_TOKEN_FILE) to a management token for that agent, or point CONSUL_HTTP_ADDR "
+            "at a free port and the launcher starts an agent of its own"
+        )
+    if not acl.token_works():
+        raise LaunchError(
+            f"the Consul agent at {address} does not know the token in CONSUL_HTTP_TOKEN "
+            "(or CONSUL_HTTP_TOKEN_FILE): it needs a management token for that agent"
+        )
+    try:
+        token_files = mesh_policy.apply(address, bootstrap_token, TOKEN_DIR)
+    except ConsulAclError as error:
+        if error.status == 403:
+            raise LaunchError(
+                f"the token in CONSUL_HTTP_TOKEN (or CONSUL_HTTP_TOKEN_FILE) may not create ACL "
+                f'policies, tokens and intentions on {address} (it needs acl = "write", as a '
+                f"management token has): {error}"
+            ) from None
+        raise
+    print(f"  {'':<10} ACLs on: tokens in {shown(TOKEN_DIR)}/, intentions applied", flush=True)
+    return Mesh(address, bootstrap_token, token_files)
+
+
+def start_services(env: dict[str, str], mesh: Mesh, children: list[Child], mtls: bool = True) -> None:
+    """Start every service instance, wait until each is SERVING and passing in Consul.
+
+    Readiness is asked on the instance's health port under mTLS (the service port wants a
+    client certificate), on its service port otherwise.
+    """
     first = len(children)
     for name in START_ORDER:
         for instance in range(INSTANCES.get(name, 1)):
             default = int(env.get(f"{name.upper()}_PORT", DEFAULT_PORTS[name]))
             port = default if instance == 0 else free_port()
-            child_env = dict(env, MESH_PORT=str(port))
+            health_port = free_port()
+            child_env = dict(
+                mesh.child_env(env, name), MESH_PORT=str(port), MESH_HEALTH_PORT=str(health_port)
+            )
             if name != "user":
                 child_env.pop("MESH_JWT_PRIVATE_KEY_FILE", None)  # only the issuer signs user tokens
-            if name not in SERVICE_CALLERS:
-                child_env.pop("MESH_SERVICE_PRIVATE_KEY_FILE", None)  # only callers sign as a service
-            children.append(Child(name, port, spawn(f"services.{name}", child_env, f"{name}-{port}")))
+            respawn = partial(spawn, f"services.{name}", child_env, f"{name}-{port}")
+            probed = health_port if mtls else port
+            ready = partial(_wait_serving, f"127.0.0.1:{probed}")
+            children.append(Child(name, port, respawn(), respawn, ready, health_port if mtls else 0))
     for child in children[first:]:
-        wait_serving(f"127.0.0.1:{child.port}", timeout=120, process=child.process)
-        print(f"  {child.name:<10} 127.0.0.1:{child.port}  pid {child.process.pid}  SERVING", flush=True)
-    wait_passing(env["CONSUL_HTTP_ADDR"], children[first:], timeout=60)
+        child.ready(child.process)
+        health = f"  health 127.0.0.1:{child.health_port}" if child.health_port else ""
+        print(
+            f"  {child.name:<10} 127.0.0.1:{child.port}  pid {child.process.pid}  SERVING{health}", flush=True
+        )
+    wait_passing(mesh.consul, children[first:], timeout=60, token=mesh.token)
 
 
-def wait_passing(consul: str, children: list[Child], timeout: float) -> None:
-    """Poll Consul until every started instance's gRPC health check is passing."""
+def _wait_serving(address: str, process: subprocess.Popen[bytes]) -> None:
+    wait_serving(address, timeout=120, process=process)
+
+
+def wait_passing(consul: str, children: list[Child], timeout: float, token: str = "") -> None:
+    """Poll Consul until every started instance's gRPC health check is passing.
+
+    With ACLs on, ``token`` must read services and nodes (an anonymous query sees no rows).
+    """
     url = consul if "//" in consul else f"http://{consul}"
+    headers = {"X-Consul-Token": token} if token else {}
     wanted = {(c.name, c.port) for c in children}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         passing = set()
         for name in {c.name for c in children}:
-            with urllib.request.urlopen(f"{url}/v1/health/service/{name}?passing=1", timeout=2) as reply:
+            query = urllib.request.Request(f"{url}/v1/health/service/{name}?passing=1", headers=headers)
+            with urllib.request.urlopen(query, timeout=2) as reply:
                 passing |= {(name, row["Service"]["Port"]) for row in json.loads(reply.read())}
         if wanted <= passing:
             print(f"  every instance passing in Consul ({len(wanted)})", flush=True)
@@ -185,17 +349,26 @@ def wait_passing(consul: str, children: list[Child], timeout: float) -> None:
     raise TimeoutError(f"not passing in Consul after {timeout}s: {sorted(wanted - passing)}")
 
 
-def start_gateway(env: dict[str, str], services: dict[str, int], children: list[Child]) -> int:
+def start_gateway(env: dict[str, str], mesh: Mesh, services: dict[str, int], children: list[Child]) -> int:
     """Start the REST gateway in front of the services; wait until /readyz answers 200."""
     port = int(env.get("GATEWAY_PORT", GATEWAY_PORT))
-    gateway_env = {k: v for k, v in env.items() if not k.endswith("PRIVATE_KEY_FILE")}
+    # The edge holds no signing key: it is the mesh identity "gateway", nothing more.
+    gateway_env = {
+        k: v for k, v in mesh.child_env(env, "gateway").items() if not k.endswith("PRIVATE_KEY_FILE")
+    }
     gateway_env.update({f"GATEWAY_UPSTREAM_{n.upper()}": f"127.0.0.1:{p}" for n, p in services.items()})
     gateway_env["GATEWAY_PORT"] = str(port)
-    process = spawn("gateway", gateway_env, f"gateway-{port}")
-    children.append(Child("gateway", port, process))
-    wait_ready(f"http://127.0.0.1:{port}/readyz", process, timeout=120)
+    respawn = partial(spawn, "gateway", gateway_env, f"gateway-{port}")
+    process = respawn()
+    ready = partial(_wait_ready, f"http://127.0.0.1:{port}/readyz")
+    children.append(Child("gateway", port, process, respawn, ready))
+    ready(process)
     print(f"  {'gateway':<10} 127.0.0.1:{port}  pid {process.pid}  READY", flush=True)
     return port
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+    wait_ready(url, process, timeout=120)
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
@@ -273,7 +446,13 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main() -> int:
-    env = prepare(dict(os.environ))
+    try:
+        # MESH_INSECURE, and the operator's token for a Consul agent the launcher does not start.
+        security = security_settings_from_env(os.environ)
+    except ConfigError as error:
+        print(f"cannot start: {error}", file=sys.stderr)
+        return 1
+    env = prepare(dict(os.environ))  # MESH_INSECURE reaches every child; Consul tokens do not
     seeded = subprocess.run(
         [sys.executable, "-m", "services.user.seed_admin"], cwd=ROOT, env=env, check=False
     )
@@ -283,23 +462,41 @@ def main() -> int:
     print("starting the shop:", flush=True)
     children: list[Child] = []
     signal.signal(signal.SIGTERM, _interrupt)
+    # Started as a background job of a non-interactive shell (a CI script, nohup), a process
+    # inherits SIGINT ignored and Python then never raises KeyboardInterrupt: Ctrl-C (or a
+    # test's SIGINT) must stop the shop however the launcher was started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        if security.insecure:
+            print(f"\n  !!! {INSECURE_WARNING} !!!\n", flush=True)
         print(broker_line(env), flush=True)  # SHOP_AMQP_URL / SHOP_EVENTS_NAMESPACE reach every child
-        env["CONSUL_HTTP_ADDR"] = start_consul(env, children)
-        start_services(env, children)
+        mesh = start_consul(env, children, security.consul_token)
+        env["CONSUL_HTTP_ADDR"] = mesh.consul
+        start_services(env, mesh, children, security.mtls)
         ports = {c.name: c.port for c in reversed(children)}  # the first instance of each
-        gateway_port = start_gateway(env, ports, children)
-        lines = ["source .venv/bin/activate", *try_lines(ports)]
+        gateway_port = start_gateway(env, mesh, ports, children)
+        cli_token = shown(mesh.token_files["cli"]) if "cli" in mesh.token_files else ""
+        lines = ["source .venv/bin/activate", *try_lines(ports, mtls=security.mtls, cli_token=cli_token)]
         print("\ntry gRPC (in another terminal):\n" + "\n".join(f"  {line}" for line in lines), flush=True)
         rest = curl_lines(gateway_port)
         print("\ntry REST through the gateway:\n" + "\n".join(f"  {line}" for line in rest), flush=True)
-        print("\nwhat Consul knows: .venv/bin/mesh status", flush=True)
+        status = ".venv/bin/mesh status"
+        if mesh.token_files:  # with ACLs on, an anonymous query sees no service: read as "cli"
+            status = f"CONSUL_HTTP_TOKEN_FILE={shown(mesh.token_files['cli'])} {status}"
+        print(f"\nwhat Consul knows: {status}", flush=True)
         print(f"logs (one JSON line per RPC): {LOG_DIR.relative_to(ROOT)}/", flush=True)
-        print("\nCtrl-C stops everything.", flush=True)
-        while all(c.process.poll() is None for c in children):
-            time.sleep(0.5)
-        failed = [c.name for c in children if c.process.poll() is not None]
-        print(f"stopped unexpectedly: {', '.join(failed)}", file=sys.stderr)
+        print(
+            "\nan instance that dies is restarted (after 1 s, 2 s, 4 s … 30 s); a crash loop is given up on"
+        )
+        print("Ctrl-C stops everything.", flush=True)
+        supervisor = Supervisor(say=lambda line: print(line, flush=True))
+        for child in children:
+            supervisor.watch(child, child.respawn, child.ready)
+        supervisor.run()  # until Ctrl-C or SIGTERM, or nothing is left to supervise
+        print("every instance was given up on: nothing left to serve", file=sys.stderr)
+        return 1
+    except (LaunchError, ConsulAclError) as error:  # each names what is missing or refused
+        print(f"cannot start: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nstopping…", flush=True)

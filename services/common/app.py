@@ -5,27 +5,37 @@ from a :class:`ServiceContext`); the order of start-up and shutdown lives here o
 database and discovery open first and close last, the mesh channels a service asked for close
 after the server has drained, and with Consul configured the instance registers itself (and
 withdraws first on shutdown).
+
+Under mTLS (the default) the process first takes its certificate for its own name from the
+local Consul agent (:func:`mesh.connect.setup.connect_workload`): the server then requires
+client certificates and asks intentions who may call, and every channel it opens presents
+that identity and checks the server's. ``MESH_INSECURE=1`` runs plaintext, loudly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from mesh.channel import MeshChannel, mesh_channel
-from mesh.identity import JwtVerifier
+from mesh.connect.setup import connect_workload
+from mesh.connect.workload import WorkloadIdentity
+from mesh.logs.setup import configure_logging
 from mesh.observer import CallObserver
 from mesh.registry import ConsulRegistrar, Discovery, make_discovery
+from mesh.resilience import policy_from_env
 from mesh.server import HostedService, LifecycleHook, serve
-from mesh.telemetry.logs import configure_logging
-from mesh.telemetry.setup import start_telemetry
+from mesh.telemetry import start_telemetry
+from mesh.verifier import JwtVerifier
 from services.common.auth import Authenticator
 from services.common.database import Database
 from services.common.errors import StatusInterceptor
@@ -47,6 +57,8 @@ class ServiceContext:
     observers: Sequence[CallObserver] = ()  # client telemetry (mesh.observer) for every channel
     # The process's metrics registry (served on /metrics), for a service's own families.
     registry: CollectorRegistry | None = None
+    # The process's mesh identity its channels present (None with MESH_INSECURE=1).
+    identity: WorkloadIdentity | None = None
     _channels: dict[str, MeshChannel] = field(default_factory=dict)
 
     def channel(self, service: str) -> MeshChannel:
@@ -54,7 +66,11 @@ class ServiceContext:
         channel = self._channels.get(service)
         if channel is None:
             channel = self._channels[service] = mesh_channel(
-                service, self.discovery, observers=self.observers, policy=self.settings.policy
+                service,
+                self.discovery,
+                observers=self.observers,
+                policy=self.settings.policy,
+                identity=self.identity,
             )
             self.resources.push_async_callback(channel.close)
         return channel
@@ -67,7 +83,13 @@ def registration_hooks(settings: ServiceSettings) -> list[LifecycleHook]:
     """Consul registration when a registry is configured; none otherwise."""
     if not settings.consul_address:
         return []
-    return [ConsulRegistrar(settings.consul_address, check_interval=settings.check_interval_seconds)]
+    return [
+        ConsulRegistrar(
+            settings.consul_address,
+            check_interval=settings.check_interval_seconds,
+            token=settings.security.consul_token,
+        )
+    ]
 
 
 async def run(settings: ServiceSettings, migrations: Path, build: Builder) -> None:
@@ -80,9 +102,18 @@ async def run(settings: ServiceSettings, migrations: Path, build: Builder) -> No
         database = Database(settings.name, settings.database_url)
         resources.push_async_callback(database.close)
         await migrate(database, migrations)
-        discovery = make_discovery(settings.consul_address, settings.upstreams.static)
+        workload = await connect_workload(settings.name, settings.consul_address, settings.security)
+        if workload is not None:
+            resources.push_async_callback(workload.close)
+        discovery = make_discovery(
+            settings.discovery_address, settings.upstreams.static, token=settings.security.consul_token
+        )
         resources.push_async_callback(discovery.close)
-        authenticator = Authenticator(JwtVerifier(settings.jwt))
+        authenticator = Authenticator(
+            JwtVerifier(settings.jwt),
+            insecure=settings.security.insecure,
+            trusted_callers=settings.trusted_callers,
+        )
         context = ServiceContext(
             settings,
             database,
@@ -91,19 +122,25 @@ async def run(settings: ServiceSettings, migrations: Path, build: Builder) -> No
             resources,
             telemetry.client_observers,
             telemetry.registry,
+            workload.identity if workload is not None else None,
         )
         services = await build(context)
         await serve(
             settings.server,
             services,
-            interceptors=[*telemetry.server_interceptors, StatusInterceptor()],
+            telemetry=telemetry.server,
+            status=StatusInterceptor(),
             hooks=registration_hooks(settings),
             meta=telemetry.meta,
+            security=workload,
         )
 
 
-def main(name: str, migrations: Path, build: Builder) -> None:
-    """Entry point of ``python -m services.<name>``."""
+def main(name: str, migrations: Path, build: Builder, policy: Mapping[str, Any] | None = None) -> None:
+    """Entry point of ``python -m services.<name>``; ``policy`` is the service's built-in call
+    policy (a tree in the policy file's format), below every key of MESH_POLICY_FILE/_*."""
     settings = service_settings_from_env(name, os.environ)
+    if policy is not None:
+        settings = dataclasses.replace(settings, policy=policy_from_env(os.environ, builtin=policy))
     configure_logging(name, settings.log_level)
     asyncio.run(run(settings, migrations, build))

@@ -2,8 +2,10 @@
 
 Stores are written as small synchronous functions over a :class:`Tx` and run through
 :meth:`Database.transact`, which executes them on a worker thread inside one transaction,
-retries them on lock or serialization conflicts (and, on SQLite, once on a fresh connection
-when another connection changed the schema under this one), and turns a lost connection into
+retries them on lock or serialization conflicts after a jittered delay from the mesh's one
+backoff (:class:`mesh.resilience.Backoff`, so contending writers spread out instead of
+colliding again in step; and, on SQLite, once on a fresh connection when another connection
+changed the schema under this one), and turns a lost connection into
 ``DependencyUnavailable`` naming the database, so callers get UNAVAILABLE, never INTERNAL.
 Statements use ``?`` placeholders for both engines.
 """
@@ -26,6 +28,7 @@ import psycopg
 import psycopg.errors
 
 from mesh.errors import DependencyUnavailable
+from mesh.resilience import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,8 @@ T = TypeVar("T")
 Row = dict[str, Any]
 
 MAX_CONFLICT_RETRIES = 20
+# Conflicts clear in milliseconds (the other writer commits): start small, cap at 0.1 s.
+CONFLICT_BACKOFF = Backoff(initial=0.002, multiplier=2.0, maximum=0.1)
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
@@ -70,9 +75,12 @@ class Tx:
 class Database:
     """A service's database. Create with :func:`open_database`; close with :meth:`close`."""
 
-    def __init__(self, name: str, url: str, workers: int = 4) -> None:
+    def __init__(
+        self, name: str, url: str, workers: int = 4, *, conflict_backoff: Backoff = CONFLICT_BACKOFF
+    ) -> None:
         self.name = name
         self.url = url
+        self._conflict_backoff = conflict_backoff
         self.dialect = "postgresql" if url.startswith(POSTGRES_SCHEMES) else "sqlite"
         self._local = threading.local()
         self._connections: list[Any] = []
@@ -110,7 +118,7 @@ class Database:
             try:
                 return self._transact_once(work)
             except Conflict:
-                time.sleep(min(0.002 * 2**attempt, 0.1))
+                time.sleep(self._conflict_backoff.delay(attempt))
         raise DependencyUnavailable(self.description, "too many concurrent conflicts")
 
     def _transact_once(self, work: Callable[[Tx], T]) -> T:

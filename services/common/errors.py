@@ -2,8 +2,9 @@
 
 Domain code raises these; :class:`StatusInterceptor` turns them into the status a client
 needs: INVALID_ARGUMENT with ``google.rpc.BadRequest`` field violations, FAILED_PRECONDITION
-with ``google.rpc.ErrorInfo`` naming the reason, UNAVAILABLE naming what is down. Nothing a
-caller did wrong ever comes back as INTERNAL.
+with ``google.rpc.ErrorInfo`` naming the reason, UNAVAILABLE naming what is down (and only
+that: the failure's detail is logged, never sent). Nothing a caller did wrong ever comes back
+as INTERNAL.
 """
 
 from __future__ import annotations
@@ -18,8 +19,16 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from mesh.errors import DependencyUnavailable
+from services.common.context import Context
 
 log = logging.getLogger(__name__)
+
+# An answer's status travels in the trailers, and a peer drops trailers above its metadata
+# limit (8 KiB soft, 16 KiB hard in grpc-core), turning a clear refusal into a transport
+# failure. Values quoted in messages are bounded (services/common/limits.py); these caps
+# keep any status well inside the limit whatever a message or a request's size.
+MAX_STATUS_MESSAGE = 1024  # UTF-8 bytes
+MAX_VIOLATIONS = 20
 
 
 class DomainError(Exception):
@@ -38,7 +47,8 @@ class InvalidArgument(DomainError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
     def __init__(self, violations: Mapping[str, str] | list[tuple[str, str]]) -> None:
-        self.violations = list(violations.items()) if isinstance(violations, Mapping) else list(violations)
+        listed = list(violations.items()) if isinstance(violations, Mapping) else list(violations)
+        self.violations = listed[:MAX_VIOLATIONS]  # the first ones are enough to fix the request
         summary = "; ".join(f"{f}: {d}" for f, d in self.violations)
         super().__init__(f"invalid request: {summary}")
 
@@ -101,18 +111,22 @@ def to_status(error: DomainError | DependencyUnavailable) -> grpc.Status:
         holder.Pack(detail)
         packed.append(holder)
     code = error.code.value[0] if isinstance(error.code, grpc.StatusCode) else code_pb2.UNKNOWN
-    return rpc_status.to_status(status_pb2.Status(code=code, message=str(error), details=packed))
+    # A dependency's failure is named, never described: its detail is what a driver or
+    # grpc-core said (peer addresses, library text) and goes to the log (_log_unavailable).
+    message = f"{error.name} is unavailable" if isinstance(error, DependencyUnavailable) else str(error)
+    encoded = message.encode()
+    if len(encoded) > MAX_STATUS_MESSAGE:  # bytes: grpc-message percent-encodes non-ASCII
+        message = encoded[: MAX_STATUS_MESSAGE - 3].decode(errors="ignore") + "…"
+    return rpc_status.to_status(status_pb2.Status(code=code, message=message, details=packed))
 
 
-async def abort_with(
-    context: grpc.aio.ServicerContext[Any, Any], error: DomainError | DependencyUnavailable
-) -> None:
+async def abort_with(context: Context, error: DomainError | DependencyUnavailable) -> None:
     """Abort the call with the rich status of ``error`` (raises, as context.abort does)."""
     status = to_status(error)
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
-class StatusInterceptor(grpc.aio.ServerInterceptor):
+class StatusInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped (Any) for mypy
     """Translate DomainError and DependencyUnavailable raised by any handler into statuses."""
 
     async def intercept_service(
@@ -139,25 +153,34 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def wrapped(request: Any, context: Context) -> Any:
         try:
             return await behaviour(request, context)
         except (DomainError, DependencyUnavailable) as error:
             if isinstance(error, DependencyUnavailable):
-                log.warning(
-                    "dependency unavailable", extra={"dependency": error.name, "detail": error.detail}
-                )
+                _log_unavailable(error, context)
             await abort_with(context, error)
 
     return wrapped
 
 
 def _streaming(behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
         try:
             async for item in behaviour(request, context):
                 yield item
         except (DomainError, DependencyUnavailable) as error:
+            if isinstance(error, DependencyUnavailable):
+                _log_unavailable(error, context)
             await abort_with(context, error)
 
     return wrapped
+
+
+def _log_unavailable(error: DependencyUnavailable, context: Context) -> None:
+    """The detail the client is not shown, with the request id the gateway sent."""
+    request_id = next((str(v) for k, v in context.invocation_metadata() or () if k == "x-request-id"), "")
+    log.warning(
+        "dependency unavailable",
+        extra={"dependency": error.name, "detail": error.detail or str(error), "request_id": request_id},
+    )

@@ -1,12 +1,24 @@
-"""One typed settings object per service process, read from the environment once.
+"""The settings every service process shares, typed and read from the environment once.
 
 ``<SERVICE>_DATABASE_URL`` picks the database: a ``postgresql://`` DSN, or a SQLite file path
 (default ``$MESH_DATA_DIR/<service>.sqlite3``). Each service has its own variable, so no two
 services can end up sharing one database by accident of a shared setting.
+
+What only one service reads (payment's decline rule, a consumer's prefetch...) is not here:
+each service has its own frozen settings class in ``services/<service>/settings.py``, built
+and validated in its ``__main__`` before anything starts, with errors that name the variable.
+There is no untyped map of "the rest" passed around for code deep inside to pick from.
+
+Who may call: ``security`` (mTLS, or the loud ``MESH_INSECURE=1`` plaintext switch; see
+:mod:`mesh.connect.settings`) and ``trusted_callers`` (``MESH_TRUSTED_CALLERS``, comma
+separated, default ``order``): the services whose calls, carrying no user's token, act as the
+shop itself (a service principal) and so may move payments, stock and shipments for users.
+The caller's service is its mesh identity, never a token (services/common/auth.py).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +28,16 @@ from mesh.config import (
     UpstreamSettings,
     env_float,
     env_int,
+    env_list,
     env_str,
     server_settings_from_env,
     upstream_settings_from_env,
 )
+from mesh.connect.settings import SecuritySettings, security_settings_from_env
+from mesh.errors import ConfigError
 from mesh.identity import JwtSettings, jwt_settings_from_env
 from mesh.resilience import PolicySettings, policy_from_env
-from mesh.telemetry.tracing import TracingSettings, tracing_settings_from_env
+from mesh.tracing.setup import TracingSettings, tracing_settings_from_env
 
 DEFAULT_PORTS = {
     "user": 50051,
@@ -34,6 +49,10 @@ DEFAULT_PORTS = {
 
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+# The services allowed to move payments, stock and shipments for users (the saga's caller).
+DEFAULT_TRUSTED_CALLERS = ("order",)
+_SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -78,9 +97,13 @@ class ServiceSettings:
     jwt: JwtSettings
     upstreams: UpstreamSettings
     log_level: str = "INFO"
-    extra: Mapping[str, str] = field(default_factory=dict)
     # Consul's HTTP address; empty means no registry (static upstream targets, no registration).
     consul_address: str = ""
+    # MESH_DISCOVERY=static: find the others at MESH_UPSTREAM_<NAME> even with Consul configured,
+    # which then still registers this instance and issues its certificate. For a platform whose
+    # own discovery (DNS, a fixed address) stands in front of the mesh, and for tests that put a
+    # proxy between two services.
+    static_discovery: bool = False
     check_interval_seconds: float = 1.0
     # /metrics port (0: any free port, published in Consul meta as metrics_port); OTEL_* tracing.
     metrics_port: int = 0
@@ -91,10 +114,19 @@ class ServiceSettings:
     # and queues are named from ("<namespace>.events", "<namespace>.billing"...), so tests can
     # share one broker without hearing each other.
     messaging: MessagingSettings = field(default_factory=MessagingSettings)
+    # mTLS from Consul Connect (default) or the loud plaintext switch (MESH_INSECURE=1).
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    # Callers whose identity alone (no user token) makes them a service principal.
+    trusted_callers: tuple[str, ...] = DEFAULT_TRUSTED_CALLERS
 
     @property
     def name(self) -> str:
         return self.server.service_name
+
+    @property
+    def discovery_address(self) -> str:
+        """The Consul address to discover the others through; empty for the static targets."""
+        return "" if self.static_discovery else self.consul_address
 
 
 def service_settings_from_env(name: str, environ: Mapping[str, str]) -> ServiceSettings:
@@ -102,18 +134,74 @@ def service_settings_from_env(name: str, environ: Mapping[str, str]) -> ServiceS
     data_dir = Path(env_str(environ, "MESH_DATA_DIR", "data"))
     database_url = env_str(environ, f"{name.upper()}_DATABASE_URL", str(data_dir / f"{name}.sqlite3"))
     upstream_defaults = {svc: f"127.0.0.1:{port}" for svc, port in DEFAULT_PORTS.items() if svc != name}
-    prefix = f"{name.upper()}_"
     return ServiceSettings(
         server=server_settings_from_env(environ, name, DEFAULT_PORTS[name]),
         database_url=database_url,
         jwt=jwt_settings_from_env(environ),
         upstreams=upstream_settings_from_env(environ, upstream_defaults),
         log_level=env_str(environ, "MESH_LOG_LEVEL", "INFO"),
-        extra={k.removeprefix(prefix): v for k, v in environ.items() if k.startswith(prefix)},
         consul_address=env_str(environ, "CONSUL_HTTP_ADDR", ""),
+        static_discovery=static_discovery_from_env(environ),
         check_interval_seconds=env_float(environ, "MESH_CHECK_INTERVAL_SECONDS", 1.0),
         metrics_port=env_int(environ, "MESH_METRICS_PORT", 0),
         tracing=tracing_settings_from_env(environ, name),
         policy=policy_from_env(environ),
         messaging=messaging_settings_from_env(environ),
+        security=security_settings_from_env(environ),
+        trusted_callers=trusted_callers_from_env(environ),
     )
+
+
+def static_discovery_from_env(environ: Mapping[str, str]) -> bool:
+    """``MESH_DISCOVERY``: ``consul`` (the default: Consul when CONSUL_HTTP_ADDR is set) or ``static``."""
+    mode = env_str(environ, "MESH_DISCOVERY", "consul").strip().lower()
+    if mode not in ("consul", "static"):
+        raise ConfigError(f"MESH_DISCOVERY must be 'consul' or 'static', got {mode!r}")
+    return mode == "static"
+
+
+def trusted_callers_from_env(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """``MESH_TRUSTED_CALLERS``: service names, comma separated (``none`` for no service).
+
+    The gateway is refused here: it forwards anonymous clients' calls, so trusting its identity
+    would make every anonymous REST request a service principal.
+    """
+    names = env_list(environ, "MESH_TRUSTED_CALLERS")
+    if not names:
+        return DEFAULT_TRUSTED_CALLERS
+    if names == ("none",):
+        return ()
+    for name in names:
+        if not _SERVICE_NAME.fullmatch(name):
+            raise ConfigError(f"MESH_TRUSTED_CALLERS: {name!r} is not a service name")
+        if name == "gateway":
+            raise ConfigError(
+                "MESH_TRUSTED_CALLERS must not name the gateway: it forwards anonymous clients' calls"
+            )
+    return tuple(dict.fromkeys(names))
+
+
+def service_variables(name: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The ``<NAME>_*`` variables with that prefix removed: input for a service's own parsers.
+
+    Only for parsing in a service's settings module (or ``__main__``), never kept: what the
+    parsers return is the typed settings object the service passes on.
+    """
+    prefix = f"{name.upper()}_"
+    return {k.removeprefix(prefix): v for k, v in environ.items() if k.startswith(prefix)}
+
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    """A yes/no variable (1/0, true/false, yes/no, on/off); ConfigError naming it otherwise."""
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in TRUE_WORDS:
+        return True
+    if raw in FALSE_WORDS:
+        return False
+    raise ConfigError(f"{name} must be one of {'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}, got {raw!r}")

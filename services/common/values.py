@@ -1,4 +1,5 @@
-"""Conversions at the proto edge: money, timestamps, ids, page tokens, validation helpers.
+"""Conversions at the proto edge: money, timestamps, ids, validation helpers (paging is
+:mod:`services.common.pagination`).
 
 Money is kept as integer minor units inside the services (no float ever touches a price);
 google.type.Money appears only on the wire.
@@ -6,8 +7,6 @@ google.type.Money appears only on the wire.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 import uuid
 from datetime import UTC, datetime
@@ -18,8 +17,6 @@ from google.type import money_pb2
 from services.common.errors import InvalidArgument
 
 NANOS_PER_MINOR = 10_000_000  # two decimal places: 1 minor unit = 0.01
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
 CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
@@ -32,13 +29,17 @@ def money(amount_minor: int, currency: str) -> money_pb2.Money:
 
 def minor_units(value: money_pb2.Money, field: str) -> int:
     """Minor units of a google.type.Money; INVALID_ARGUMENT when it has sub-cent precision."""
-    if not CURRENCY.fullmatch(value.currency_code):
+    # google.type has no types mypy reads (pyproject.toml): the three fields, typed here.
+    currency: str = value.currency_code
+    units: int = value.units
+    nanos: int = value.nanos
+    if not CURRENCY.fullmatch(currency):
         raise InvalidArgument({f"{field}.currency_code": "must be a three-letter ISO 4217 code"})
-    if value.nanos % NANOS_PER_MINOR:
+    if nanos % NANOS_PER_MINOR:
         raise InvalidArgument({f"{field}.nanos": "must be a whole number of cents"})
-    if value.units and value.nanos and (value.units > 0) != (value.nanos > 0):
+    if units and nanos and (units > 0) != (nanos > 0):
         raise InvalidArgument({f"{field}": "units and nanos must have the same sign"})
-    return value.units * 100 + value.nanos // NANOS_PER_MINOR
+    return units * 100 + nanos // NANOS_PER_MINOR
 
 
 def timestamp(moment: datetime | str | None) -> timestamp_pb2.Timestamp:
@@ -58,28 +59,6 @@ def utc_now() -> str:
 def new_id(prefix: str) -> str:
     """A random, prefixed identifier: ``ord_3f…``."""
     return f"{prefix}_{uuid.uuid4().hex}"
-
-
-def page_size(requested: int) -> int:
-    """The page size to use: 0 means the default, the cap is MAX_PAGE_SIZE."""
-    if requested < 0:
-        raise InvalidArgument({"page_size": "must not be negative"})
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
-def encode_page_token(position: str) -> str:
-    """An opaque token for the position after the last item of a page."""
-    return base64.urlsafe_b64encode(position.encode()).decode()
-
-
-def decode_page_token(token: str) -> str:
-    """The position inside a page token; INVALID_ARGUMENT when it was not ours."""
-    if not token:
-        return ""
-    try:
-        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidArgument({"page_token": "is not a token returned by this service"}) from None
 
 
 def require(violations: dict[str, str]) -> None:

@@ -6,15 +6,13 @@ Stock itself is decremented in the store with one conditional UPDATE per item, s
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from services.common import limits
 from services.common.errors import FailedPrecondition, InvalidArgument
 
 DOMAIN = "shop.inventory"
-SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 MAX_ITEMS = 100
 MAX_QUANTITY = 1_000_000
 
@@ -31,21 +29,26 @@ class Line:
     quantity: int
 
 
-def validate_reservation(reservation_id: str, order_id: str, lines: list[Line]) -> list[Line]:
+def validate_reservation(
+    reservation_id: str, order_id: str, lines: list[Line], request_id: str = ""
+) -> list[Line]:
     """Check a reservation request; lines for the same sku are merged, in sku order."""
     violations: dict[str, str] = {}
-    if not ID.fullmatch(reservation_id):
-        violations["reservation_id"] = "required; letters, digits and . _ : - (at most 128)"
-    if not order_id:
-        violations["order_id"] = "required"
+    limits.require_ids((("reservation_id", reservation_id), ("order_id", order_id)), violations)
+    problem = limits.request_id_violation(request_id)
+    if problem:
+        violations["request_id"] = problem
     if not lines:
         violations["items"] = "at least one item is required"
     if len(lines) > MAX_ITEMS:
+        # Not one violation per line of an oversized list: the answer itself must stay small.
         violations["items"] = f"at most {MAX_ITEMS} items"
+        raise InvalidArgument(violations)
     merged: dict[str, int] = {}
     for index, line in enumerate(lines):
-        if not SKU.fullmatch(line.sku):
-            violations[f"items[{index}].sku"] = "required; letters, digits and . _ - (at most 64)"
+        problem = limits.sku_violation(line.sku)
+        if problem:
+            violations[f"items[{index}].sku"] = problem
         if not 1 <= line.quantity <= MAX_QUANTITY:
             violations[f"items[{index}].quantity"] = f"must be between 1 and {MAX_QUANTITY}"
         merged[line.sku] = merged.get(line.sku, 0) + line.quantity
@@ -56,19 +59,28 @@ def validate_reservation(reservation_id: str, order_id: str, lines: list[Line]) 
     return [Line(sku, quantity) for sku, quantity in sorted(merged.items())]
 
 
-def validate_restock(sku: str, quantity: int) -> None:
+def validate_restock(sku: str, quantity: int, request_id: str = "") -> None:
     violations: dict[str, str] = {}
-    if not SKU.fullmatch(sku):
-        violations["sku"] = "required; letters, digits and . _ - (at most 64)"
+    problem = limits.sku_violation(sku)
+    if problem:
+        violations["sku"] = problem
     if not 1 <= quantity <= MAX_QUANTITY:
         violations["quantity"] = f"must be between 1 and {MAX_QUANTITY}"
+    problem = limits.request_id_violation(request_id)
+    if problem:
+        violations["request_id"] = problem
     if violations:
         raise InvalidArgument(violations)
 
 
-def validate_reservation_id(reservation_id: str) -> None:
-    if not ID.fullmatch(reservation_id):
-        raise InvalidArgument({"reservation_id": "required; letters, digits and . _ : - (at most 128)"})
+def validate_sku(sku: str) -> None:
+    problem = limits.sku_violation(sku)
+    if problem:
+        raise InvalidArgument({"sku": problem})
+
+
+def validate_reservation_id(reservation_id: str, request_id: str = "") -> None:
+    limits.require_id_and_key("reservation_id", reservation_id, request_id)
 
 
 def insufficient_stock(sku: str, wanted: int, available: int) -> FailedPrecondition:

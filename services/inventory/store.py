@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from services.common.database import Database, Row, Tx
 from services.common.errors import NotFound
+from services.common.idempotency import RequestKey, check, claim
 from services.common.values import utc_now
-from services.inventory.domain import Line, ReservationState, can_commit, insufficient_stock
+from services.inventory.domain import DOMAIN, Line, ReservationState, can_commit, insufficient_stock
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,20 @@ class InventoryStore:
         return _product(row)
 
     async def restock(self, sku: str, quantity: int, request_id: str) -> ProductRecord:
-        """Add stock once per request_id (a re-sent request adds nothing more)."""
+        """Add stock once per request_id (a re-sent request adds nothing more); the key
+        reused for another sku or quantity is refused (IDEMPOTENCY_KEY_REUSED)."""
 
         def work(tx: Tx) -> ProductRecord:
             if request_id:
-                done = tx.one("SELECT sku FROM restocks WHERE request_id = ?", (request_id,))
+                done = tx.one("SELECT sku, quantity FROM restocks WHERE request_id = ?", (request_id,))
                 if done is not None:
+                    check(
+                        "request_id",
+                        request_id,
+                        (done["sku"], int(done["quantity"])),
+                        (sku, quantity),
+                        DOMAIN,
+                    )
                     return self._product_in(tx, done["sku"])
                 tx.execute(
                     "INSERT INTO restocks (request_id, sku, quantity, create_time) VALUES (?, ?, ?, ?)",
@@ -111,13 +120,25 @@ class InventoryStore:
 
         return await self._db.transact(work)
 
-    async def reserve(self, reservation_id: str, order_id: str, lines: list[Line]) -> ReservationRecord:
-        """Hold every line or none; a known reservation_id returns the first result."""
+    async def reserve(
+        self, reservation_id: str, order_id: str, lines: list[Line], key: RequestKey | None = None
+    ) -> ReservationRecord:
+        """Hold every line or none; a known reservation_id returns the first result, if the
+        request repeats its order and lines (else IDEMPOTENCY_KEY_REUSED, as for the request_id)."""
 
         def work(tx: Tx) -> ReservationRecord:
+            claim(tx, key, DOMAIN)
             existing = tx.one("SELECT * FROM reservations WHERE reservation_id = ?", (reservation_id,))
             if existing is not None:
-                return _reservation(existing)
+                first = _reservation(existing)
+                check(
+                    "reservation_id",
+                    reservation_id,
+                    (first.order_id, first.items),
+                    (order_id, tuple(lines)),
+                    DOMAIN,
+                )
+                return first
             now = utc_now()
             for line in lines:
                 # One conditional UPDATE: atomic on both engines, so stock can never go negative.
@@ -140,10 +161,11 @@ class InventoryStore:
 
         return await self._db.transact(work)
 
-    async def release(self, reservation_id: str) -> ReservationRecord | None:
+    async def release(self, reservation_id: str, key: RequestKey | None = None) -> ReservationRecord | None:
         """Return held or sold units to the shelf; None (a no-op) for an unknown id."""
 
         def work(tx: Tx) -> ReservationRecord | None:
+            claim(tx, key, DOMAIN)
             row = tx.one("SELECT * FROM reservations WHERE reservation_id = ?", (reservation_id,))
             if row is None:
                 return None
@@ -161,10 +183,11 @@ class InventoryStore:
 
         return await self._db.transact(work)
 
-    async def commit(self, reservation_id: str) -> ReservationRecord:
+    async def commit(self, reservation_id: str, key: RequestKey | None = None) -> ReservationRecord:
         """Turn a held reservation into a sale; idempotent."""
 
         def work(tx: Tx) -> ReservationRecord:
+            claim(tx, key, DOMAIN)
             record = self._reservation_in(tx, reservation_id)
             if can_commit(record.state):
                 self._set_state(tx, reservation_id, ReservationState.COMMITTED, utc_now())

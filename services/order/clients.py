@@ -3,9 +3,12 @@
 :class:`Upstreams` holds one stub per upstream over channels from a factory given the service
 name: in the service, the process's mesh channels (Consul-discovered, balanced, with
 failover), which its start-up code owns and closes. :meth:`Upstreams.for_call` binds them to
-one incoming RPC: every outgoing call authenticates as the order service itself (participants
-accept order steps only from services) and has a timeout that is the configured default but
-never past the caller's remaining deadline.
+one incoming RPC: every outgoing call has a timeout that is the configured default but never
+past the caller's remaining deadline. No call carries a token, the customer's or any other:
+the order service calls as itself, proved by its mesh identity (its mTLS certificate, or the
+``x-mesh-peer`` claim of :func:`mesh.connect.peer.peer_metadata` in plaintext debugging
+mode), and participants accept order steps only from their trusted callers. So a saga resumed
+after a restart, long after the customer's token expired, still runs.
 
 gRPC errors are translated here, once: before anything is stored (user check, pricing) into
 the statuses the caller should see; during the saga into :class:`StepFailure` kinds.
@@ -15,16 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import grpc
+from google.rpc import error_details_pb2
 
 from mesh.config import UpstreamSettings
+from mesh.deadline import Deadline
 from mesh.errors import DependencyUnavailable
-from mesh.identity import ServiceTokens
-from services.common.errors import FailedPrecondition, PermissionDenied, Unauthenticated
+from services.common.context import Context
+from services.common.errors import DomainError, FailedPrecondition, PermissionDenied, Unauthenticated
 from services.common.values import NANOS_PER_MINOR, money
 from services.order.domain import DOMAIN, Order, Price
 from services.order.participants import FailureKind, StepFailure
@@ -59,6 +63,28 @@ REFUSED = {
 NOT_RUN = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNIMPLEMENTED}
 
 
+class CallerDeadlineExceeded(DomainError):
+    """The caller's own deadline ran out before (or while) an upstream was asked.
+
+    DEADLINE_EXCEEDED, never UNAVAILABLE: the deadline is the caller's choice, not an outage of
+    the upstream, and UNAVAILABLE would count against the caller's breakers for this service
+    (one customer with 5 ms deadlines could open them for everyone).
+    """
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def __init__(self, service: str) -> None:
+        super().__init__(f"the deadline ran out before {service} answered")
+        self.service = service
+
+    def details(self) -> list[Any]:
+        return [
+            error_details_pb2.ErrorInfo(
+                reason="DEADLINE_EXCEEDED", domain=DOMAIN, metadata={"dependency": self.service}
+            )
+        ]
+
+
 def step_failure(service: str, error: grpc.aio.AioRpcError) -> StepFailure:
     """The saga's view of a failed participant call; the reason names the service."""
     code, message = error.code(), error.details() or ""
@@ -79,10 +105,10 @@ class Upstreams:
     """One channel and stub per upstream service, shared by every call of this process."""
 
     def __init__(
-        self, channels: Mapping[str, grpc.aio.Channel], default_timeout: float, tokens: ServiceTokens
+        self, channels: Mapping[str, grpc.aio.Channel], default_timeout: float, metadata: Metadata
     ) -> None:
         self._channels = dict(channels)
-        self._tokens = tokens
+        self._metadata = metadata  # what says "the order service" (nothing under mTLS)
         self.default_timeout = default_timeout
         self.user = UserServiceStub(self._channels["user"])
         self.inventory = InventoryServiceStub(self._channels["inventory"])
@@ -90,54 +116,71 @@ class Upstreams:
         self.shipping = ShippingServiceStub(self._channels["shipping"])
 
     @classmethod
-    def connect(cls, settings: UpstreamSettings, tokens: ServiceTokens, factory: ChannelFactory) -> Upstreams:
-        """Stubs over the channels ``factory`` gives (the process's mesh channels)."""
-        return cls({name: factory(name) for name in UPSTREAMS}, settings.default_timeout_seconds, tokens)
+    def connect(cls, settings: UpstreamSettings, metadata: Metadata, factory: ChannelFactory) -> Upstreams:
+        """Stubs over the channels ``factory`` gives (the process's mesh channels); every call
+        carries ``metadata`` (``peer_metadata("order", insecure)``)."""
+        return cls({name: factory(name) for name in UPSTREAMS}, settings.default_timeout_seconds, metadata)
 
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
 
-    def for_call(self, context: grpc.aio.ServicerContext[Any, Any]) -> CallerClients:
+    def for_call(self, context: Context) -> CallerClients:
         """Clients acting for the caller of ``context``, within its deadline."""
         remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
-        return CallerClients(self, self._tokens.metadata(), deadline)
+        deadline = None if remaining is None else Deadline.after(remaining)
+        return CallerClients(self, self._metadata, deadline)
 
     def for_service(self) -> CallerClients:
         """Clients for the saga itself, bound to no caller's deadline.
 
         Sagas run in the background (and are resumed after a restart, when no caller exists),
-        so each call is bounded by the default timeout only; the token is taken fresh per
-        call because a compensation may be retried for longer than a token lives.
+        so each call is bounded by the default timeout only, and depends on no token's lifetime.
         """
-        return ServiceClients(self, self._tokens)
+        return CallerClients(self, self._metadata, None)
 
 
 class CallerClients:
-    """The upstream calls of one incoming RPC, with its credentials and within its deadline.
+    """The upstream calls of one incoming RPC (or of the saga), within its deadline if any.
 
     Implements the saga's Participants and CreateOrder's Lookups.
     """
 
-    def __init__(self, upstreams: Upstreams, metadata: Metadata, deadline: float | None) -> None:
+    def __init__(self, upstreams: Upstreams, metadata: Metadata, deadline: Deadline | None) -> None:
         self.upstreams = upstreams
         self.metadata = metadata
         self.deadline = deadline
 
     async def _call(self, service: str, method: Callable[..., Awaitable[T]], request: Any) -> T:
-        """Send with the default timeout cut to the caller's deadline; no time left, no call."""
+        """Send with the default timeout cut to the caller's deadline; no time left, no call
+        (:class:`CallerDeadlineExceeded`)."""
         timeout = self.upstreams.default_timeout
         if self.deadline is not None:
-            left = self.deadline - time.monotonic()
+            left = self.deadline.remaining()
             if left <= 0:
-                raise StepFailure(FailureKind.UNAVAILABLE, service, f"no time was left to call {service}")
+                raise CallerDeadlineExceeded(service)
             timeout = min(timeout, left)
         return await method(request, timeout=timeout, metadata=self.metadata)
+
+    def _unavailable(self, service: str, error: grpc.aio.AioRpcError) -> DomainError | DependencyUnavailable:
+        """A lookup's failure: the caller's deadline when that is what ran out, else an outage."""
+        code = error.code()
+        if (
+            code is grpc.StatusCode.DEADLINE_EXCEEDED
+            and self.deadline is not None
+            and self.deadline.expired()
+        ):
+            return CallerDeadlineExceeded(service)
+        return DependencyUnavailable(service, f"{code.name}: {error.details() or ''}")
 
     async def _step(self, service: str, method: Callable[..., Awaitable[T]], request: Any) -> T:
         try:
             return await self._call(service, method, request)
+        except CallerDeadlineExceeded:
+            # Nothing was sent: the step certainly did not run.
+            raise StepFailure(
+                FailureKind.UNAVAILABLE, service, f"no time was left to call {service}"
+            ) from None
         except grpc.aio.AioRpcError as error:
             raise step_failure(service, error) from None
 
@@ -148,8 +191,6 @@ class CallerClients:
             await self._call(
                 "user service", self.upstreams.user.GetUser, user_pb2.GetUserRequest(user_id=user_id)
             )
-        except StepFailure as failure:
-            raise DependencyUnavailable(failure.service, failure.reason) from None
         except grpc.aio.AioRpcError as error:
             code, message = error.code(), error.details() or ""
             if code is grpc.StatusCode.NOT_FOUND:
@@ -157,10 +198,12 @@ class CallerClients:
                     "USER_NOT_FOUND", f"user '{user_id}' does not exist", DOMAIN, user_id=user_id
                 ) from None
             if code is grpc.StatusCode.UNAUTHENTICATED:
-                raise Unauthenticated(f"user service refused the token: {message}") from None
+                raise Unauthenticated(
+                    f"user service did not recognise the order service: {message}"
+                ) from None
             if code is grpc.StatusCode.PERMISSION_DENIED:
                 raise PermissionDenied(f"user service refused: {message}") from None
-            raise DependencyUnavailable("user service", f"{code.name}: {message}") from None
+            raise self._unavailable("user service", error) from None
 
     async def catalog(self, skus: Iterable[str]) -> dict[str, Price]:
         """Prices for the skus, asked concurrently; skus the catalog lacks are left out."""
@@ -171,14 +214,10 @@ class CallerClients:
                 reply = await self._call(
                     "inventory service", stub.GetProduct, inventory.GetProductRequest(sku=sku)
                 )
-            except StepFailure as failure:
-                raise DependencyUnavailable(failure.service, failure.reason) from None
             except grpc.aio.AioRpcError as error:
                 if error.code() is grpc.StatusCode.NOT_FOUND:
                     return sku, None
-                raise DependencyUnavailable(
-                    "inventory service", f"{error.code().name}: {error.details()}"
-                ) from None
+                raise self._unavailable("inventory service", error) from None
             price = reply.product.price
             return sku, Price(price.units * 100 + price.nanos // NANOS_PER_MINOR, price.currency_code)
 
@@ -272,18 +311,6 @@ class CallerClients:
         )
         reply = await self._step("shipping service", self.upstreams.shipping.CancelShipment, request)
         return "shipment cancelled" if reply.HasField("shipment") else "no shipment was scheduled"
-
-
-class ServiceClients(CallerClients):
-    """:class:`CallerClients` with no deadline and a service token renewed as it ages."""
-
-    def __init__(self, upstreams: Upstreams, tokens: ServiceTokens) -> None:
-        super().__init__(upstreams, tokens.metadata(), None)
-        self._tokens = tokens
-
-    async def _call(self, service: str, method: Callable[..., Awaitable[T]], request: Any) -> T:
-        self.metadata = self._tokens.metadata()
-        return await super()._call(service, method, request)
 
 
 def _request_id(order: Order, operation: str) -> str:

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from services.common.values import money, timestamp
-from services.order.domain import Order
+from services.order.domain import Order, OrderStatus
 from shop.order.v1 import order_pb2 as pb
 from shop.shipping.v1 import shipping_pb2
+
+# A table rather than Value(f"ORDER_STATUS_{...}"): the type checker sees the proto enum's
+# type, and the mapping is visible in one place.
+STATUS = {
+    OrderStatus.PENDING: pb.ORDER_STATUS_PENDING,
+    OrderStatus.CONFIRMED: pb.ORDER_STATUS_CONFIRMED,
+    OrderStatus.CANCELLED: pb.ORDER_STATUS_CANCELLED,
+}
 
 
 def order_pb(order: Order) -> pb.Order:
@@ -18,7 +26,7 @@ def order_pb(order: Order) -> pb.Order:
             for i in order.items
         ],
         total=money(order.total_minor, order.currency),
-        status=pb.OrderStatus.Value(f"ORDER_STATUS_{order.status.value}"),
+        status=STATUS[order.status],
         status_reason=order.status_reason,
         shipping_address=shipping_pb2.Address(
             recipient=a.recipient,

@@ -1,4 +1,4 @@
-"""Order rules, free of I/O: what a valid order is, its price, its states and its saga steps.
+"""Order rules, free of I/O: what a valid order is, its price, its states and its step history.
 
 An order's progress is its own step history: every step outcome is appended to ``steps``
 and the next move (the next forward step, or which completed steps still need undoing) is
@@ -8,27 +8,25 @@ CreateOrder, a CancelOrder, later the durable saga log) without remembering anyt
 Duplicate skus in one request are merged into one line (quantities added, first position
 kept), the same rule the inventory service applies to reservations; the merged quantity
 must still be within the per-line limit.
+
+The saga's step table lives in :mod:`services.order.saga.definition`; the rules here see a step
+only through the small :class:`Step` shape (its name, the id it fills in, whether it can be
+undone), so this module imports neither the participants port nor anything that calls out.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import Protocol, TypeVar
 
+from services.common import idempotency, limits
 from services.common.errors import FailedPrecondition, InvalidArgument
-from services.order.participants import FailureKind, Participants, StepFailure
 
 DOMAIN = "shop.order"
-# Matched with fullmatch: "$" would let a trailing newline through.
-SKU = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-COUNTRY = re.compile(r"[A-Z]{2}")
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_LINES = 50
 MAX_QUANTITY = 1000
-MAX_REQUEST_ID = 128
-ADDRESS_LIMITS = {"recipient": 100, "line1": 200, "city": 100, "postal_code": 20}
 CANCELLED_BY_CUSTOMER = "cancelled by customer"
 
 
@@ -137,18 +135,13 @@ class Order:
 
 
 def _clean_address(address: Address, violations: dict[str, str]) -> Address:
-    """The address with its text stripped; the limits are the shipping service's, so an order
-    we accept is never refused by shipping for its form (only for its destination)."""
-    values = {name: getattr(address, name).strip() for name in ADDRESS_LIMITS}
-    for name, limit in ADDRESS_LIMITS.items():
-        value = values[name]
-        if not value:
-            violations[f"shipping_address.{name}"] = "required"
-        elif len(value) > limit:
-            violations[f"shipping_address.{name}"] = f"at most {limit} characters"
-        elif CONTROL.search(value):
-            violations[f"shipping_address.{name}"] = "must not contain control characters"
-    if not COUNTRY.fullmatch(address.country_code):
+    """The address as free text (trimmed, NFC); the limits are the shipping service's, so an
+    order we accept is never refused by shipping for its form (only for its destination)."""
+    values = {
+        name: limits.clean_free_text(f"shipping_address.{name}", getattr(address, name), limit, violations)
+        for name, limit in limits.ADDRESS_LIMITS.items()
+    }
+    if not limits.COUNTRY_CODE.fullmatch(address.country_code):
         violations["shipping_address.country_code"] = (
             "required; ISO 3166-1 alpha-2 in upper case, such as 'JP'"
         )
@@ -158,10 +151,9 @@ def _clean_address(address: Address, violations: dict[str, str]) -> Address:
 def validate_create(lines: Sequence[Line], address: Address | None, request_id: str) -> Draft:
     """Check a CreateOrder request; INVALID_ARGUMENT with one violation per bad field."""
     violations: dict[str, str] = {}
-    if not request_id:
-        violations["request_id"] = "required (the idempotency key of this order)"
-    elif len(request_id) > MAX_REQUEST_ID:
-        violations["request_id"] = f"at most {MAX_REQUEST_ID} characters"
+    problem = limits.request_id_violation(request_id, required=True)
+    if problem:
+        violations["request_id"] = problem
     if address is None:
         violations["shipping_address"] = "required"
     else:
@@ -170,10 +162,12 @@ def validate_create(lines: Sequence[Line], address: Address | None, request_id: 
         violations["items"] = "at least one item is required"
     elif len(lines) > MAX_LINES:
         violations["items"] = f"at most {MAX_LINES} lines"
+        raise InvalidArgument(violations)  # not one violation per line of an oversized list
     merged: dict[str, int] = {}
     for index, line in enumerate(lines):
-        if not SKU.fullmatch(line.sku):
-            violations[f"items[{index}].sku"] = "required; letters, digits and . _ - (at most 64)"
+        problem = limits.sku_violation(line.sku)
+        if problem:
+            violations[f"items[{index}].sku"] = problem
         if not 1 <= line.quantity <= MAX_QUANTITY:
             violations[f"items[{index}].quantity"] = f"must be between 1 and {MAX_QUANTITY}"
             continue
@@ -186,6 +180,18 @@ def validate_create(lines: Sequence[Line], address: Address | None, request_id: 
         raise InvalidArgument(violations)
     assert address is not None
     return Draft(tuple(Line(sku, qty) for sku, qty in merged.items()), address, request_id)
+
+
+def check_replay(order: Order, draft: Draft) -> None:
+    """A re-sent CreateOrder must repeat the order's items and address: the same request_id
+    with another body is refused (IDEMPOTENCY_KEY_REUSED), never answered with the first order."""
+    idempotency.check(
+        "request_id",
+        draft.request_id,
+        (tuple((item.sku, item.quantity) for item in order.items), order.address),
+        (tuple((line.sku, line.quantity) for line in draft.lines), draft.address),
+        DOMAIN,
+    )
 
 
 def price(draft: Draft, catalog: Mapping[str, Price]) -> tuple[tuple[Item, ...], str, int]:
@@ -216,13 +222,31 @@ def new_order(order_id: str, user_id: str, draft: Draft, catalog: Mapping[str, P
     return Order(order_id, user_id, draft.request_id, items, currency, total, draft.address, now, now)
 
 
+class Step(Protocol):
+    """What the order's rules need to know of a saga step."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def sets(self) -> str:
+        """The :class:`StepKeys` field the step fills in once it completed ("": none)."""
+        ...
+
+    @property
+    def undoable(self) -> bool: ...
+
+
+S = TypeVar("S", bound=Step)
+
+
 class InvalidTransition(FailedPrecondition):
     def __init__(self, order: Order, to: str) -> None:
         super().__init__("INVALID_TRANSITION", f"a {order.status} order cannot {to}", DOMAIN)
 
 
 def record(
-    order: Order, step: SagaStep, outcome: Outcome, detail: str, now: str, uncertain: bool = False
+    order: Order, step: Step, outcome: Outcome, detail: str, now: str, uncertain: bool = False
 ) -> Order:
     """Append one step outcome; a completed step also fills in the id of what it created."""
     entry = StepRecord(step.name, outcome, detail, now, uncertain)
@@ -241,13 +265,13 @@ def begin_cancel(order: Order, reason: str, now: str) -> Order:
     return replace(order, cancel_reason=reason, update_time=now)
 
 
-def confirm(order: Order, steps: Sequence[SagaStep], now: str) -> Order:
+def confirm(order: Order, steps: Sequence[Step], now: str) -> Order:
     if order.status is not OrderStatus.PENDING or order.cancel_reason or remaining(steps, order):
         raise InvalidTransition(order, "confirm")
     return replace(order, status=OrderStatus.CONFIRMED, status_reason="", update_time=now)
 
 
-def cancel(order: Order, steps: Sequence[SagaStep], now: str) -> Order:
+def cancel(order: Order, steps: Sequence[Step], now: str) -> Order:
     """CANCELLED once every completed step has been undone."""
     if order.status is OrderStatus.CANCELLED or not order.cancel_reason or to_compensate(steps, order):
         raise InvalidTransition(order, "cancel")
@@ -268,73 +292,17 @@ def saga_open(order: Order) -> bool:
     return bool(order.cancel_reason) and order.status is not OrderStatus.CANCELLED
 
 
-def remaining(steps: Sequence[SagaStep], order: Order) -> list[SagaStep]:
+def remaining(steps: Sequence[S], order: Order) -> list[S]:
     """Forward steps not completed yet, in order."""
     return [s for s in steps if not order.has(s.name, Outcome.COMPLETED)]
 
 
-def to_compensate(steps: Sequence[SagaStep], order: Order) -> list[SagaStep]:
+def to_compensate(steps: Sequence[S], order: Order) -> list[S]:
     """Steps to undo, in reverse: completed (or uncertain) and not compensated yet."""
     return [
         s
         for s in reversed(steps)
-        if s.compensation is not None
+        if s.undoable
         and (order.has(s.name, Outcome.COMPLETED) or order.uncertain(s.name))
         and not order.has(s.name, Outcome.COMPENSATED)
     ]
-
-
-Call = Callable[[Participants, Order], Awaitable[str]]
-
-
-@dataclass(frozen=True)
-class SagaStep:
-    """A step as data: its action, how to undo it, and which order field names what it made."""
-
-    name: str
-    action: Call
-    compensation: Call | None = None
-    sets: str = ""
-    # The compensation's own name, for logs and the crash-matrix fault points.
-    undo: str = ""
-
-
-async def undo_payment(participants: Participants, order: Order) -> str:
-    """A captured payment is refunded; an authorization is voided.
-
-    A void refused by the payment service means the payment was captured after all (a
-    capture whose answer was lost), so it is refunded instead.
-    """
-    if order.has("capture_payment", Outcome.COMPLETED):
-        return await participants.refund_payment(order)
-    try:
-        return await participants.void_payment(order)
-    except StepFailure as failure:
-        if failure.kind is not FailureKind.BUSINESS:
-            raise
-        return await participants.refund_payment(order)
-
-
-# Capture and commit have no compensation of their own: undoing the payment refunds a
-# captured one, and releasing a reservation also returns committed (sold) stock.
-ORDER_STEPS: tuple[SagaStep, ...] = (
-    SagaStep(
-        "reserve_stock",
-        lambda p, o: p.reserve_stock(o),
-        lambda p, o: p.release_stock(o),
-        "reservation_id",
-        "release_stock",
-    ),
-    SagaStep(
-        "authorize_payment", lambda p, o: p.authorize_payment(o), undo_payment, "payment_id", "undo_payment"
-    ),
-    SagaStep(
-        "schedule_shipment",
-        lambda p, o: p.schedule_shipment(o),
-        lambda p, o: p.cancel_shipment(o),
-        "shipment_id",
-        "cancel_shipment",
-    ),
-    SagaStep("capture_payment", lambda p, o: p.capture_payment(o)),
-    SagaStep("commit_stock", lambda p, o: p.commit_stock(o)),
-)

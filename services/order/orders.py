@@ -4,7 +4,7 @@ Ownership is enforced here, where the data lives: a customer sees only their own
 another user's order is NOT_FOUND (not PERMISSION_DENIED, which would confirm it exists);
 admins see every order.
 
-CreateOrder stores the order, starts its saga in the background (:mod:`services.order.runner`)
+CreateOrder stores the order, starts its saga in the background (:mod:`services.order.saga.runner`)
 and waits for the terminal state (CONFIRMED or CANCELLED) up to the caller's deadline; when
 the deadline comes first it returns the order as it stands, PENDING, and the saga carries on
 regardless: it does not belong to the call, and after a crash it is resumed on start. Clients
@@ -18,17 +18,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass, field
 
 from mesh.identity import Principal
 from services.common.errors import NotFound
+from services.common.idempotency import RequestKey
 from services.common.values import new_id, utc_now
 from services.order import domain
-from services.order.domain import ORDER_STEPS, Draft, Order, OrderStatus, SagaStep
+from services.order.domain import Draft, Order, OrderStatus
 from services.order.participants import Lookups, Participants
-from services.order.runner import ParticipantsFactory, SagaRunner, SagaSettings
+from services.order.saga.definition import ORDER_STEPS, SagaStep
+from services.order.saga.orchestrator import Checkpoint
+from services.order.saga.runner import ParticipantsFactory, SagaRunner, SagaSettings
 from services.order.store import OrderStore
-from services.order.workflow import Checkpoint
+
+
+@dataclass
+class _Watchers:
+    """How many watchers follow one order here, and the event the next save here sets."""
+
+    count: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Orders:
@@ -46,7 +57,8 @@ class Orders:
     ) -> None:
         self._store = store
         self._runner = SagaRunner(store, steps, self._notify, saga, clock, checkpoint)
-        self._changed: dict[str, asyncio.Event] = {}
+        # Only orders someone watches here: an entry goes with its last watcher (see _versions).
+        self._changed: dict[str, _Watchers] = {}
         self._watch_poll = watch_poll_seconds
         self._clock = clock
         self._ids = ids
@@ -79,6 +91,7 @@ class Orders:
             catalog = await lookups.catalog(line.sku for line in draft.lines)
             order = domain.new_order(self._ids(), user_id, draft, catalog, self._clock())
             existing, _created = await self._store.create(order)
+        domain.check_replay(existing, draft)
         if existing.status is not OrderStatus.PENDING:
             return existing
         task = self._runner.submit(existing.order_id, lambda: participants)
@@ -93,28 +106,40 @@ class Orders:
     async def list(self, user_id: str, after: tuple[str, str] | None, limit: int) -> list[Order]:
         return await self._store.list_for_user(user_id, after, limit)
 
-    async def watch(self, principal: Principal, order_id: str) -> AsyncIterator[Order]:
+    async def watch(self, principal: Principal, order_id: str) -> AsyncGenerator[Order, None]:
         """The order now, then each new version of it, ending once it is CONFIRMED or CANCELLED."""
         order = await self.get(principal, order_id)
         yield order
         if order.status is OrderStatus.PENDING:
-            async for later in self._versions(order):
-                yield later
-                if later.status is not OrderStatus.PENDING:
-                    return
+            async with contextlib.aclosing(self._versions(order)) as versions:
+                async for later in versions:
+                    yield later
+                    if later.status is not OrderStatus.PENDING:
+                        return
 
-    async def _versions(self, order: Order) -> AsyncIterator[Order]:
-        """Every later version of the order, as saves here (or a poll) reveal them; endless."""
+    async def _versions(self, order: Order) -> AsyncGenerator[Order, None]:
+        """Every later version of the order, as saves here (or a poll) reveal them; endless.
+
+        Its wakeup is registered for as long as this generator is open (close it: ``aclosing``)
+        and dropped with the last watcher, whichever instance saved the order.
+        """
         order_id = order.order_id
-        while True:
-            changed = self._changed.setdefault(order_id, asyncio.Event())  # before reading: no lost wakeup
-            latest = await self._store.get(order_id)
-            if latest.version != order.version:
-                order = latest
-                yield order
-                continue
-            with contextlib.suppress(TimeoutError):  # a timeout: another instance may have saved it
-                await asyncio.wait_for(changed.wait(), self._watch_poll)
+        watchers = self._changed.setdefault(order_id, _Watchers())
+        watchers.count += 1
+        try:
+            while True:
+                changed = watchers.changed  # taken before reading: a save in between still wakes us
+                latest = await self._store.get(order_id)
+                if latest.version != order.version:
+                    order = latest
+                    yield order
+                    continue
+                with contextlib.suppress(TimeoutError):  # a timeout: another instance may have saved it
+                    await asyncio.wait_for(changed.wait(), self._watch_poll)
+        finally:
+            watchers.count -= 1
+            if not watchers.count:
+                del self._changed[order_id]
 
     async def cancel(
         self,
@@ -122,19 +147,24 @@ class Orders:
         order_id: str,
         participants: Participants,
         wait_seconds: float | None = None,
+        key: RequestKey | None = None,
     ) -> Order:
         """Undo the order's completed steps (after a run in progress here); wait up to
-        ``wait_seconds`` for CANCELLED. A CANCELLED order comes back unchanged."""
+        ``wait_seconds`` for CANCELLED. A CANCELLED order comes back unchanged. ``key`` (the
+        request_id) is remembered for this order once the caller may see it."""
         order = await self.get(principal, order_id)
+        await self._store.claim_key(key)
         if order.status is OrderStatus.CANCELLED:
             return order
         task = self._runner.submit(order_id, lambda: participants, domain.CANCELLED_BY_CUSTOMER)
         return await self._settle(task, order_id, wait_seconds)
 
     def _notify(self, order: Order) -> None:
-        changed = self._changed.pop(order.order_id, None)
-        if changed is not None:
-            changed.set()
+        """Wake this order's watchers; the entry stays, with a fresh event, while they watch."""
+        watchers = self._changed.get(order.order_id)
+        if watchers is not None:
+            watchers.changed.set()
+            watchers.changed = asyncio.Event()
 
     async def _settle(self, task: asyncio.Task[Order | None], order_id: str, wait: float | None) -> Order:
         """The saga's result, or the order as it stands once ``wait`` seconds have passed.
@@ -150,7 +180,8 @@ class Orders:
                 order = await self._store.get(order_id)
                 if not domain.saga_open(order):
                     return order
-                async for later in self._versions(order):
-                    if not domain.saga_open(later):
-                        return later
+                async with contextlib.aclosing(self._versions(order)) as versions:
+                    async for later in versions:
+                        if not domain.saga_open(later):
+                            return later
         return await self._store.get(order_id)

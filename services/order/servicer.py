@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
-import grpc
-
+from services.common import limits
 from services.common.auth import Authenticator
-from services.common.errors import InvalidArgument
-from services.common.values import decode_page_token, encode_page_token, page_size
+from services.common.context import Context
+from services.common.idempotency import RequestKey
+from services.common.pagination import page, page_request, parse_time_id, time_id_position
 from services.order import domain
 from services.order.clients import Upstreams
 from services.order.convert import order_pb
@@ -18,7 +17,6 @@ from services.order.orders import Orders
 from shop.order.v1 import order_pb2 as pb
 from shop.order.v1 import order_pb2_grpc
 
-Context = grpc.aio.ServicerContext[Any, Any]
 # Kept back from the caller's deadline so the PENDING answer still reaches it in time.
 ANSWER_MARGIN_SECONDS = 0.25
 
@@ -37,22 +35,11 @@ def address(request: pb.CreateOrderRequest) -> Address | None:
     return Address(a.recipient, a.line1, a.city, a.postal_code, a.country_code)
 
 
-def page_position(token: str) -> tuple[str, str] | None:
-    """(create_time, order_id) of the last order of the previous page."""
-    if not token:
-        return None
-    time, separator, order_id = decode_page_token(token).partition("|")
-    if not separator or not time or not order_id:
-        raise InvalidArgument({"page_token": "is not a token returned by this service"})
-    return time, order_id
-
-
 def require_order_id(order_id: str) -> None:
-    if not order_id:
-        raise InvalidArgument({"order_id": "required"})
+    limits.require_id("order_id", order_id)
 
 
-class OrderServicer(order_pb2_grpc.OrderServiceServicer):
+class OrderServicer(order_pb2_grpc.OrderServiceServicer):  # type: ignore[misc]  # generated grpc code is untyped (Any) for mypy
     """CreateOrder and CancelOrder answer with the terminal order, or PENDING (CONFIRMED for a
     cancellation under way) when the caller's deadline comes first; the saga runs on as the
     order service, and WatchOrder is how a caller follows it to the end."""
@@ -77,11 +64,9 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
 
     async def ListOrders(self, request: pb.ListOrdersRequest, context: Context) -> pb.ListOrdersResponse:
         principal = self._auth.required(context)
-        limit = page_size(request.page_size)
-        orders = await self._orders.list(principal.subject, page_position(request.page_token), limit + 1)
-        more = len(orders) > limit
-        orders = orders[:limit]
-        token = encode_page_token(f"{orders[-1].create_time}|{orders[-1].order_id}") if more else ""
+        wanted = page_request(request.page_size, request.page_token)
+        rows = await self._orders.list(principal.subject, parse_time_id(wanted.after), wanted.fetch)
+        orders, token = page(rows, wanted, lambda o: time_id_position(o.create_time, o.order_id))
         return pb.ListOrdersResponse(orders=[order_pb(o) for o in orders], next_page_token=token)
 
     async def WatchOrder(
@@ -95,9 +80,9 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
     async def CancelOrder(self, request: pb.CancelOrderRequest, context: Context) -> pb.CancelOrderResponse:
         principal = self._auth.required(context)
         require_order_id(request.order_id)
-        if len(request.request_id) > domain.MAX_REQUEST_ID:
-            raise InvalidArgument({"request_id": f"at most {domain.MAX_REQUEST_ID} characters"})
+        limits.require_request_id(request.request_id)
+        key = RequestKey.of("CancelOrder", principal.subject, request.request_id, request.order_id)
         order = await self._orders.cancel(
-            principal, request.order_id, self._upstreams.for_service(), wait_budget(context)
+            principal, request.order_id, self._upstreams.for_service(), wait_budget(context), key
         )
         return pb.CancelOrderResponse(order=order_pb(order))

@@ -32,9 +32,10 @@ import grpc
 
 from services.common.database import Database, Row, Tx
 from services.common.errors import DomainError, NotFound
+from services.common.idempotency import RequestKey, claim
 from services.common.messaging import outbox
 from services.order import events
-from services.order.domain import Address, Item, Order, OrderStatus, Outcome, StepRecord, saga_open
+from services.order.domain import DOMAIN, Address, Item, Order, OrderStatus, Outcome, StepRecord, saga_open
 
 COLUMNS = "order_id, user_id, request_id, status, create_time, update_time, version, document"
 
@@ -134,6 +135,13 @@ class OrderStore:
         if result[1]:
             self._on_event()
         return result
+
+    async def claim_key(self, key: RequestKey | None) -> bool:
+        """Remember a request_id of an RPC without an order-level key (CancelOrder); False for a
+        re-send, IDEMPOTENCY_KEY_REUSED when it was used for another request."""
+        if key is None:
+            return True
+        return await self._db.transact(lambda tx: claim(tx, key, DOMAIN))
 
     async def find(self, user_id: str, request_id: str) -> Order | None:
         """The user's order for an idempotency key, if there is one."""

@@ -18,6 +18,7 @@ from services.common.app import ServiceContext
 from services.common.database import Tx
 from services.common.errors import InvalidArgument
 from services.common.messaging.consumer import EventConsumer, Malformed, start_consumer
+from services.common.messaging.consumer_settings import ConsumerSettings
 from services.common.values import minor_units, new_id, utc_now
 from shop.order.v1 import events_pb2
 
@@ -51,6 +52,6 @@ def issue_invoice(tx: Tx, event: events_pb2.OrderEvent) -> None:
     )
 
 
-def start_billing(context: ServiceContext) -> EventConsumer | None:
+def start_billing(context: ServiceContext, settings: ConsumerSettings) -> EventConsumer | None:
     """Start the billing consumer when the bus is on; it stops with the process's resources."""
-    return start_consumer(context, CONSUMER, ROUTING_KEYS, issue_invoice)
+    return start_consumer(context, settings, issue_invoice)

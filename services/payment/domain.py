@@ -8,19 +8,15 @@ payment unchanged (a re-sent call), or to refuse.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
 from mesh.errors import ConfigError
-from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from services.common import idempotency, limits
+from services.common.errors import FailedPrecondition, InvalidArgument
 
 DOMAIN = "shop.payment"
-# Matched with fullmatch: "$" would let a trailing newline through.
-ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-ID_RULE = "required; letters, digits and . _ : - (at most 128)"
-CURRENCY = re.compile(r"[A-Z]{3}")
 NANOS_PER_MINOR = 10_000_000
 MAX_NANOS = 999_999_999
 # Far above any real payment, far below BIGINT: a bigger amount is a malformed request.
@@ -79,13 +75,14 @@ def policy_from_settings(extra: Mapping[str, str]) -> PaymentPolicy:
 
 
 def validate_authorization(
-    payment_id: str, order_id: str, user_id: str, amount: Amount | None
+    payment_id: str, order_id: str, user_id: str, amount: Amount | None, request_id: str = ""
 ) -> Authorization:
     """Check an authorization request, reporting every violation at once."""
     violations: dict[str, str] = {}
-    for field, value in (("payment_id", payment_id), ("order_id", order_id), ("user_id", user_id)):
-        if not ID.fullmatch(value):
-            violations[field] = ID_RULE
+    limits.require_ids((("payment_id", payment_id), ("order_id", order_id), ("user_id", user_id)), violations)
+    problem = limits.request_id_violation(request_id)
+    if problem:
+        violations["request_id"] = problem
     if amount is None:
         violations["amount"] = "required"
         minor, currency = 0, ""
@@ -98,7 +95,7 @@ def validate_authorization(
 
 def _amount_minor(amount: Amount, violations: dict[str, str]) -> int:
     """Minor units of ``amount``; adds a violation for each way it is malformed."""
-    if not CURRENCY.fullmatch(amount.currency_code):
+    if not limits.CURRENCY_CODE.fullmatch(amount.currency_code):
         violations["amount.currency_code"] = "must be a three-letter ISO 4217 code such as EUR"
     if abs(amount.nanos) > MAX_NANOS or amount.nanos % NANOS_PER_MINOR:
         violations["amount.nanos"] = "must be a whole number of cents"
@@ -113,14 +110,12 @@ def _amount_minor(amount: Amount, violations: dict[str, str]) -> int:
     return minor
 
 
-def validate_payment_id(payment_id: str) -> None:
-    if not ID.fullmatch(payment_id):
-        raise InvalidArgument({"payment_id": ID_RULE})
+def validate_payment_id(payment_id: str, request_id: str = "") -> None:
+    limits.require_id_and_key("payment_id", payment_id, request_id)
 
 
 def validate_invoice_id(invoice_id: str) -> None:
-    if not ID.fullmatch(invoice_id):
-        raise InvalidArgument({"invoice_id": ID_RULE})
+    limits.require_id("invoice_id", invoice_id)
 
 
 def check_limit(authorization: Authorization, policy: PaymentPolicy) -> None:
@@ -140,11 +135,9 @@ def check_limit(authorization: Authorization, policy: PaymentPolicy) -> None:
 
 
 def check_replay(existing: Authorization, requested: Authorization) -> None:
-    """A re-sent authorization must repeat the original terms; a different one is a conflict."""
-    if existing != requested:
-        raise AlreadyExists(
-            f"payment '{requested.payment_id}' already exists for a different order, user or amount"
-        )
+    """A re-sent authorization must repeat the original terms: the payment id is its key, and
+    another order, user or amount under it is refused (IDEMPOTENCY_KEY_REUSED)."""
+    idempotency.check("payment_id", requested.payment_id, existing, requested, DOMAIN)
 
 
 def may_capture(state: PaymentState) -> bool:
@@ -177,18 +170,3 @@ def format_minor(minor: int, currency: str) -> str:
     sign = "-" if minor < 0 else ""
     units, cents = divmod(abs(minor), 100)
     return f"{sign}{units}.{cents:02d} {currency}"
-
-
-def invoice_position(create_time: str, invoice_id: str) -> str:
-    """Where a page of invoices (newest first) ended: the last invoice's time and id."""
-    return f"{create_time}|{invoice_id}"
-
-
-def parse_invoice_position(position: str) -> tuple[str, str] | None:
-    """The (create_time, invoice_id) inside a decoded page token; None for the first page."""
-    if not position:
-        return None
-    create_time, separator, invoice_id = position.partition("|")
-    if not separator or not create_time or not ID.fullmatch(invoice_id):
-        raise InvalidArgument({"page_token": "is not a token returned by this service"})
-    return create_time, invoice_id

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import grpc
+from dataclasses import asdict
 
 from services.common.auth import Authenticator
+from services.common.context import Context
 from services.common.errors import PermissionDenied
-from services.common.values import decode_page_token, encode_page_token, money, page_size, timestamp
+from services.common.idempotency import RequestKey
+from services.common.pagination import page, page_request, parse_time_id, time_id_position
+from services.common.values import money, timestamp
 from services.payment import domain
 from services.payment.store import InvoiceRecord, PaymentRecord, PaymentStore
 from shop.payment.v1 import payment_pb2 as pb
 from shop.payment.v1 import payment_pb2_grpc
 
-Context = grpc.aio.ServicerContext[Any, Any]
+# The proto enum of each state; a table because Value(name) is typed int, not the enum.
+STATES = {
+    domain.PaymentState.AUTHORIZED: pb.PAYMENT_STATE_AUTHORIZED,
+    domain.PaymentState.CAPTURED: pb.PAYMENT_STATE_CAPTURED,
+    domain.PaymentState.VOIDED: pb.PAYMENT_STATE_VOIDED,
+    domain.PaymentState.REFUNDED: pb.PAYMENT_STATE_REFUNDED,
+}
 
 
 def payment_pb(record: PaymentRecord) -> pb.Payment:
@@ -23,7 +30,7 @@ def payment_pb(record: PaymentRecord) -> pb.Payment:
         order_id=record.order_id,
         user_id=record.user_id,
         amount=money(record.amount_minor, record.currency),
-        state=pb.PaymentState.Value(f"PAYMENT_STATE_{record.state.value}"),
+        state=STATES[record.state],
         create_time=timestamp(record.create_time),
         update_time=timestamp(record.update_time),
     )
@@ -40,7 +47,7 @@ def invoice_pb(record: InvoiceRecord) -> pb.Invoice:
     )
 
 
-class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
+class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):  # type: ignore[misc]  # generated grpc code is untyped (Any) for mypy
     """Payments by caller-chosen id; another user's payment or invoice answers NOT_FOUND."""
 
     def __init__(self, store: PaymentStore, auth: Authenticator, policy: domain.PaymentPolicy) -> None:
@@ -58,32 +65,37 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
             request.order_id,
             request.user_id,
             domain.Amount(amount.currency_code, amount.units, amount.nanos) if amount is not None else None,
+            request.request_id,
         )
         if not caller.may_act_for(authorization.user_id):
             raise PermissionDenied("a payment can only be authorized for yourself")
-        record = await self._store.authorize(authorization, self._policy)
+        key = RequestKey.of("AuthorizePayment", caller.subject, request.request_id, asdict(authorization))
+        record = await self._store.authorize(authorization, self._policy, key)
         return pb.AuthorizePaymentResponse(payment=payment_pb(record))
 
     async def CapturePayment(
         self, request: pb.CapturePaymentRequest, context: Context
     ) -> pb.CapturePaymentResponse:
         caller = self._auth.service(context)
-        domain.validate_payment_id(request.payment_id)
-        record = await self._store.capture(request.payment_id, caller)
+        domain.validate_payment_id(request.payment_id, request.request_id)
+        key = RequestKey.of("CapturePayment", caller.subject, request.request_id, request.payment_id)
+        record = await self._store.capture(request.payment_id, caller, key)
         return pb.CapturePaymentResponse(payment=payment_pb(record))
 
     async def VoidPayment(self, request: pb.VoidPaymentRequest, context: Context) -> pb.VoidPaymentResponse:
         caller = self._auth.service(context)
-        domain.validate_payment_id(request.payment_id)
-        record = await self._store.void(request.payment_id, caller)
+        domain.validate_payment_id(request.payment_id, request.request_id)
+        key = RequestKey.of("VoidPayment", caller.subject, request.request_id, request.payment_id)
+        record = await self._store.void(request.payment_id, caller, key)
         return pb.VoidPaymentResponse(payment=payment_pb(record) if record else None)
 
     async def RefundPayment(
         self, request: pb.RefundPaymentRequest, context: Context
     ) -> pb.RefundPaymentResponse:
         caller = self._auth.service(context)
-        domain.validate_payment_id(request.payment_id)
-        record = await self._store.refund(request.payment_id, caller)
+        domain.validate_payment_id(request.payment_id, request.request_id)
+        key = RequestKey.of("RefundPayment", caller.subject, request.request_id, request.payment_id)
+        record = await self._store.refund(request.payment_id, caller, key)
         return pb.RefundPaymentResponse(payment=payment_pb(record))
 
     async def GetPayment(self, request: pb.GetPaymentRequest, context: Context) -> pb.GetPaymentResponse:
@@ -96,18 +108,10 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
         self, request: pb.ListInvoicesRequest, context: Context
     ) -> pb.ListInvoicesResponse:
         caller = self._auth.required(context)
-        limit = page_size(request.page_size)
-        after = domain.parse_invoice_position(decode_page_token(request.page_token))
+        wanted = page_request(request.page_size, request.page_token)
         owner = None if caller.is_admin else caller.subject
-        records = await self._store.list_invoices(owner, after, limit + 1)
-        more = len(records) > limit
-        records = records[:limit]
-        last = records[-1] if records else None
-        token = (
-            encode_page_token(domain.invoice_position(last.create_time, last.invoice_id))
-            if more and last
-            else ""
-        )
+        rows = await self._store.list_invoices(owner, parse_time_id(wanted.after), wanted.fetch)
+        records, token = page(rows, wanted, lambda r: time_id_position(r.create_time, r.invoice_id))
         return pb.ListInvoicesResponse(invoices=[invoice_pb(r) for r in records], next_page_token=token)
 
     async def GetInvoice(self, request: pb.GetInvoiceRequest, context: Context) -> pb.GetInvoiceResponse:

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from mesh.identity import Principal
 from services.common.database import Database, Row, Tx
 from services.common.errors import NotFound
+from services.common.idempotency import RequestKey, claim
 from services.common.values import utc_now
 from services.payment.domain import (
+    DOMAIN,
     Authorization,
     PaymentPolicy,
     PaymentState,
@@ -84,14 +86,18 @@ class PaymentStore:
     def __init__(self, database: Database) -> None:
         self._db = database
 
-    async def authorize(self, authorization: Authorization, policy: PaymentPolicy) -> PaymentRecord:
+    async def authorize(
+        self, authorization: Authorization, policy: PaymentPolicy, key: RequestKey | None = None
+    ) -> PaymentRecord:
         """Store a new authorization, or return the existing one for a re-sent request.
 
         The decline rule runs after the replay check, so a payment authorized earlier is still
-        returned to a re-sent request even if the limit has been lowered since.
+        returned to a re-sent request even if the limit has been lowered since. Both keys are
+        checked: the payment id against the stored terms, the request_id against its fingerprint.
         """
 
         def work(tx: Tx) -> PaymentRecord:
+            claim(tx, key, DOMAIN)
             existing = self._find(tx, authorization.payment_id)
             if existing is None:
                 check_limit(authorization, policy)
@@ -117,7 +123,9 @@ class PaymentStore:
 
         return await self._db.transact(work)
 
-    async def capture(self, payment_id: str, caller: Principal) -> PaymentRecord:
+    async def capture(
+        self, payment_id: str, caller: Principal, key: RequestKey | None = None
+    ) -> PaymentRecord:
         """AUTHORIZED -> CAPTURED; a re-capture changes nothing.
 
         The invoice is not written here: billing issues it when the order is confirmed
@@ -125,16 +133,20 @@ class PaymentStore:
         """
 
         def work(tx: Tx) -> PaymentRecord:
+            claim(tx, key, DOMAIN)
             return self._move(tx, self._visible(tx, payment_id, caller), may_capture, PaymentState.CAPTURED)[
                 0
             ]
 
         return await self._db.transact(work)
 
-    async def void(self, payment_id: str, caller: Principal) -> PaymentRecord | None:
+    async def void(
+        self, payment_id: str, caller: Principal, key: RequestKey | None = None
+    ) -> PaymentRecord | None:
         """AUTHORIZED -> VOIDED; None (a no-op) for an unknown payment, so compensations can repeat."""
 
         def work(tx: Tx) -> PaymentRecord | None:
+            claim(tx, key, DOMAIN)
             record = self._find(tx, payment_id)
             if record is None or not caller.may_act_for(record.user_id):
                 return None
@@ -142,10 +154,13 @@ class PaymentStore:
 
         return await self._db.transact(work)
 
-    async def refund(self, payment_id: str, caller: Principal) -> PaymentRecord:
+    async def refund(
+        self, payment_id: str, caller: Principal, key: RequestKey | None = None
+    ) -> PaymentRecord:
         """CAPTURED -> REFUNDED; a re-sent refund changes nothing."""
 
         def work(tx: Tx) -> PaymentRecord:
+            claim(tx, key, DOMAIN)
             return self._move(tx, self._visible(tx, payment_id, caller), may_refund, PaymentState.REFUNDED)[0]
 
         return await self._db.transact(work)

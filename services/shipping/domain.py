@@ -7,25 +7,19 @@ request and a test can both predict them.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
 from mesh.errors import ConfigError
-from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from services.common import idempotency, limits
+from services.common.errors import FailedPrecondition, InvalidArgument
 
 DOMAIN = "shop.shipping"
-# Matched with fullmatch: "$" would let a trailing newline through.
-ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-ID_RULE = "required; letters, digits and . _ : - (at most 128)"
-COUNTRY = re.compile(r"[A-Z]{2}")
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+COUNTRY = limits.COUNTRY_CODE
 DEFAULT_SUPPORTED_COUNTRIES = frozenset({"JP", "US", "DE", "FR", "GB", "NL", "IT", "ES", "CA", "AU"})
 DEFAULT_TRANSIT_DAYS = 3
-# Longest accepted text per address field: enough for real labels, bounded for storage.
-ADDRESS_LIMITS = {"recipient": 100, "line1": 200, "city": 100, "postal_code": 20}
 
 
 class ShipmentState(StrEnum):
@@ -80,12 +74,17 @@ def policy_from_settings(extra: Mapping[str, str]) -> ShippingPolicy:
     return ShippingPolicy(frozenset(countries) if countries else DEFAULT_SUPPORTED_COUNTRIES, days)
 
 
-def validate_schedule(shipment_id: str, order_id: str, user_id: str, address: Address | None) -> Schedule:
-    """Check a schedule request, reporting every violation at once; text is stripped."""
+def validate_schedule(
+    shipment_id: str, order_id: str, user_id: str, address: Address | None, request_id: str = ""
+) -> Schedule:
+    """Check a schedule request, reporting every violation at once; text is stored as free text."""
     violations: dict[str, str] = {}
-    for name, value in (("shipment_id", shipment_id), ("order_id", order_id), ("user_id", user_id)):
-        if not ID.fullmatch(value):
-            violations[name] = ID_RULE
+    limits.require_ids(
+        (("shipment_id", shipment_id), ("order_id", order_id), ("user_id", user_id)), violations
+    )
+    problem = limits.request_id_violation(request_id)
+    if problem:
+        violations["request_id"] = problem
     clean = _clean_address(address or Address("", "", "", "", ""), violations)
     if violations:
         raise InvalidArgument(violations)
@@ -93,23 +92,17 @@ def validate_schedule(shipment_id: str, order_id: str, user_id: str, address: Ad
 
 
 def _clean_address(address: Address, violations: dict[str, str]) -> Address:
-    values = {name: getattr(address, name).strip() for name in ADDRESS_LIMITS}
-    for name, limit in ADDRESS_LIMITS.items():
-        value = values[name]
-        if not value:
-            violations[f"address.{name}"] = "required"
-        elif len(value) > limit:
-            violations[f"address.{name}"] = f"at most {limit} characters"
-        elif CONTROL.search(value):
-            violations[f"address.{name}"] = "must not contain control characters"
+    values = {
+        name: limits.clean_free_text(f"address.{name}", getattr(address, name), limit, violations)
+        for name, limit in limits.ADDRESS_LIMITS.items()
+    }
     if not COUNTRY.fullmatch(address.country_code):
         violations["address.country_code"] = "must be an ISO 3166-1 alpha-2 code in upper case, such as JP"
     return Address(country_code=address.country_code, **values)
 
 
-def validate_shipment_id(shipment_id: str) -> None:
-    if not ID.fullmatch(shipment_id):
-        raise InvalidArgument({"shipment_id": ID_RULE})
+def validate_shipment_id(shipment_id: str, request_id: str = "") -> None:
+    limits.require_id_and_key("shipment_id", shipment_id, request_id)
 
 
 def check_destination(schedule: Schedule, policy: ShippingPolicy) -> None:
@@ -126,11 +119,9 @@ def check_destination(schedule: Schedule, policy: ShippingPolicy) -> None:
 
 
 def check_replay(existing: Schedule, requested: Schedule) -> None:
-    """A re-sent schedule request must repeat the original terms; a different one is a conflict."""
-    if existing != requested:
-        raise AlreadyExists(
-            f"shipment '{requested.shipment_id}' already exists for a different order, user or address"
-        )
+    """A re-sent schedule request must repeat the original terms: the shipment id is its key,
+    and another order, user or address under it is refused (IDEMPOTENCY_KEY_REUSED)."""
+    idempotency.check("shipment_id", requested.shipment_id, existing, requested, DOMAIN)
 
 
 def tracking_number(shipment_id: str) -> str:

@@ -12,8 +12,10 @@ from datetime import datetime
 from mesh.identity import Principal
 from services.common.database import Database, Row, Tx
 from services.common.errors import NotFound
+from services.common.idempotency import RequestKey, claim
 from services.common.values import utc_now
 from services.shipping.domain import (
+    DOMAIN,
     Address,
     Schedule,
     ShipmentState,
@@ -64,7 +66,9 @@ class ShippingStore:
     def __init__(self, database: Database) -> None:
         self._db = database
 
-    async def schedule(self, schedule: Schedule, policy: ShippingPolicy) -> ShipmentRecord:
+    async def schedule(
+        self, schedule: Schedule, policy: ShippingPolicy, key: RequestKey | None = None
+    ) -> ShipmentRecord:
         """Store a new shipment, or return the existing one for a re-sent request.
 
         The refusal rule runs after the replay check, so a shipment scheduled earlier is still
@@ -72,6 +76,7 @@ class ShippingStore:
         """
 
         def work(tx: Tx) -> ShipmentRecord:
+            claim(tx, key, DOMAIN)
             existing = self._find(tx, schedule.shipment_id)
             if existing is None:
                 check_destination(schedule, policy)
@@ -107,10 +112,13 @@ class ShippingStore:
 
         return await self._db.transact(work)
 
-    async def cancel(self, shipment_id: str, caller: Principal) -> ShipmentRecord | None:
+    async def cancel(
+        self, shipment_id: str, caller: Principal, key: RequestKey | None = None
+    ) -> ShipmentRecord | None:
         """SCHEDULED -> CANCELLED; None (a no-op) for an unknown shipment, so compensations can repeat."""
 
         def work(tx: Tx) -> ShipmentRecord | None:
+            claim(tx, key, DOMAIN)
             record = self._find(tx, shipment_id)
             if record is None or not caller.may_act_for(record.user_id):
                 return None

@@ -15,24 +15,20 @@ import hmac
 import math
 import re
 import secrets
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from mesh.identity import Principal
+from services.common import limits
 from services.common.errors import InvalidArgument, NotFound, Unauthenticated
-from services.common.values import decode_page_token, encode_page_token
 
-MIN_PASSWORD = 8
-# Bounded so a request cannot make the KDF chew on megabytes; far above any passphrase.
-MAX_PASSWORD = 1024
-MAX_EMAIL = 254  # RFC 5321 path limit
-MAX_LOCAL_PART = 64
-MAX_DISPLAY_NAME = 100
-REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+MIN_PASSWORD = limits.PASSWORD_MIN
+MAX_PASSWORD = limits.PASSWORD_MAX
+MAX_EMAIL = limits.EMAIL_MAX
+MAX_LOCAL_PART = limits.EMAIL_LOCAL_PART_MAX
+MAX_DISPLAY_NAME = limits.DISPLAY_NAME_MAX
 # Deliberately loose on the local part (quoted and internationalized forms exist) and strict
 # on the domain (ASCII labels, punycode for IDNs, at least one dot).
 LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -64,7 +60,7 @@ ADMIN_ROLES = (Role.ADMIN, Role.CUSTOMER)
 
 @dataclass(frozen=True)
 class Registration:
-    """A validated registration: the email normalized, the display name trimmed."""
+    """A validated registration: the email normalized, the display name stored as free text."""
 
     email: str
     display_name: str
@@ -83,8 +79,8 @@ def _email_violation(email: str) -> str | None:
         return f"at most {MAX_EMAIL} characters"
     if not EMAIL.fullmatch(email) or len(email.rsplit("@", 1)[0]) > MAX_LOCAL_PART:
         return "must be an email address such as name@example.com"
-    if any(unicodedata.category(c) in ("Cc", "Cf") for c in email):
-        return "must not contain control characters"
+    if limits.unprintable(email):
+        return limits.UNPRINTABLE_RULE
     return None
 
 
@@ -95,30 +91,18 @@ def _password_violation(password: str) -> str | None:
 
 
 def _display_name_violation(display_name: str) -> str | None:
-    if not display_name:
-        return "required"
-    if len(display_name) > MAX_DISPLAY_NAME:
-        return f"at most {MAX_DISPLAY_NAME} characters"
-    if any(unicodedata.category(c) in ("Cc", "Cf") for c in display_name):
-        return "must not contain control characters"
-    return None
-
-
-def _request_id_violation(request_id: str) -> str | None:
-    if request_id and not REQUEST_ID.fullmatch(request_id):
-        return "letters, digits and . _ : - (at most 128)"
-    return None
+    return limits.free_text_violation(display_name, MAX_DISPLAY_NAME)
 
 
 def validate_registration(email: str, password: str, display_name: str, request_id: str) -> Registration:
     """Check every field at once, so a client learns all its mistakes in one round trip."""
     normalized = normalize_email(email)
-    name = display_name.strip()
+    name = limits.free_text(display_name)
     checks = {
         "email": _email_violation(normalized),
         "password": _password_violation(password),
         "display_name": _display_name_violation(name),
-        "request_id": _request_id_violation(request_id),
+        "request_id": limits.request_id_violation(request_id),
     }
     violations = {field: problem for field, problem in checks.items() if problem}
     if violations:
@@ -147,19 +131,25 @@ def validate_login(email: str, password: str) -> str:
 
 
 def validate_user_id(user_id: str, field: str = "user_id") -> None:
-    if not USER_ID.fullmatch(user_id):
-        raise InvalidArgument({field: "required; letters, digits and . _ : - (at most 128)"})
+    limits.require_id(field, user_id)
 
 
-def validate_update(user_id: str, paths: Sequence[str], display_name: str) -> str:
+def validate_update(user_id: str, paths: Sequence[str], display_name: str, request_id: str = "") -> str:
     """The new display name of an UpdateUser; an empty mask means display_name."""
     violations: dict[str, str] = {}
-    if not USER_ID.fullmatch(user_id):
-        violations["user.user_id"] = "required; letters, digits and . _ : - (at most 128)"
+    limits.require_ids((("user.user_id", user_id),), violations)
+    problem = limits.request_id_violation(request_id)
+    if problem:
+        violations["request_id"] = problem
+    if len(paths) > limits.UPDATE_MASK_PATHS_MAX:
+        violations["update_mask.paths"] = f"at most {limits.UPDATE_MASK_PATHS_MAX} paths"
+        paths = ()
     for index, path in enumerate(paths):
-        if path not in UPDATABLE_PATHS:
+        if len(path) > limits.FIELD_PATH_MAX:
+            violations[f"update_mask.paths[{index}]"] = f"at most {limits.FIELD_PATH_MAX} characters"
+        elif path not in UPDATABLE_PATHS:
             violations[f"update_mask.paths[{index}]"] = f"'{path}' cannot be updated; only display_name can"
-    name = display_name.strip()
+    name = limits.free_text(display_name)
     problem = _display_name_violation(name)
     if problem:
         violations["user.display_name"] = problem
@@ -246,19 +236,3 @@ def build_claims(
         "iat": now,
         "exp": now + math.ceil(ttl_seconds),
     }
-
-
-def encode_cursor(create_time: str, user_id: str) -> str:
-    """The page token after a user: users are listed by (create_time, user_id)."""
-    return encode_page_token(f"{create_time}|{user_id}")
-
-
-def decode_cursor(token: str) -> tuple[str, str] | None:
-    """The (create_time, user_id) a page token points after; None for the first page."""
-    if not token:
-        return None
-    # decode_page_token skips characters outside the alphabet, so junk can decode to "".
-    create_time, separator, user_id = decode_page_token(token).partition("|")
-    if not separator or not create_time or not user_id:
-        raise InvalidArgument({"page_token": "is not a token returned by this service"})
-    return create_time, user_id

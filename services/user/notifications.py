@@ -16,6 +16,7 @@ from services.common.app import ServiceContext
 from services.common.database import Database, Row, Tx
 from services.common.errors import InvalidArgument
 from services.common.messaging.consumer import EventConsumer, Malformed, start_consumer
+from services.common.messaging.consumer_settings import ConsumerSettings
 from services.common.values import minor_units, new_id, utc_now
 from shop.order.v1 import events_pb2
 
@@ -116,6 +117,6 @@ class NotificationStore:
         return [_record(r) for r in rows]
 
 
-def start_notifications(context: ServiceContext) -> EventConsumer | None:
+def start_notifications(context: ServiceContext, settings: ConsumerSettings) -> EventConsumer | None:
     """Start the notification consumer when the bus is on; it stops with the process."""
-    return start_consumer(context, CONSUMER, ROUTING_KEYS, record_notification)
+    return start_consumer(context, settings, record_notification)

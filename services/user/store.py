@@ -12,9 +12,11 @@ import json
 from dataclasses import dataclass, field
 
 from services.common.database import Database, Row, Tx
-from services.common.errors import AlreadyExists
+from services.common.idempotency import RequestKey, claim
 from services.common.values import new_id, utc_now
 from services.user.domain import Role, user_not_found
+
+DOMAIN = "shop.user"
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,22 @@ class NewUser:
     password_hash: str = field(repr=False)
     roles: tuple[Role, ...]
     request_id: str = ""
+
+
+@dataclass(frozen=True)
+class Signup:
+    """What one CreateUser request_id registered: the request's terms and the id answered."""
+
+    request_id: str
+    user_id: str
+    email: str
+    display_name: str
+    password_hash: str = field(repr=False)
+    create_time: str
+
+
+class _KeyTaken(Exception):
+    """A concurrent registration with the same request_id committed first."""
 
 
 @dataclass(frozen=True)
@@ -58,27 +76,80 @@ class UserStore:
     def __init__(self, database: Database) -> None:
         self._db = database
 
-    async def create(self, user: NewUser) -> UserRecord:
-        """Insert an account; a known request_id returns the account it created.
+    async def create(self, user: NewUser) -> UserRecord | None:
+        """Register an account without disclosing whether the email was taken.
 
-        ALREADY_EXISTS when the email is taken, or when the request_id was used to register
-        a different email (replaying someone else's key must not disclose their account).
+        A free email gets the account. A taken email gets a decoy answer shaped like a new
+        account (a fresh id, the request's own email and name, nothing stored in ``users``):
+        the existing account is neither changed nor described. With a request_id the answer
+        is remembered in ``signups``; None when that key was already taken (a re-send, or a
+        reuse: the caller compares with :meth:`find_signup`, which needs the password).
         """
 
-        def work(tx: Tx) -> UserRecord:
+        def work(tx: Tx) -> UserRecord | None:
+            if user.request_id and self._signup_in(tx, user.request_id) is not None:
+                return None
             if self._insert(tx, user):
-                return self._by_email(tx, user.email)
+                record = self._by_email(tx, user.email)
+            else:
+                now = utc_now()
+                record = UserRecord(new_id("usr"), user.email, user.display_name, user.roles, "", now, now)
             if user.request_id:
-                first = tx.one("SELECT * FROM users WHERE request_id = ?", (user.request_id,))
-                if first is not None:
-                    if first["email"] != user.email:
-                        raise AlreadyExists(
-                            f"request_id '{user.request_id}' was used for another registration"
-                        )
-                    return _user(first)
-            raise AlreadyExists(f"an account with email '{user.email}' already exists")
+                added = tx.execute(
+                    "INSERT INTO signups (request_id, user_id, email, display_name, password_hash, create_time) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
+                    (
+                        user.request_id,
+                        record.user_id,
+                        user.email,
+                        user.display_name,
+                        user.password_hash,
+                        record.create_time,
+                    ),
+                )
+                if not added:  # a concurrent twin took the key first: undo ours, compare with it
+                    raise _KeyTaken()
+            return record
 
-        return await self._db.transact(work)
+        try:
+            return await self._db.transact(work)
+        except _KeyTaken:
+            return None
+
+    async def find_signup(self, request_id: str) -> Signup | None:
+        """What a CreateUser request_id registered (an account or a decoy), if anything."""
+        return await self._db.transact(lambda tx: self._signup_in(tx, request_id))
+
+    async def answer(self, signup: Signup) -> UserRecord:
+        """The answer to a re-sent registration: the account as it is now, or the decoy again."""
+        row = await self._db.transact(
+            lambda tx: tx.one("SELECT * FROM users WHERE user_id = ?", (signup.user_id,))
+        )
+        if row is not None:
+            return _user(row)
+        return UserRecord(
+            signup.user_id,
+            signup.email,
+            signup.display_name,
+            (Role.CUSTOMER,),
+            "",
+            signup.create_time,
+            signup.create_time,
+        )
+
+    @staticmethod
+    def _signup_in(tx: Tx, request_id: str) -> Signup | None:
+        row = tx.one("SELECT * FROM signups WHERE request_id = ?", (request_id,))
+        if row is None:
+            return None
+        return Signup(
+            row["request_id"],
+            row["user_id"],
+            row["email"],
+            row["display_name"],
+            row["password_hash"],
+            row["create_time"],
+        )
 
     async def create_if_absent(self, user: NewUser) -> tuple[UserRecord, bool]:
         """The account with ``user.email``, and whether it was created now (for seeding)."""
@@ -96,8 +167,14 @@ class UserStore:
     async def get(self, user_id: str) -> UserRecord:
         return await self._db.transact(lambda tx: self._by_id(tx, user_id))
 
-    async def update_display_name(self, user_id: str, display_name: str) -> UserRecord:
+    async def update_display_name(
+        self, user_id: str, display_name: str, key: RequestKey | None = None
+    ) -> UserRecord:
+        """Rename; a re-sent request (same ``key``, same name) changes nothing more."""
+
         def work(tx: Tx) -> UserRecord:
+            if not claim(tx, key, DOMAIN):
+                return self._by_id(tx, user_id)
             changed = tx.execute(
                 "UPDATE users SET display_name = ?, update_time = ? WHERE user_id = ?",
                 (display_name, utc_now(), user_id),

@@ -1,7 +1,7 @@
 """Signing access tokens: the one place the private key is used.
 
 Only the user service holds the private key; every other process verifies with the public
-key (``mesh.identity.JwtVerifier``). The key is loaded and checked when the issuer is built,
+key (``mesh.verifier.JwtVerifier``). The key is loaded and checked when the issuer is built,
 so a missing or wrong key stops the service at start rather than failing every login.
 """
 

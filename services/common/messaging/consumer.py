@@ -20,13 +20,19 @@ A *transient* failure (the service's database is unavailable) must not burn atte
 consumer keeps the message unacked and retries the same transaction in-process with capped
 backoff until the database answers (or the consumer stops). As it processes one message at a
 time, nothing else is taken meanwhile, and the broker holds at most ``prefetch`` unacked
-messages for it. Any other handler error is a failure of this attempt: the message is nacked
-with requeue after a short delay (growing with its delivery count), so a poison message
-reaches the DLQ in ``max_attempts`` deliveries without spinning and the queue moves on.
+messages for it. Any other error while processing a message (in the handler, or a bug in this
+module's own decoding) is a failure of this attempt, logged at ERROR with its traceback: the
+message is nacked with requeue after a short delay (growing with its delivery count), so a
+poison message reaches the DLQ in ``max_attempts`` deliveries without spinning and the queue
+moves on. It never closes the connection: that would return every prefetched message too and
+burn their attempts for one message's bug.
 
 The connection is this module's own (no robust connection): when the broker is down or
 restarts, the consumer reconnects with capped exponential backoff and jitter, logging once
-per outage, and re-declares its topology (declarations are idempotent).
+per outage, and re-declares its topology (declarations are idempotent). Only broker and
+network errors (:data:`~services.common.messaging.topology.BROKER_ERRORS`) are an outage; any
+other exception that ends a connection is a bug, logged with its traceback, after which the
+consumer reconnects with the same backoff. Every delay here is :class:`mesh.resilience.Backoff`.
 """
 
 from __future__ import annotations
@@ -34,22 +40,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from google.protobuf.message import DecodeError
 
-from mesh.config import env_float, env_int
-from mesh.errors import ConfigError, DependencyUnavailable
+from mesh.errors import DependencyUnavailable
 from services.common.app import ServiceContext
 from services.common.database import Database, Tx
+from services.common.messaging.consumer_settings import ConsumerSettings
 from services.common.messaging.inbox import claim
-from services.common.messaging.topology import broker_address, declare_exchange
+from services.common.messaging.topology import BROKER_ERRORS, broker_address, declare_exchange
 from services.common.settings import MessagingSettings
 from shop.order.v1 import events_pb2
 
@@ -66,48 +70,10 @@ class Malformed(Exception):
     """The message is not an event this consumer can ever apply: dead-letter it at once."""
 
 
-@dataclass(frozen=True)
-class ConsumerSettings:
-    """One consumer's queue and its limits."""
-
-    name: str  # "billing", "notifications": the queue is MessagingSettings.queue(name)
-    routing_keys: tuple[str, ...]
-    prefetch: int = 32
-    max_attempts: int = 5
-    reconnect_base_seconds: float = 0.2
-    reconnect_max_seconds: float = 5.0
-    # Holding a message while the database is down: retry the same transaction this often.
-    unavailable_base_seconds: float = 0.1
-    unavailable_max_seconds: float = 2.0
-    # Before nacking a failed attempt: base * 2**(deliveries-1), capped.
-    failure_base_seconds: float = 0.05
-    failure_max_seconds: float = 1.0
-    # Fault injection for tests: each handler transaction takes this much longer (a slow
-    # handler), so a test can kill the process while messages are still in flight.
-    fault_delay_seconds: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.prefetch <= 1000:
-            raise ConfigError(f"consumer {self.name}: prefetch must be within 1..1000, got {self.prefetch}")
-        if self.max_attempts < 1:
-            raise ConfigError(f"consumer {self.name}: max_attempts must be at least 1")
-
-
-def consumer_settings(name: str, routing_keys: Sequence[str], extra: Mapping[str, str]) -> ConsumerSettings:
-    """A consumer's settings from a service's ``extra`` (``<SERVICE>_CONSUMER_PREFETCH``...)."""
-    return ConsumerSettings(
-        name=name,
-        routing_keys=tuple(routing_keys),
-        prefetch=env_int(extra, "CONSUMER_PREFETCH", 32),
-        max_attempts=env_int(extra, "CONSUMER_MAX_ATTEMPTS", 5),
-        fault_delay_seconds=env_float(extra, "CONSUMER_FAULT_DELAY_SECONDS", 0.0),
-    )
-
-
 def start_consumer(
-    context: ServiceContext, name: str, routing_keys: Sequence[str], handler: EventHandler
+    context: ServiceContext, settings: ConsumerSettings, handler: EventHandler
 ) -> EventConsumer | None:
-    """Start consumer ``name`` in a service process when the bus is on; it stops with the process.
+    """Start a consumer in a service process when the bus is on; it stops with the process.
 
     Off (``SHOP_AMQP_URL=none``) nothing is consumed: the events wait in their queue, if it
     exists, or were never routed to it.
@@ -115,12 +81,7 @@ def start_consumer(
     messaging = context.settings.messaging
     if not messaging.enabled:
         return None
-    consumer = EventConsumer(
-        messaging,
-        context.database,
-        consumer_settings(name, routing_keys, context.settings.extra),
-        handler,
-    )
+    consumer = EventConsumer(messaging, context.database, settings, handler)
     consumer.start()
     context.resources.push_async_callback(consumer.close)
     return consumer
@@ -188,6 +149,9 @@ class EventConsumer:
         self._db = database
         self._settings = settings
         self._handler = handler
+        self._reconnect = settings.reconnect_backoff
+        self._unavailable = settings.unavailable_backoff
+        self._failure = settings.failure_backoff
         self._task: asyncio.Task[None] | None = None
         self._broker = f"RabbitMQ at {broker_address(messaging.amqp_url)}"
         self.applied = 0
@@ -218,7 +182,7 @@ class EventConsumer:
         while True:
             try:
                 connection = await aio_pika.connect(self._messaging.amqp_url, timeout=10)
-            except Exception as error:  # refused, reset, timeout, auth: all mean "not now"
+            except BROKER_ERRORS as error:  # refused, reset, timeout, auth: all mean "not now"
                 failures += 1
                 if failures == 1:
                     log.warning(
@@ -229,7 +193,7 @@ class EventConsumer:
                             "error": type(error).__name__,
                         },
                     )
-                await asyncio.sleep(self._backoff(failures))
+                await asyncio.sleep(self._reconnect.delay(failures - 1))
                 continue
             try:
                 if failures:
@@ -243,27 +207,22 @@ class EventConsumer:
                     "connection to the broker lost; consumer reconnecting",
                     extra={"broker": self._broker, "queue": self.queue_name},
                 )
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
+            except BROKER_ERRORS as error:
                 failures += 1
                 if failures == 1:
                     log.warning(
                         "consumer lost the broker; reconnecting",
                         extra={"broker": self._broker, "queue": self.queue_name, "error": repr(error)},
                     )
+            except Exception:  # a bug in this process, not the broker: say so, then start over
+                failures += 1
+                log.exception(
+                    "consumer failed on an unexpected error; reconnecting", extra={"queue": self.queue_name}
+                )
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(connection.close())
-            await asyncio.sleep(self._backoff(failures))
-
-    def _backoff(self, failures: int) -> float:
-        """Capped exponential backoff with full jitter."""
-        ceiling = min(
-            self._settings.reconnect_max_seconds,
-            self._settings.reconnect_base_seconds * 2 ** min(failures, 16),
-        )
-        return random.uniform(ceiling / 2, ceiling)
+            await asyncio.sleep(self._reconnect.delay(failures - 1))
 
     async def _consume(self, connection: aio_pika.abc.AbstractConnection) -> None:
         """Serve one connection until it closes; messages are handled one at a time."""
@@ -304,30 +263,25 @@ class EventConsumer:
             await self._process(message)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
+        message_id = message.message_id or ""
         try:
             message_id, event = decode_order_event(message)
-        except Malformed as error:
-            await self._dead_letter(message, str(error))
-            return
-        try:
             applied = await self._apply_holding(message_id, event)
         except Malformed as error:
             await self._dead_letter(message, str(error))
             return
-        except Exception as error:
+        except Exception:  # the handler's or this module's bug: fail this attempt only
             deliveries = _delivery_count(message) + 1
-            log.warning(
-                "handler failed; message returned for another attempt",
+            log.exception(
+                "processing a message failed; returned for another attempt",
                 extra={
                     "queue": self.queue_name,
                     "message_id": message_id,
                     "delivery": deliveries,
                     "max_attempts": self._settings.max_attempts,
-                    "error": repr(error),
                 },
             )
-            delay = self._settings.failure_base_seconds * 2 ** min(deliveries - 1, 16)
-            await asyncio.sleep(min(delay, self._settings.failure_max_seconds))
+            await asyncio.sleep(self._failure.delay(deliveries - 1))
             await _settle(message.nack(requeue=True))
             return
         if applied:
@@ -361,11 +315,7 @@ class EventConsumer:
                         "database unavailable; holding the message until it answers",
                         extra={"queue": self.queue_name, "message_id": message_id, "error": str(error)},
                     )
-                ceiling = min(
-                    self._settings.unavailable_max_seconds,
-                    self._settings.unavailable_base_seconds * 2 ** min(outage, 16),
-                )
-                await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
+                await asyncio.sleep(self._unavailable.delay(outage - 1))
                 continue
             if outage:
                 log.info("database answers again", extra={"queue": self.queue_name})

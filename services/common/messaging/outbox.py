@@ -15,7 +15,7 @@ writers anyway.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from services.common.database import Tx
@@ -44,10 +44,13 @@ def add(tx: Tx, message: OutboxMessage) -> None:
     )
 
 
-def claim(tx: Tx, owner: str, now: float, ttl: float, limit: int) -> list[OutboxMessage]:
+def claim(
+    tx: Tx, owner: str, now: float, ttl: float, limit: int, skip: Collection[int] = ()
+) -> list[OutboxMessage]:
     """Take up to ``limit`` unsent rows, oldest first, for ``owner`` until ``now + ttl``.
 
-    Empty when another relay holds a live claim (it is publishing; wait for it).
+    Empty when another relay holds a live claim (it is publishing; wait for it). Rows whose
+    ``seq`` is in ``skip`` (the relay's parked rows) are left alone, so they cannot fill a batch.
     """
     if tx.dialect == "postgresql":
         tx.execute("SELECT pg_advisory_xact_lock(?)", (CLAIM_LOCK,))
@@ -57,10 +60,12 @@ def claim(tx: Tx, owner: str, now: float, ttl: float, limit: int) -> list[Outbox
     )
     if busy is not None:
         return []
+    skipped = sorted(skip)
+    not_skipped = f"AND seq NOT IN ({', '.join('?' for _ in skipped)}) " if skipped else ""
     rows = tx.query(
         "SELECT seq, event_id, routing_key, message_type, payload, create_time, attempts FROM outbox "
-        "WHERE sent_time IS NULL ORDER BY seq LIMIT ?",
-        (limit,),
+        f"WHERE sent_time IS NULL {not_skipped}ORDER BY seq LIMIT ?",
+        (*skipped, limit),
     )
     if not rows:
         return []

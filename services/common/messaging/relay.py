@@ -14,11 +14,25 @@ confirms but returns as unroutable (no queue bound for its routing key) is marke
 and logged: the broker accepted it and nobody is listening; consumers declare their durable
 queues at their start, so an event published before any consumer existed has no audience.
 
-The broker may be absent at start or go away at any time: the relay reconnects with capped
-exponential backoff and jitter, logs once per outage (address only, never credentials) how
-many events wait in the outbox, and once per recovery. It waits ``poll_seconds`` between
-rounds when idle, and :meth:`OutboxRelay.wake` (called after a local commit wrote an event)
-cuts the wait short.
+The broker may be absent at start or go away at any time: the relay reconnects with the
+project's jittered exponential backoff (:class:`mesh.resilience.Backoff`), logs once per
+outage (address only, never credentials) how many events wait in the outbox, and once per
+recovery. Only a broker or network error (:data:`~services.common.messaging.topology.BROKER_ERRORS`)
+is an outage; the outbox's database being away is reported as such. Any other exception is a
+bug in this process and is logged with its traceback, never as "RabbitMQ unavailable"; the
+relay then starts a new session after the same backoff, so it neither spins nor dies.
+
+A row that cannot be relayed because of such a bug (building its message or publishing it
+raised something other than a broker error) is *parked*: logged once at ERROR with its
+traceback and event id, left unsent in the outbox, and skipped by this relay from then on, so
+one bad event does not block the events after it. Parking is in memory on purpose: the bug is
+in the code, so retrying the row on every poll would fail the same way, while the next process
+(a restart, the deploy with the fix) takes it up again. Until then the row counts in
+``shop_outbox_pending``, its ``attempts`` column says how many relays took it, and the events
+after it are published ahead of it: the price of not stopping the whole outbox for one row.
+
+It waits ``poll_seconds`` between rounds when idle, and :meth:`OutboxRelay.wake` (called
+after a local commit wrote an event) cuts the wait short.
 """
 
 from __future__ import annotations
@@ -26,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 import uuid
 from collections.abc import Callable
@@ -40,16 +53,19 @@ from aio_pika.connection import Connection, make_url
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from mesh.errors import DependencyUnavailable
+from mesh.resilience import Backoff
 from services.common.database import Database
 from services.common.messaging import outbox
 from services.common.messaging.outbox import OutboxMessage
-from services.common.messaging.topology import broker_address, declare_exchange
+from services.common.messaging.topology import BROKER_ERRORS, broker_address, declare_exchange
 from services.common.settings import MessagingSettings
 from services.common.values import utc_now
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/x-protobuf"  # every outbox payload is a binary protobuf message
+# What ends a session as an outage; anything else that ends one is a bug (module doc).
+OUTAGES: tuple[type[Exception], ...] = (DependencyUnavailable, *BROKER_ERRORS)
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
@@ -147,13 +163,18 @@ class OutboxRelay:
         self._address = broker_address(messaging.amqp_url)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._backoff = Backoff(
+            initial=self._settings.backoff_base_seconds, maximum=self._settings.backoff_max_seconds
+        )
         self._failures = 0
+        self._parked: set[int] = set()  # seqs of rows a bug kept from being relayed (module doc)
         self._outage = False
         self._database_down = False
         self._gauge_time = 0.0
         self._unrouted_logged = False
         self.published = 0  # confirmed publications since start (diagnostics and tests)
-        self.connect_failures = 0  # failed sessions since start, outages included
+        self.connect_failures = 0  # sessions ended by the broker or the database (outages)
+        self.errors = 0  # sessions ended by a bug (an exception that is neither)
         self.connected = asyncio.Event()  # set while a broker connection is up
 
     def start(self) -> None:
@@ -175,23 +196,25 @@ class OutboxRelay:
         with contextlib.suppress(Exception):
             await self._db.transact(lambda tx: outbox.release(tx, self._owner))
 
+    @property
+    def parked(self) -> frozenset[int]:
+        """Seqs of the rows this relay skips because relaying them hit a bug (module doc)."""
+        return frozenset(self._parked)
+
     async def _run(self) -> None:
         while True:
             try:
                 await self._session()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # any broker or network failure: back off and reconnect
-                self.connected.clear()
-                self._failures += 1
+            except OUTAGES as error:  # the broker or the outbox's database: reconnect
                 self.connect_failures += 1
                 await self._after_failure(error)
-                await asyncio.sleep(self._backoff())
-
-    def _backoff(self) -> float:
-        s = self._settings
-        ceiling = min(s.backoff_max_seconds, s.backoff_base_seconds * 2 ** min(self._failures - 1, 20))
-        return float(ceiling * random.uniform(0.5, 1.0))  # jitter: instances don't reconnect in step
+            except Exception:  # a bug: say so, with the traceback; the broker may be fine
+                self.errors += 1
+                log.exception("outbox relay session failed on an unexpected error; starting a new one")
+            self.connected.clear()
+            self._failures += 1
+            # Jittered, so instances that lost the broker together do not reconnect in step.
+            await asyncio.sleep(self._backoff.delay(self._failures - 1))
 
     async def _after_failure(self, error: Exception) -> None:
         if isinstance(error, DependencyUnavailable):  # the outbox's own database, not the broker
@@ -233,7 +256,6 @@ class OutboxRelay:
             exchange = await asyncio.wait_for(
                 declare_exchange(channel, self._messaging), s.connect_timeout_seconds
             )
-            self._failures = 0
             self.connected.set()
             if self._outage:
                 self._outage = False
@@ -244,6 +266,9 @@ class OutboxRelay:
                 if connection.is_closed or channel.is_closed:
                     raise ConnectionError(f"connection to RabbitMQ at {self._address} closed")
                 full = await self._relay_batch(exchange)
+                # Reset only after a whole round: a session that fails right after connecting
+                # (a bug, a flapping broker) keeps backing off further instead of spinning.
+                self._failures = 0
                 self._database_down = False
                 if not full:
                     await self._idle()
@@ -272,8 +297,9 @@ class OutboxRelay:
         """Publish one claimed batch; True when it was full (more may be waiting)."""
         s = self._settings
         self._wakeup.clear()
+        parked = tuple(self._parked)
         rows = await self._db.transact(
-            lambda tx: outbox.claim(tx, self._owner, self._clock(), s.claim_seconds, s.batch_size)
+            lambda tx: outbox.claim(tx, self._owner, self._clock(), s.claim_seconds, s.batch_size, parked)
         )
         if not rows:
             return False
@@ -289,18 +315,38 @@ class OutboxRelay:
         if confirmed:
             await self._db.transact(lambda tx: outbox.mark_sent(tx, confirmed, utc_now()))
             self.published += len(confirmed)
-        for result in results:
-            if isinstance(result, BaseException):
+        outage: BaseException | None = None
+        for row, result in zip(rows, results, strict=True):
+            if isinstance(result, BROKER_ERRORS):
+                outage = outage or result
+            elif isinstance(result, Exception):
+                self._park(row, result)
+            elif isinstance(result, BaseException):  # cancelled: stop now
                 raise result
+        if outage is not None:
+            raise outage
         if self._metrics.pending is not None and self._clock() - self._gauge_time >= s.gauge_interval_seconds:
             self._set_pending(await self._db.transact(outbox.pending))
         return len(rows) == s.batch_size
 
+    def _park(self, row: OutboxMessage, error: Exception) -> None:
+        """Skip a row a bug keeps from being relayed; logged once, with the traceback."""
+        self._parked.add(row.seq)
+        log.error(
+            "event %s (%s) cannot be relayed: a bug, not the broker; left unsent and skipped "
+            "until the next start",
+            row.event_id,
+            row.routing_key,
+            exc_info=error,
+            extra={"event_id": row.event_id, "routing_key": row.routing_key, "seq": row.seq},
+        )
+
     async def _publish(self, exchange: AbstractExchange, row: OutboxMessage) -> None:
         """Returns once the broker confirmed the message; raises when it did not."""
+        message = message_of(row)  # before the try: a row that does not build is not "unrouted"
         try:
             await exchange.publish(
-                message_of(row),
+                message,
                 routing_key=row.routing_key,
                 mandatory=True,
                 timeout=self._settings.publish_timeout_seconds,

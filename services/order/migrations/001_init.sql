@@ -1,4 +1,4 @@
--- Orders as JSON documents (DESIGN §4: no MongoDB here). The columns beside the document are
+-- Orders as JSON documents (no MongoDB server is installable on this stack). The columns beside the document are
 -- what is looked up or sorted on; the document is the whole order, step history included.
 CREATE TABLE IF NOT EXISTS orders (
     order_id TEXT PRIMARY KEY,

@@ -72,8 +72,11 @@ class UserServiceServicer:
     """
 
     def CreateUser(self, request, context):
-        """Registers a new account. Emails are unique (case-insensitive): a second registration
-        with the same email is ALREADY_EXISTS. Re-sending the same request_id returns the first result.
+        """Registers a new account. Emails are unique (case-insensitive), but a registration with
+        an email that already has an account answers like a success (a user id that is never
+        stored) so that registration does not tell who has an account. Re-sending the same
+        request_id returns the first result; the same request_id with another body is
+        ALREADY_EXISTS with ErrorInfo reason IDEMPOTENCY_KEY_REUSED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,4 +1,4 @@
-"""The clients seam with in-memory channels: deadlines, service credentials, error mapping.
+"""The clients seam with in-memory channels: deadlines, the order service's identity, error mapping.
 
 The channel factory is the seam the discovery issue swaps; here it hands out fake channels
 that record what the generated stubs send, so no network is involved.
@@ -14,30 +14,20 @@ import pytest
 from google.type import money_pb2
 
 from mesh.config import UpstreamSettings
+from mesh.connect.peer import peer_metadata
+from mesh.deadline import Deadline
 from mesh.errors import DependencyUnavailable
-from mesh.identity import ServiceTokens
 from services.common.errors import FailedPrecondition
 from services.order import domain
-from services.order.clients import CallerClients, Upstreams, step_failure
+from services.order.clients import CallerClients, CallerDeadlineExceeded, Upstreams, step_failure
 from services.order.domain import Address, Line, Order, Price
 from services.order.participants import FailureKind, StepFailure
 from shop.inventory.v1 import inventory_pb2 as inv
 from shop.user.v1 import user_pb2
 
 CALLER_TOKEN = (("authorization", "Bearer customer-t0k3n"),)
-
-
-class FixedTokens(ServiceTokens):
-    """The order service's own credentials, fixed so calls can be compared."""
-
-    def __init__(self) -> None:
-        pass
-
-    def metadata(self) -> tuple[tuple[str, str]]:
-        return (("authorization", "Bearer service-t0k3n"),)
-
-
-TOKEN = FixedTokens().metadata()
+# What says "the order service" in plaintext mode; under mTLS nothing (the certificate says it).
+IDENTITY = peer_metadata("order", insecure=True)
 
 
 def rpc_error(code: grpc.StatusCode, details: str = "") -> grpc.aio.AioRpcError:
@@ -80,7 +70,7 @@ def clients(
 ) -> tuple[CallerClients, list[tuple[str, Any, float, Any]]]:
     log: list[tuple[str, Any, float, Any]] = []
     settings = UpstreamSettings(default_timeout_seconds=5.0)
-    upstreams = Upstreams.connect(settings, FixedTokens(), lambda name: FakeChannel(name, log, replies))
+    upstreams = Upstreams.connect(settings, IDENTITY, lambda name: FakeChannel(name, log, replies))
     return upstreams.for_call(FakeContext(remaining)), log
 
 
@@ -89,11 +79,11 @@ def an_order() -> Order:
     return domain.new_order("ord_1", "u-1", draft, {"TEA": Price(1250, "EUR")}, "2025-01-01T00:00:00+00:00")
 
 
-async def test_calls_carry_the_service_token_not_the_callers_and_the_default_timeout() -> None:
+async def test_calls_carry_the_order_services_identity_no_token_and_the_default_timeout() -> None:
     calls, log = clients(None, ReserveStock=inv.ReserveStockResponse())
     await calls.reserve_stock(an_order())
     [(method, request, timeout, metadata)] = log
-    assert (method, timeout, metadata) == ("ReserveStock", 5.0, TOKEN)
+    assert (method, timeout, metadata) == ("ReserveStock", 5.0, IDENTITY)  # not the caller's token
     assert (request.reservation_id, request.order_id, request.request_id) == (
         "ord_1.reserve",
         "ord_1",
@@ -120,6 +110,25 @@ async def test_no_time_left_means_no_call() -> None:
     with pytest.raises(StepFailure) as failure:
         await calls.capture_payment(an_order())
     assert failure.value.kind is FailureKind.UNAVAILABLE and log == []
+
+
+@pytest.mark.parametrize("lookup", ["check_user", "catalog"])
+async def test_the_callers_own_deadline_is_deadline_exceeded_not_an_outage(lookup: str) -> None:
+    """UNAVAILABLE would count against the caller's breakers, and tell the client a dependency is down."""
+    calls, log = clients(0.0)
+    with pytest.raises(CallerDeadlineExceeded) as raised:
+        await (calls.check_user("u-1") if lookup == "check_user" else calls.catalog(["TEA"]))
+    assert raised.value.code is grpc.StatusCode.DEADLINE_EXCEEDED and log == []
+    late = rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    calls, _ = clients(None, GetUser=late, GetProduct=late)
+    calls.deadline = Deadline.after(-0.01)  # it passed while the upstream was being asked
+    with pytest.raises(CallerDeadlineExceeded):
+        await (calls.check_user("u-1") if lookup == "check_user" else calls.catalog(["TEA"]))
+
+
+async def test_an_upstream_too_slow_for_the_default_timeout_is_an_outage() -> None:
+    late = rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    calls, _ = clients(None, GetUser=late)
     with pytest.raises(DependencyUnavailable):
         await calls.check_user("u-1")
 
@@ -169,7 +178,7 @@ async def test_lookups_map_errors_before_anything_is_stored() -> None:
     assert unavailable.value.name == "user service"
     found, log = clients(None, GetUser=user_pb2.GetUserResponse())
     await found.check_user("u-1")
-    assert log[0][1].user_id == "u-1" and log[0][3] == TOKEN
+    assert log[0][1].user_id == "u-1" and log[0][3] == IDENTITY
 
 
 async def test_the_catalog_prices_known_skus_and_leaves_unknown_ones_out() -> None:
@@ -191,6 +200,22 @@ async def test_the_catalog_prices_known_skus_and_leaves_unknown_ones_out() -> No
 
 async def test_closing_closes_every_channel() -> None:
     log: list[tuple[str, Any, float, Any]] = []
-    upstreams = Upstreams.connect(UpstreamSettings(), FixedTokens(), lambda name: FakeChannel(name, log, {}))
+    upstreams = Upstreams.connect(UpstreamSettings(), IDENTITY, lambda name: FakeChannel(name, log, {}))
     await upstreams.close()
     assert sorted(entry[1] for entry in log) == ["inventory", "payment", "shipping", "user"]
+
+
+async def test_the_saga_calls_as_the_order_service_with_no_deadline_and_nothing_under_mtls() -> None:
+    log: list[tuple[str, Any, float, Any]] = []
+    replies = {"CapturePayment": object()}
+    for identity in (IDENTITY, peer_metadata("order", insecure=False)):
+        upstreams = Upstreams.connect(
+            UpstreamSettings(default_timeout_seconds=5.0),
+            identity,
+            lambda name: FakeChannel(name, log, replies),
+        )
+        saga = upstreams.for_service()
+        assert saga.deadline is None
+        await saga.capture_payment(an_order())
+        assert log[-1][2:] == (5.0, identity)
+    assert log[-1][3] == ()  # mTLS: the certificate says who calls; no header, no token

@@ -153,12 +153,3 @@ def test_format_minor() -> None:
     assert domain.format_minor(100_001, "EUR") == "1000.01 EUR"
     assert domain.format_minor(5, "USD") == "0.05 USD"
     assert domain.format_minor(-250, "JPY") == "-2.50 JPY"
-
-
-def test_invoice_positions_round_trip_and_reject_forgeries() -> None:
-    position = domain.invoice_position("2025-01-01T00:00:00.000001+00:00", "inv_1")
-    assert domain.parse_invoice_position(position) == ("2025-01-01T00:00:00.000001+00:00", "inv_1")
-    assert domain.parse_invoice_position("") is None
-    for forged in ("no-separator", "|inv_1", "2025|", "2025|bad id"):
-        with pytest.raises(InvalidArgument):
-            domain.parse_invoice_position(forged)

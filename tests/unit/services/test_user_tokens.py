@@ -1,4 +1,4 @@
-"""Token signing: verifiable by mesh.identity.JwtVerifier, and refused without a usable key."""
+"""Token signing: verifiable by mesh.verifier.JwtVerifier, and refused without a usable key."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from mesh.errors import ConfigError
-from mesh.identity import InvalidToken, JwtSettings, JwtVerifier, Principal
+from mesh.identity import InvalidToken, JwtSettings, Principal
+from mesh.verifier import JwtVerifier
 from services.user.domain import Role
 from services.user.tokens import TokenIssuer
 from tests.support.tokens import KeyPair

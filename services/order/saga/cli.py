@@ -1,11 +1,12 @@
-"""``python -m services.order.sagas``: list the order sagas that are not terminal.
+"""``python -m services.order.saga.cli``: list the order sagas that are not terminal.
 
 An operator's view of the durable saga log, read straight from the order service's database
 (``ORDER_DATABASE_URL``, else ``$MESH_DATA_DIR/order.sqlite3``), so it works while the service
 is down, which is when it is most wanted. For each open saga: the order, its phase (forward, or
 compensating after a failure or a cancellation), the last recorded step, who holds its lease
 and for how long, and the status reason. Exit code 0 when none is open, 1 otherwise (2: no
-database), so a script can wait on it. ``mesh sagas`` runs this module (see mesh/cli.py).
+database), so a script can wait on it. ``mesh sagas`` runs this module when
+``MESH_SAGAS_MODULE=services.order.saga.cli`` (see mesh/cli.py).
 """
 
 from __future__ import annotations

@@ -14,8 +14,16 @@ of its life while its saga runs and released when it ends; a crashed holder's le
 and the periodic scan (every lease period) picks the order up again.
 
 An attempt that leaves the saga open (a compensation that failed, the database away) is
-retried with jittered exponential backoff, unbounded while the process lives: each attempt
-is bounded by the per-call timeout, and every retry is logged.
+retried after a delay from the mesh's one backoff (:class:`mesh.resilience.Backoff`: full
+jitter, so sagas stuck on one outage do not retry in step), unbounded while the process lives:
+each attempt is bounded by the per-call timeout, and every retry is logged.
+
+A forward step whose participant cannot be reached (UNAVAILABLE: no endpoint yet at start-up,
+a refused connection, an open breaker) is such an attempt, not a failure of the order: the
+step may have run before a crash, so it is re-sent until it answers, and only after
+``unavailable_wait_seconds`` of waiting is the order cancelled, that step undone with the
+rest as possibly done (:mod:`services.order.saga.waiting`). A CancelOrder queued meanwhile
+runs once that drive ends.
 """
 
 from __future__ import annotations
@@ -24,21 +32,24 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from mesh.config import env_float
 from mesh.deadline import detached
 from mesh.errors import ConfigError
+from mesh.resilience import Backoff
 from services.common.values import utc_now
 from services.order import domain
-from services.order.domain import Order, SagaStep
+from services.order.domain import Order
 from services.order.participants import Participants
+from services.order.saga.definition import SagaStep
+from services.order.saga.orchestrator import Checkpoint, Orchestrator
+from services.order.saga.waiting import ParticipantNotReady, WaitingParticipants
 from services.order.store import OrderStore, StaleOrder
-from services.order.workflow import Checkpoint, Orchestrator
 
 log = logging.getLogger(__name__)
 
@@ -47,35 +58,42 @@ ParticipantsFactory = Callable[[], Participants]
 
 @dataclass(frozen=True)
 class SagaSettings:
-    """Lease length (also the resume-scan period) and the retry backoff's base and cap."""
+    """Lease length (also the resume-scan period), the retry backoff's base and cap, and how
+    long a forward step waits for an unreachable participant before the order is cancelled."""
 
     lease_seconds: float = 10.0
     retry_base_seconds: float = 0.2
     retry_max_seconds: float = 30.0
+    unavailable_wait_seconds: float = 60.0
 
     def __post_init__(self) -> None:
-        for name in ("lease_seconds", "retry_base_seconds", "retry_max_seconds"):
+        for name in ("lease_seconds", "retry_base_seconds", "retry_max_seconds", "unavailable_wait_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"ORDER_SAGA_{name.upper()} must be > 0, got {getattr(self, name)}")
+        if self.retry_max_seconds < self.retry_base_seconds:
+            raise ConfigError(
+                f"ORDER_SAGA_RETRY_MAX_SECONDS must be >= ORDER_SAGA_RETRY_BASE_SECONDS "
+                f"({self.retry_base_seconds}), got {self.retry_max_seconds}"
+            )
+
+    @property
+    def retry_backoff(self) -> Backoff:
+        """Doubling from the base up to the cap, each delay drawn in [0, ceiling]."""
+        return Backoff(initial=self.retry_base_seconds, multiplier=2.0, maximum=self.retry_max_seconds)
 
 
-def saga_settings_from_extra(extra: Mapping[str, str]) -> SagaSettings:
-    """``ORDER_SAGA_LEASE_SECONDS``, ``ORDER_SAGA_RETRY_BASE_SECONDS``, ``…_RETRY_MAX_SECONDS``."""
-    values = {}
-    for name in ("lease_seconds", "retry_base_seconds", "retry_max_seconds"):
-        raw = extra.get(f"SAGA_{name.upper()}", "").strip()
-        if raw:
-            try:
-                values[name] = float(raw)
-            except ValueError:
-                raise ConfigError(f"ORDER_SAGA_{name.upper()} must be a number, got {raw!r}") from None
-    return SagaSettings(**values)
-
-
-def backoff(attempt: int, settings: SagaSettings, rand: Callable[[], float] = random.random) -> float:
-    """Exponential from the base, capped, with jitter in [50 %, 100 %] so retries spread out."""
-    ceiling = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** min(attempt, 30))
-    return ceiling * (0.5 + rand() / 2)
+def saga_settings_from_env(environ: Mapping[str, str]) -> SagaSettings:
+    """``ORDER_SAGA_LEASE_SECONDS``, ``ORDER_SAGA_RETRY_BASE_SECONDS``, ``…_RETRY_MAX_SECONDS``;
+    unset ones keep their default, a bad one is a ConfigError naming it."""
+    default = SagaSettings()
+    return SagaSettings(
+        lease_seconds=env_float(environ, "ORDER_SAGA_LEASE_SECONDS", default.lease_seconds),
+        retry_base_seconds=env_float(environ, "ORDER_SAGA_RETRY_BASE_SECONDS", default.retry_base_seconds),
+        retry_max_seconds=env_float(environ, "ORDER_SAGA_RETRY_MAX_SECONDS", default.retry_max_seconds),
+        unavailable_wait_seconds=env_float(
+            environ, "ORDER_SAGA_UNAVAILABLE_WAIT_SECONDS", default.unavailable_wait_seconds
+        ),
+    )
 
 
 class SagaRunner:
@@ -90,12 +108,16 @@ class SagaRunner:
         clock: Callable[[], str] = utc_now,
         checkpoint: Checkpoint | None = None,
         wall: Callable[[], float] = time.time,
+        *,
+        backoff: Backoff | None = None,
     ) -> None:
+        """``backoff`` paces the retries of an unfinished saga (default: the settings' one)."""
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.settings = settings or SagaSettings()
         self._store = store
         self._on_saved = on_saved
         self._wall = wall
+        self._backoff = backoff or self.settings.retry_backoff
         kwargs = {} if checkpoint is None else {"checkpoint": checkpoint}
         self._saga = Orchestrator(steps, self._save, clock, **kwargs)
         self._tasks: dict[str, asyncio.Task[Order | None]] = {}
@@ -170,6 +192,7 @@ class SagaRunner:
         if previous is not None and not previous.done():
             await asyncio.wait({previous})
         attempt = 0
+        waiting_since: float | None = None  # monotonic time this drive first found a participant down
         try:
             while True:
                 try:
@@ -181,7 +204,12 @@ class SagaRunner:
                         if cancel_reason:
                             order = await self._saga.cancel(order, participants(), cancel_reason)
                         else:
-                            order = await self._saga.run(order, participants())
+                            give_up = (
+                                waiting_since is not None
+                                and time.monotonic() - waiting_since >= self.settings.unavailable_wait_seconds
+                            )
+                            waiting = WaitingParticipants(participants(), give_up)
+                            order = await self._saga.run(order, waiting)
                         if not domain.saga_open(order):
                             return order
                         why = order.status_reason
@@ -197,11 +225,15 @@ class SagaRunner:
                         "saga lease lost; another instance has the order", extra={"order_id": order_id}
                     )
                     return None
+                except ParticipantNotReady as down:  # not a failure of the order: wait for it
+                    if waiting_since is None:
+                        waiting_since = time.monotonic()
+                    why = f"waiting for {down.failure.service}: {down.failure.reason}"
                 except Exception as error:  # the database or a bug: the saga must still end
                     log.warning("saga attempt failed", exc_info=True, extra={"order_id": order_id})
                     why = f"{type(error).__name__}: {error}"
+                delay = self._backoff.delay(attempt)  # attempt: the retries before this one
                 attempt += 1
-                delay = backoff(attempt, self.settings)
                 log.warning(
                     "saga not finished; retrying",
                     extra={

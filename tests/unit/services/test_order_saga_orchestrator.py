@@ -11,9 +11,10 @@ from dataclasses import replace
 import pytest
 
 from services.order import domain
-from services.order.domain import ORDER_STEPS, Address, Line, Order, OrderStatus, Outcome, Price
+from services.order.domain import Address, Line, Order, OrderStatus, Outcome, Price
 from services.order.participants import FailureKind, StepFailure
-from services.order.workflow import Orchestrator
+from services.order.saga.definition import ORDER_STEPS
+from services.order.saga.orchestrator import Orchestrator
 
 NOW = "2025-01-01T00:00:00.000000+00:00"
 FORWARD = ["reserve_stock", "authorize_payment", "schedule_shipment", "capture_payment", "commit_stock"]
@@ -163,7 +164,7 @@ async def test_an_unavailable_participant_is_not_undone_but_a_timed_out_one_is()
     down = FakeParticipants(authorize_payment=StepFailure(FailureKind.UNAVAILABLE, "payment service", "down"))
     order = await saga(MemoryStore()).run(new_order(), down)
     assert down.calls == ["reserve_stock", "authorize_payment", "release_stock"]
-    assert order.status_reason == "down"
+    assert order.status_reason == "payment service is unavailable"  # services/order/reasons.py
 
     slow = FakeParticipants(
         authorize_payment=StepFailure(FailureKind.UNCERTAIN, "payment service", "timeout")

@@ -15,20 +15,21 @@ against the step table at start, so a typo fails the start instead of silently n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mesh.errors import ConfigError
-from services.order.domain import SagaStep
-from services.order.workflow import Checkpoint
+from services.order.saga.definition import SagaStep
+from services.order.saga.orchestrator import Checkpoint
 
 log = logging.getLogger(__name__)
 
 PHASES = ("before_commit", "after_commit", "compensating")
 CRASH_EXIT_CODE = 137
-SETTING = "FAULT_CRASH_AT"  # ORDER_FAULT_CRASH_AT, as seen in the service's prefixed settings
+VARIABLE = "ORDER_FAULT_CRASH_AT"
 
 
 def no_fault(phase: str, name: str) -> None:
@@ -47,7 +48,10 @@ class CrashAt:
         if phase == self.phase and name == self.name:
             log.critical("fault injection: exiting", extra={"crash_at": f"{phase}:{name}"})
             for handler in logging.getLogger().handlers:
-                handler.flush()
+                # Best effort: the log line should survive os._exit, but a handler whose stream
+                # is already closed must not keep the crash from happening.
+                with contextlib.suppress(ValueError, OSError):
+                    handler.flush()
             self.exit(CRASH_EXIT_CODE)
 
 
@@ -57,14 +61,22 @@ def valid_points(steps: Sequence[SagaStep]) -> set[str]:
     return points | {f"compensating:{s.undo}" for s in steps if s.undo}
 
 
-def checkpoint_from_settings(extra: Mapping[str, str], steps: Sequence[SagaStep]) -> Checkpoint:
-    """The checkpoint for ``ORDER_FAULT_CRASH_AT``; ConfigError naming the valid values."""
-    raw = extra.get(SETTING, "").strip()
+def crash_at_from_env(environ: Mapping[str, str], steps: Sequence[SagaStep]) -> CrashAt | None:
+    """The crash point ``ORDER_FAULT_CRASH_AT`` names (None: unset); ConfigError naming the
+    valid values when it is not one of them."""
+    raw = environ.get(VARIABLE, "").strip()
     if not raw:
-        return no_fault
+        return None
     points = valid_points(steps)
     if raw not in points:
-        raise ConfigError(f"ORDER_FAULT_CRASH_AT={raw!r} is not one of: {', '.join(sorted(points))}")
+        raise ConfigError(f"{VARIABLE}={raw!r} is not one of: {', '.join(sorted(points))}")
     phase, _, name = raw.partition(":")
-    log.warning("fault injection armed", extra={"crash_at": raw})
-    return CrashAt(phase, name).check
+    return CrashAt(phase, name)
+
+
+def checkpoint_for(crash_at: CrashAt | None) -> Checkpoint:
+    """The orchestrator's checkpoint: :func:`no_fault`, or the crash point's, logged as armed."""
+    if crash_at is None:
+        return no_fault
+    log.warning("fault injection armed", extra={"crash_at": f"{crash_at.phase}:{crash_at.name}"})
+    return crash_at.check

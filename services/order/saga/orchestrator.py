@@ -11,11 +11,11 @@ The order document is the saga log: each save commits the step's outcome togethe
 order's own fields (status, ids, reasons) in one transaction, and a step starts only after
 the previous save returned. A compensation that fails does not stop the others; the order
 then keeps its status with a reason saying what is left, and re-running finishes the job
-(:mod:`services.order.runner` re-runs it with backoff and resumes unfinished orders on start).
+(:mod:`services.order.saga.runner` re-runs it with backoff and resumes unfinished orders on start).
 
 ``checkpoint(phase, name)`` is called at every boundary (``before_commit``/``after_commit``
 of a step, ``compensating`` after an undo and before its save): the seam the crash matrix
-uses to kill the process there (:mod:`services.order.faults`).
+uses to kill the process there (:mod:`services.order.saga.faults`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from services.common.values import utc_now
 from services.order import domain
-from services.order.domain import Order, OrderStatus, Outcome, SagaStep
+from services.order.domain import Order, OrderStatus, Outcome
 from services.order.participants import FailureKind, Participants, StepFailure
+from services.order.reasons import step_reason
+from services.order.saga.definition import SagaStep
 
 Save = Callable[[Order], Awaitable[Order]]
 Checkpoint = Callable[[str, str], None]
@@ -60,12 +62,15 @@ class Orchestrator:
             return order
         for step in domain.remaining(self._steps, order):
             try:
-                detail = await step.action(participants, order)
+                detail = await step.act(participants, order)
             except StepFailure as failure:
                 uncertain = failure.kind is FailureKind.UNCERTAIN
-                failed = domain.record(order, step, Outcome.FAILED, failure.reason, self._clock(), uncertain)
+                why = step_reason(
+                    failure, order_id=order.order_id, request_id=order.request_id, step=step.name
+                )
+                failed = domain.record(order, step, Outcome.FAILED, why.text, self._clock(), uncertain)
                 # The failure and the decision to undo are saved together: a later run compensates.
-                order = await self._save(domain.begin_cancel(failed, failure.reason, self._clock()))
+                order = await self._save(domain.begin_cancel(failed, why.text, self._clock()))
                 return await self.compensate(order, participants)
             self._checkpoint("before_commit", step.name)
             order = await self._save(domain.record(order, step, Outcome.COMPLETED, detail, self._clock()))
@@ -84,12 +89,14 @@ class Orchestrator:
         """Undo every completed step in reverse, then CANCELLED (or say what is left)."""
         failures: list[str] = []
         for step in domain.to_compensate(self._steps, order):
-            assert step.compensation is not None  # to_compensate returns only undoable steps
             try:
-                detail = await step.compensation(participants, order)
+                detail = await step.revert(participants, order)  # to_compensate: undoable steps only
             except StepFailure as failure:
-                failures.append(f"{step.name}: {failure.reason}")
-                detail = f"compensation failed: {failure.reason}"
+                why = step_reason(
+                    failure, order_id=order.order_id, request_id=order.request_id, step=step.name
+                )
+                failures.append(f"{step.name}: {why.text}")
+                detail = f"compensation failed: {why.text}"
                 order = await self._save(domain.record(order, step, Outcome.FAILED, detail, self._clock()))
                 continue
             self._checkpoint("compensating", step.undo or step.name)
