@@ -1,4 +1,7 @@
-"""Fixtures shared by every test: key pairs, databases (SQLite and PostgreSQL), processes."""
+"""Fixtures shared by every test: the user key pair, databases (SQLite and PostgreSQL), processes.
+
+Service processes run with ``MESH_INSECURE=1`` unless a test says otherwise (tests/support/tokens.py).
+"""
 
 from __future__ import annotations
 
@@ -22,8 +25,7 @@ POSTGRES_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@
 def jwt_keys(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
     directory = tmp_path_factory.mktemp("keys")
     private, public = generate_keypair(directory)
-    service_private, service_public = generate_keypair(directory, "service")
-    return KeyPair(private, public, service_private, service_public)
+    return KeyPair(private, public)
 
 
 @pytest.fixture

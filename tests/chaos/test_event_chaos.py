@@ -212,9 +212,8 @@ async def test_a_broker_killed_while_1000_events_flow_loses_none_and_applies_non
     await until(lambda: consumers_attached(shop), 30, "billing and notifications consuming")
     await restock(shop, ORDERS)
     initial_stock = {p.sku: p.stock + (ORDERS if p.sku == SKU else 0) for p in DEMO_CATALOG}
-    customer = await asyncio.to_thread(
-        login, shop.address("user"), f"chaos-{uuid.uuid4().hex[:8]}@example.com"
-    )
+    with grpc.insecure_channel(shop.address("user")) as users:
+        customer = await asyncio.to_thread(login, users, f"chaos-{uuid.uuid4().hex[:8]}@example.com")
     placed: list[str] = []
     flow = asyncio.ensure_future(place_orders(shop, customer, placed))
     outbox = shop.urls["order"]

@@ -8,7 +8,10 @@ on its own (nobody re-sends anything), bring it to its terminal state within 30 
 every invariant holding: nothing double charged, nothing held for a cancelled order.
 
 The matrix runs on SQLite and on PostgreSQL, each backend's shop on one xdist worker
-(``-n 2 --dist loadgroup``).
+(``-n 2 --dist loadgroup``), and with mTLS on as ``make run`` runs it: every process holds a
+Connect certificate from a Consul agent of the shop's own, intentions allow only the shop's
+calls, and the test calls as the ``cli`` identity (or, to replay the order service's calls,
+as ``order``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import pytest
 from services.common.database import Database
 from services.inventory.catalog import DEMO_CATALOG
 from services.order.clients import CallerClients, Upstreams
-from services.order.domain import ORDER_STEPS
+from services.order.saga.definition import ORDER_STEPS
 from services.order.store import OrderStore
 from shop.inventory.v1 import inventory_pb2 as inv
 from shop.inventory.v1.inventory_pb2_grpc import InventoryServiceStub
@@ -35,7 +38,9 @@ from shop.shipping.v1 import shipping_pb2 as ship
 from tests.conftest import POSTGRES_ADMIN_DSN
 from tests.support.invariants import rows, scalar, violations
 from tests.support.saga_shop import SagaShop, order_for_request, saga_shop
+from tests.support.tcp_proxy import TcpProxy
 from tests.support.tokens import KeyPair
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +84,7 @@ def shop(
     backend = str(request.param)
     if backend not in shops:
         root = tmp_path_factory.mktemp(f"saga-{backend}")
-        running = stack.enter_context(saga_shop(root, jwt_keys, backend, POSTGRES_ADMIN_DSN))
+        running = stack.enter_context(saga_shop(root, jwt_keys, backend, POSTGRES_ADMIN_DSN, mtls=True))
         running.start_order()
         shops[backend] = running
     return shops[backend]
@@ -91,7 +96,7 @@ async def orders(shop: SagaShop) -> AsyncIterator[OrderServiceStub]:
 
     class Current:
         def __getattr__(self, name: str) -> object:
-            channel = grpc.aio.insecure_channel(shop.address("order"))
+            channel = shop.aio_channel("order")
             channels.append(channel)
             return getattr(OrderServiceStub(channel), name)
 
@@ -186,14 +191,16 @@ async def test_resent_steps_and_orders_change_nothing(shop: SagaShop, orders: Or
     before = await shop_state(shop)
 
     database = Database("order", shop.urls["order"], workers=1)
+    # Replayed as the order service would send them: with its certificate.
     channels = {
-        n: grpc.aio.insecure_channel(shop.address(n)) for n in ("user", "inventory", "payment", "shipping")
+        n: shop.aio_channel(n, identity="order") for n in ("user", "inventory", "payment", "shipping")
     }
     try:
         store = OrderStore(database)
         done, undone = await store.get(clean.order_id), await store.get(refused.order_id)
-        upstreams = Upstreams(channels, 5.0, tokens=None)  # type: ignore[arg-type]
-        calls = CallerClients(upstreams, shop.keys.service_metadata("order"), None)
+        as_order = shop.caller_metadata("order")  # nothing under mTLS: the certificate says it
+        upstreams = Upstreams(channels, 5.0, as_order)
+        calls = CallerClients(upstreams, as_order, None)
         for step in ORDER_STEPS:  # every forward step of the confirmed order, again
             await step.action(calls, done)
         await calls.reserve_stock(undone)  # the refused order's completed steps and undos, again
@@ -256,14 +263,14 @@ async def test_two_hundred_orders_for_fifty_units_sell_exactly_fifty(
     stop = asyncio.Event()
 
     async def watch_stock() -> None:
-        async with grpc.aio.insecure_channel(shop.address("inventory")) as channel:
+        async with shop.aio_channel("inventory") as channel:
             stub = InventoryServiceStub(channel)
             while not stop.is_set():
                 seen.append(int((await stub.GetProduct(inv.GetProductRequest(sku=sku))).product.stock))
                 await asyncio.sleep(0.02)
 
     watcher = asyncio.create_task(watch_stock())
-    async with grpc.aio.insecure_channel(shop.address("order")) as channel:
+    async with shop.aio_channel("order") as channel:
         stub = OrderServiceStub(channel)
         placed = await asyncio.gather(
             *(stub.CreateOrder(request(sku), metadata=shop.customer, timeout=60) for _ in range(buyers))
@@ -288,3 +295,102 @@ async def set_stock(shop: SagaShop, sku: str, units: int) -> None:
         )
     finally:
         await database.close()
+
+
+# A saga resumed before its participants can be reached.
+IN_FLIGHT = ["before_commit:authorize_payment", "before_commit:schedule_shipment"]
+UNREACHABLE_FOR_SECONDS = 2.5  # several of the resumed saga's retries (backoff capped at 0.5 s)
+# The whisks' stock is reset by the 200-orders test, which may run before these on the shop.
+OTHER_STOCK = {sku: units for sku, units in INITIAL_STOCK.items() if sku != "WHISK-CHASEN"}
+
+
+async def saga_open(shop: SagaShop, order_id: str) -> bool:
+    query = f"SELECT saga_open FROM orders WHERE order_id = '{order_id}'"
+    return bool(await scalar(shop.databases, "order", query))
+
+
+async def stays_pending(shop: SagaShop, orders: OrderServiceStub, order_id: str, seconds: float) -> pb.Order:
+    """The order, polled for ``seconds``: it must stay PENDING (its saga waiting, not cancelled)."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + seconds
+    while True:
+        order = (await orders.GetOrder(pb.GetOrderRequest(order_id=order_id), metadata=shop.customer)).order
+        assert order.status == pb.ORDER_STATUS_PENDING and not order.status_reason.startswith("cancel"), (
+            order.status,
+            order.status_reason,
+            [(s.name, s.outcome) for s in order.steps],
+        )
+        if loop.time() >= until:
+            return order
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("shop", [SQLITE, POSTGRES], indirect=True)
+@pytest.mark.parametrize("crash_at", IN_FLIGHT)
+async def test_a_step_in_flight_at_a_crash_is_finished_once_discovery_finds_the_participants(
+    shop: SagaShop, orders: OrderServiceStub, crash_at: str
+) -> None:
+    """The restarted order service cannot reach payment and shipping yet (discovery not ready:
+    every connection is refused): the step that was in flight at the crash may have happened,
+    so the saga waits for them and finishes it, instead of cancelling with that step left."""
+    shop.start_order(crash_at)
+    sent = request()
+    await crash(shop, orders.CreateOrder(sent, metadata=shop.customer, timeout=30))
+    order_id = await order_for_request(shop.urls, sent.request_id)
+    assert order_id, "the order was stored before the first step"
+
+    proxies = {n: TcpProxy("127.0.0.1", shop.processes[n].port) for n in ("payment", "shipping")}
+    try:
+        for proxy in proxies.values():
+            await proxy.start()
+            await proxy.sever()  # refuse every connection: nobody to call yet
+        shop.start_order(upstreams={n: f"127.0.0.1:{p.port}" for n, p in proxies.items()})
+        tried = lambda: sum(p.refused for p in proxies.values()) > 0  # noqa: E731
+        await wait_until(tried, 15, "the resumed saga calling a participant")
+        await stays_pending(shop, orders, order_id, UNREACHABLE_FOR_SECONDS)
+        for proxy in proxies.values():
+            proxy.heal()  # discovery found them
+        order = await terminal(shop, orders, order_id)
+    finally:
+        for proxy in proxies.values():
+            await proxy.stop()
+
+    assert order.status == pb.ORDER_STATUS_CONFIRMED, (order.status_reason, outcome_counts(order))
+    assert await violations(shop.databases, OTHER_STOCK) == []
+    charged = f"SELECT COUNT(*) FROM payments WHERE order_id = '{order_id}'"
+    assert await scalar(shop.databases, "payment", charged) == 1
+
+
+@pytest.mark.parametrize("shop", [SQLITE, POSTGRES], indirect=True)
+async def test_a_restart_of_the_whole_shop_leaves_every_saga_finished_and_the_shop_consistent(
+    shop: SagaShop, orders: OrderServiceStub
+) -> None:
+    """Orders under way when the order service crashes and every participant is killed with it
+    (a host going down); the order service comes back first, the participants a little later.
+    Every order must end terminal and the invariant checker must find nothing."""
+    shop.start_order("before_commit:schedule_shipment")
+    sent = [request() for _ in range(6)]
+    async with shop.aio_channel("order") as channel:
+        stub = OrderServiceStub(channel)
+        placed = await asyncio.gather(
+            *(stub.CreateOrder(r, metadata=shop.customer, timeout=30) for r in sent), return_exceptions=True
+        )
+    assert any(isinstance(p, grpc.aio.AioRpcError) for p in placed), placed  # they died with it
+    assert shop.order is not None and shop.order.process is not None
+    assert await asyncio.to_thread(shop.order.process.wait, 10) == 137, shop.order.logs()[-2000:]
+    shop.kill_participants()
+    ids = [i for i in [await order_for_request(shop.urls, r.request_id) for r in sent] if i]
+    assert ids, "some orders were stored before the crash"
+
+    shop.start_order()  # first back: its resumed sagas find nobody to call
+    open_before = [i for i in ids if await saga_open(shop, i)]
+    await asyncio.sleep(UNREACHABLE_FOR_SECONDS)
+    for order_id in open_before:
+        assert await saga_open(shop, order_id), f"{order_id} ended while no participant was up"
+    await asyncio.to_thread(shop.restart_participants)
+
+    final = [await terminal(shop, orders, order_id) for order_id in ids]
+    assert all(o.status == pb.ORDER_STATUS_CONFIRMED for o in final), [
+        (o.order_id, o.status, o.status_reason) for o in final
+    ]
+    assert await violations(shop.databases, OTHER_STOCK) == []

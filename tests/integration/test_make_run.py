@@ -1,7 +1,10 @@
 """What `make run` starts, driven the way the README says: the printed grpcurl lines work.
 
-The launcher runs as a real process on free ports; the README's grpcurl block is executed
-by bash with the real grpcurl binary, only the ports swapped; Ctrl-C (SIGINT) stops all.
+The launcher runs as a real process on free ports, with mTLS on as `make run` runs it; the
+README's grpcurl block (which fetches the "cli" identity's certificate with `mesh cert` and
+presents it) is executed by bash with the real grpcurl binary, only the ports swapped; Ctrl-C
+(SIGINT) stops all. Its Consul agent enforces ACLs: `mesh status` reads as the "cli" identity,
+with its token file.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import os
 import queue
 import re
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -22,7 +26,8 @@ from typing import Any
 import pytest
 
 from services.common.settings import DEFAULT_PORTS
-from services.launcher import GATEWAY_PORT, curl_lines, try_lines
+from services.launcher import GATEWAY_PORT, TOKEN_DIR, curl_lines, try_lines
+from services.mesh_policy import IDENTITIES
 from tests.support.bus import Bus, bus_namespace
 from tests.support.processes import ROOT, free_port
 from tests.support.tokens import KeyPair
@@ -130,8 +135,6 @@ def test_launcher_starts_the_shop_and_the_readme_lines_work(
         MESH_DATA_DIR=str(tmp_path / "data"),
         MESH_JWT_PRIVATE_KEY_FILE=str(jwt_keys.private),
         MESH_JWT_PUBLIC_KEY_FILE=str(jwt_keys.public),
-        MESH_SERVICE_PRIVATE_KEY_FILE=str(jwt_keys.service_private),
-        MESH_SERVICE_PUBLIC_KEY_FILE=str(jwt_keys.service_public),
         MESH_GRACE_SECONDS="5",
         PYTHONUNBUFFERED="1",
     )
@@ -143,6 +146,10 @@ def test_launcher_starts_the_shop_and_the_readme_lines_work(
     try:
         printed = read_until(launcher, READY_LINE, timeout=240)
         assert "admin@example.com" in printed
+        assert "mTLS is OFF" not in printed  # mTLS on, as `make run` runs it
+        assert "ACLs on, default deny" in printed
+        for identity in IDENTITIES:  # one token per identity, readable by its owner only
+            assert stat.S_IMODE((TOKEN_DIR / identity).stat().st_mode) == 0o600
         grpc_block = readme_block("Try it with grpcurl")
         for name, default in DEFAULT_PORTS.items():
             grpc_block = grpc_block.replace(f"localhost:{default}", f"localhost:{ports[name]}")
@@ -164,6 +171,7 @@ def test_launcher_starts_the_shop_and_the_readme_lines_work(
             capture_output=True,
             text=True,
             timeout=60,
+            env=dict(os.environ, CONSUL_HTTP_TOKEN_FILE=str(TOKEN_DIR / "cli")),  # as the launcher prints
         )
         assert status.returncode == 0, status.stderr
         assert_every_instance_passing(json.loads(status.stdout))
@@ -179,7 +187,9 @@ def test_launcher_starts_the_shop_and_the_readme_lines_work(
         assert {n["orderId"] for n in notifications} == {order}
         assert "NOTIFICATION_KIND_ORDER_CONFIRMED" in {n["kind"] for n in notifications}
         launcher.send_signal(signal.SIGINT)
-        assert launcher.wait(30) == 0
+        # Drained while it stops: a launcher blocked on a full stdout pipe would never exit.
+        said, _ = launcher.communicate(timeout=30)
+        assert launcher.returncode == 0, said
     finally:
         if launcher.poll() is None:  # stop it the way a user would, so it stops its children
             launcher.send_signal(signal.SIGINT)

@@ -24,9 +24,9 @@ import grpc
 
 from mesh.channel import MeshChannel, mesh_channel
 from mesh.config import server_settings_from_env
+from mesh.logs.setup import configure_logging
 from mesh.registry import StaticDiscovery
 from mesh.server import HostedService, serve
-from mesh.telemetry.logs import configure_logging
 
 
 class FaultHandler(grpc.GenericRpcHandler):  # type: ignore[misc]

@@ -75,6 +75,14 @@ class ServiceProcess:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def health_address(self) -> str:
+        """Where readiness is asked: under mTLS the plaintext health-only port (MESH_HEALTH_PORT)."""
+        health_port = self.env.get("MESH_HEALTH_PORT", "")
+        if self.env.get("MESH_INSECURE") != "1" and health_port not in ("", "0"):
+            return f"127.0.0.1:{health_port}"
+        return self.address
+
+    @property
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
@@ -91,7 +99,7 @@ class ServiceProcess:
         )
         try:
             # Asked by service name: another test's server on a reused port does not count.
-            wait_serving(self.address, timeout, self.process, service=SERVICE_NAMES[self.name])
+            wait_serving(self.health_address, timeout, self.process, service=SERVICE_NAMES[self.name])
         except Exception as error:
             self.kill()
             raise RuntimeError(f"{self.name} did not start: {error}\n{self.logs()}") from error
@@ -131,4 +139,7 @@ def service_env(base: Mapping[str, str], **overrides: str) -> dict[str, str]:
     # Off unless a test asks for the bus (tests/support/bus.py): a service test that is not
     # about events must leave no exchange, queue or message on the machine's broker.
     env.setdefault("SHOP_AMQP_URL", "none")
+    # Plaintext, callers named by their x-mesh-peer claim, unless a test asks for mTLS
+    # (MESH_INSECURE=0 and a Consul agent with Connect): the mTLS path has its own tests.
+    env.setdefault("MESH_INSECURE", "1")
     return env

@@ -7,13 +7,19 @@ database, which is what a crash-and-resume test needs. Every process is stopped 
 The shop runs with the event bus on, in a namespace of its own on the machine's RabbitMQ
 (tests/support/bus.py, deleted afterwards): the order relay publishes, payment's billing issues
 invoices and user's consumer records notifications, as in production.
+
+With ``mtls=True`` it also runs as ``make run`` does between services: a Consul dev agent of
+its own issues every process its certificate, intentions allow only the shop's calls, and every
+call is mutual TLS. Discovery stays static (``MESH_DISCOVERY=static``), so a test can still put
+a proxy between the order service and a participant. The test itself calls as ``cli``
+(:meth:`SagaShop.aio_channel`).
 """
 
 from __future__ import annotations
 
 import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,12 +28,15 @@ from pathlib import Path
 import grpc
 import psycopg
 
+from mesh.connect.peer import peer_metadata
+from mesh.registry.dev_agent import ConsulDevAgent, find_consul
 from services.common.database import Database
 from shop.user.v1 import user_pb2
 from shop.user.v1.user_pb2_grpc import UserServiceStub
 from tests.support.bus import Bus, bus_namespace
 from tests.support.invariants import ShopDatabases
-from tests.support.processes import ServiceProcess, free_port, service_env
+from tests.support.mtls_client import MeshClients, allow_shop_calls
+from tests.support.processes import ROOT, ServiceProcess, free_port, service_env
 from tests.support.tokens import KeyPair
 
 PARTICIPANTS = ("user", "inventory", "payment", "shipping")
@@ -37,6 +46,9 @@ SAGA_ENV = {
     "ORDER_SAGA_LEASE_SECONDS": "1.5",
     "ORDER_SAGA_RETRY_BASE_SECONDS": "0.05",
     "ORDER_SAGA_RETRY_MAX_SECONDS": "0.5",
+    # Sagas retrying against participants that are down open the order service's breakers;
+    # half-open after 2 s instead of 60 s, so a restarted shop is called again within the bound.
+    "MESH_POLICY__defaults__breaker__open_wait": "2",
 }
 
 
@@ -66,6 +78,17 @@ class SagaShop:
     order: ServiceProcess | None = None
     started: list[ServiceProcess] = field(default_factory=list)
     customer: Metadata = ()
+    mesh: MeshClients | None = None  # the mTLS shop's certificates; None: plaintext
+
+    def aio_channel(self, name: str, identity: str = "cli") -> grpc.aio.Channel:
+        """A channel to the current ``name`` process, as ``identity`` under mTLS."""
+        if self.mesh is None:
+            return grpc.aio.insecure_channel(self.address(name))
+        return self.mesh.aio_channel(self.address(name), name, identity)
+
+    def caller_metadata(self, service: str) -> Metadata:
+        """What a call made as ``service`` carries besides its channel's certificate."""
+        return peer_metadata(service, insecure=self.mesh is None)
 
     @property
     def databases(self) -> ShopDatabases:
@@ -83,6 +106,13 @@ class SagaShop:
             **self.keys.env(name),
             **self.bus.env(),
         }
+        if self.mesh is not None:
+            base.update(
+                CONSUL_HTTP_ADDR=self.mesh.agent.http_addr,
+                MESH_INSECURE="0",
+                MESH_DISCOVERY="static",
+                MESH_HEALTH_PORT=str(free_port()),
+            )
         process = ServiceProcess(name, port, service_env(base, **env), self.root / f"{name}-{port}.log")
         self.started.append(process)
         return process
@@ -96,18 +126,40 @@ class SagaShop:
         # published before that would route nowhere, so wait (polled) until both consume.
         for consumer in self.bus.consumers:
             self.bus.wait_consumer(consumer)
-        self.customer = login(self.address("user"), f"saga-{uuid.uuid4().hex[:8]}@example.com")
+        with self._sync_channel("user") as channel:
+            self.customer = login(channel, f"saga-{uuid.uuid4().hex[:8]}@example.com")
 
-    def start_order(self, crash_at: str = "") -> ServiceProcess:
-        """A fresh order process over the shop's order database (stopping the previous one)."""
+    def _sync_channel(self, name: str) -> grpc.Channel:
+        if self.mesh is None:
+            return grpc.insecure_channel(self.address(name))
+        return self.mesh.channel(self.address(name), name)
+
+    def start_order(self, crash_at: str = "", upstreams: Mapping[str, str] | None = None) -> ServiceProcess:
+        """A fresh order process over the shop's order database (stopping the previous one);
+        ``upstreams`` overrides where it reaches some participants (a proxy's address)."""
         if self.order is not None:
             self.order.terminate()
-        env = {f"MESH_UPSTREAM_{n.upper()}": self.address(n) for n in PARTICIPANTS if n != "order"}
+        targets = {n: self.address(n) for n in PARTICIPANTS} | dict(upstreams or {})
+        env = {f"MESH_UPSTREAM_{n.upper()}": address for n, address in targets.items()}
         env.update(SAGA_ENV)
         if crash_at:
             env["ORDER_FAULT_CRASH_AT"] = crash_at
         self.order = self._process("order", **env).start()
         return self.order
+
+    def kill_participants(self) -> None:
+        """SIGKILL every participant, as a host going down would (the order process is left)."""
+        for process in self.processes.values():
+            process.kill()
+
+    def restart_participants(self) -> None:
+        """Start every participant again on its own port, over its own data, and wait until the
+        event consumers are back on their queues."""
+        with ThreadPoolExecutor(len(self.processes)) as pool:
+            for future in [pool.submit(process.start) for process in self.processes.values()]:
+                future.result()
+        for consumer in self.bus.consumers:
+            self.bus.wait_consumer(consumer)
 
     def stop(self) -> None:
         """Signal every process first, then wait: the drains overlap instead of adding up."""
@@ -117,37 +169,56 @@ class SagaShop:
             process.terminate()
 
 
-def login(address: str, email: str) -> Metadata:
-    with grpc.insecure_channel(address) as channel:
-        users = UserServiceStub(channel)
-        users.CreateUser(
-            user_pb2.CreateUserRequest(email=email, password="correct horse 9", display_name="S")
-        )
-        reply = users.Login(user_pb2.LoginRequest(email=email, password="correct horse 9"))
+def login(channel: grpc.Channel, email: str) -> Metadata:
+    users = UserServiceStub(channel)
+    users.CreateUser(user_pb2.CreateUserRequest(email=email, password="correct horse 9", display_name="S"))
+    reply = users.Login(user_pb2.LoginRequest(email=email, password="correct horse 9"))
     return (("authorization", f"Bearer {reply.access_token}"),)
 
 
 @contextmanager
-def saga_shop(root: Path, keys: KeyPair, backend: str, admin_dsn: str) -> Iterator[SagaShop]:
+def saga_shop(
+    root: Path, keys: KeyPair, backend: str, admin_dsn: str, *, mtls: bool = False
+) -> Iterator[SagaShop]:
     """The participants running and no order process yet; all stopped (and dropped) after."""
     names = ("order", *PARTICIPANTS)
-    with bus_namespace() as bus:
-        yield from _shop(root, keys, backend, admin_dsn, names, bus)
+    with bus_namespace() as bus, mesh_agent(root, mtls) as mesh:
+        yield from _shop(root, keys, backend, admin_dsn, names, bus, mesh)
+
+
+@contextmanager
+def mesh_agent(root: Path, mtls: bool) -> Iterator[MeshClients | None]:
+    """A Consul dev agent with the shop's intentions for an mTLS shop (stopped by its PID)."""
+    if not mtls:
+        yield None
+        return
+    agent = ConsulDevAgent(find_consul(ROOT), root / "consul.log").start()
+    try:
+        allow_shop_calls(agent)
+        yield MeshClients(agent)
+    finally:
+        agent.stop()
 
 
 def _shop(
-    root: Path, keys: KeyPair, backend: str, admin_dsn: str, names: tuple[str, ...], bus: Bus
+    root: Path,
+    keys: KeyPair,
+    backend: str,
+    admin_dsn: str,
+    names: tuple[str, ...],
+    bus: Bus,
+    mesh: MeshClients | None,
 ) -> Iterator[SagaShop]:
     if backend == "postgresql":
         with postgres_databases(admin_dsn, names) as urls:
-            shop = SagaShop(root, keys, urls, bus)
+            shop = SagaShop(root, keys, urls, bus, mesh=mesh)
             try:
                 shop.start_participants()
                 yield shop
             finally:
                 shop.stop()
         return
-    shop = SagaShop(root, keys, {n: str(root / "data" / f"{n}.sqlite3") for n in names}, bus)
+    shop = SagaShop(root, keys, {n: str(root / "data" / f"{n}.sqlite3") for n in names}, bus, mesh=mesh)
     try:
         shop.start_participants()
         yield shop

@@ -14,8 +14,8 @@ from typing import Any
 import grpc
 
 from mesh.config import server_settings_from_env
+from mesh.logs.setup import configure_logging
 from mesh.server import HostedService, serve
-from mesh.telemetry.logs import configure_logging
 
 SERVICE = "test.Slow"
 METHOD = f"/{SERVICE}/Wait"

@@ -1,7 +1,10 @@
-"""Tokens for tests, signed with the key pairs the ``jwt_keys`` fixture writes.
+"""Tokens and caller identities for tests, signed with the key pair the ``jwt_keys`` fixture writes.
 
-Two pairs, as in production: the user service's (customer and admin tokens) and the mesh's
-service pair (tokens with only the ``service`` role, for calls between services).
+One pair, as in production: the user service's (customer and admin tokens). Services and the
+gateway carry no token: they are their mesh identity. Processes started by the test fixtures
+run with ``MESH_INSECURE=1`` (:data:`INSECURE`), where a caller's service is its
+``x-mesh-peer`` claim, so :meth:`KeyPair.service_metadata` and :meth:`KeyPair.gateway_metadata`
+are that claim (the mTLS path has its own tests, with real certificates).
 """
 
 from __future__ import annotations
@@ -12,20 +15,20 @@ from pathlib import Path
 
 import jwt
 
-from mesh.identity import SERVICE_KID
+from mesh.connect.peer import PEER_HEADER
+from mesh.identity import FORWARDED_CLIENT
 
 ISSUER = "tsunagu-user"
 AUDIENCE = "tsunagu"
 KID = "user-1"
-CALLERS = ("order",)  # services that call others and so hold the service signing key
+# The plaintext debugging mode every test process runs in unless a test asks for mTLS.
+INSECURE = {"MESH_INSECURE": "1"}
 
 
 @dataclass(frozen=True)
 class KeyPair:
     private: Path
     public: Path
-    service_private: Path
-    service_public: Path
 
     def token(self, subject: str, roles: tuple[str, ...] = ("customer",), ttl: int = 600) -> str:
         now = int(time.time())
@@ -42,32 +45,18 @@ class KeyPair:
     def metadata(self, subject: str, roles: tuple[str, ...] = ("customer",)) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token(subject, roles)}"),)
 
-    def service_token(self, service: str = "order", ttl: int = 600) -> str:
-        now = int(time.time())
-        claims = {
-            "sub": f"service:{service}",
-            "roles": ["service"],
-            "iss": ISSUER,
-            "aud": AUDIENCE,
-            "iat": now,
-            "exp": now + ttl,
-        }
-        return jwt.encode(
-            claims, self.service_private.read_text(), algorithm="EdDSA", headers={"kid": SERVICE_KID}
-        )
-
     def service_metadata(self, service: str = "order") -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.service_token(service)}"),)
+        """A call from mesh service ``service`` (its plaintext-mode claim; no token)."""
+        return ((PEER_HEADER, service),)
+
+    def gateway_metadata(self, client: str) -> tuple[tuple[str, str], ...]:
+        """What the gateway adds to an upstream call: the client's address, and who it is."""
+        return ((FORWARDED_CLIENT, client), (PEER_HEADER, "gateway"))
 
     def env(self, service: str) -> dict[str, str]:
-        """The key variables a process of ``service`` gets: signing keys only where needed."""
-        env = {
-            "MESH_JWT_PUBLIC_KEY_FILE": str(self.public),
-            "MESH_JWT_KID": KID,
-            "MESH_SERVICE_PUBLIC_KEY_FILE": str(self.service_public),
-        }
+        """The variables a process of ``service`` gets: the user key (signing only in user),
+        and the plaintext mode (:data:`INSECURE`; a test asking for mTLS overrides it)."""
+        env = {"MESH_JWT_PUBLIC_KEY_FILE": str(self.public), "MESH_JWT_KID": KID, **INSECURE}
         if service == "user":
             env["MESH_JWT_PRIVATE_KEY_FILE"] = str(self.private)
-        if service in CALLERS:
-            env["MESH_SERVICE_PRIVATE_KEY_FILE"] = str(self.service_private)
         return env

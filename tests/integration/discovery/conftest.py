@@ -5,6 +5,11 @@ from the project-local binary (installed by tools/install-consul.sh when missing
 when it has a leader and answers the catalog (polled, never slept on), and killed by its
 PID afterwards. Tests therefore run side by side under pytest-xdist and never rely on an
 agent left running.
+
+Echo servers run plaintext (``MESH_INSECURE=1``) unless a test asks ``start_echo(mtls=True)``:
+then each takes the certificate of its name from the test's agent and serves mTLS, and its
+readiness is polled on its plaintext health-only port (the secure port refuses plaintext).
+Such a test calls them with the ``tester`` identity, which an intention allows to call echo.
 """
 
 from __future__ import annotations
@@ -15,15 +20,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from mesh.connect.settings import SecuritySettings
+from mesh.connect.setup import ConnectedWorkload, connect_workload
 from mesh.health import wait_serving
 from mesh.registry.dev_agent import ConsulDevAgent, find_consul
+from tests.support.connect import set_intention
 from tests.support.processes import ROOT, free_port
+from tests.support.waiting import wait_until as wait_until  # re-exported for the tests here
 
 ConsulAgent = ConsulDevAgent
 
@@ -52,16 +61,25 @@ def consul(consul_path: str, tmp_path: Path) -> Iterator[ConsulAgent]:
 
 @dataclass
 class EchoProcess:
-    """One echo-server process (see echo_server.py), addressed by its port."""
+    """One echo-server process (see echo_server.py), addressed by its port.
+
+    ``health_port`` is its plaintext health-only listener under mTLS (None: plaintext, where
+    health is served on ``port`` itself).
+    """
 
     port: int
     env: dict[str, str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    health_port: int | None = None
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def health_target(self) -> str:
+        return f"127.0.0.1:{self.health_port or self.port}"
 
     @property
     def label(self) -> bytes:
@@ -78,7 +96,7 @@ class EchoProcess:
         )
         log.close()
         try:
-            wait_serving(self.target, timeout, self.process)
+            wait_serving(self.health_target, timeout, self.process)
         except Exception as error:
             self.kill()
             raise RuntimeError(f"echo server did not start: {error}\n{self.logs()}") from error
@@ -112,24 +130,40 @@ StartEcho = Callable[..., EchoProcess]
 
 @pytest.fixture
 def start_echo(consul: ConsulAgent, tmp_path: Path) -> Iterator[StartEcho]:
-    """Start echo servers registered in the test's agent; all are killed afterwards."""
+    """Start echo servers registered in the test's agent; all are killed afterwards.
+
+    Plaintext by default; ``mtls=True`` serves mTLS with the health-only listener on
+    ``health_port`` (a free port when 0; a restart passes the old one to keep it).
+    """
     started: list[EchoProcess] = []
 
-    def start(name: str = "echo", *, port: int = 0, delay_ms: int = 0, **extra: str) -> EchoProcess:
+    def start(
+        name: str = "echo",
+        *,
+        port: int = 0,
+        delay_ms: int = 0,
+        mtls: bool = False,
+        health_port: int = 0,
+        **extra: str,
+    ) -> EchoProcess:
         port = port or free_port()
+        health_port = (health_port or free_port()) if mtls else 0
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_", "CONSUL_"))}
         env.update(
             {
                 "PYTHONPATH": str(ROOT),
                 "MESH_PORT": str(port),
                 "MESH_GRACE_SECONDS": "5",
+                "MESH_INSECURE": "0" if mtls else "1",
                 "CONSUL_HTTP_ADDR": consul.http_addr,
                 "ECHO_NAME": name,
                 "ECHO_DELAY_MS": str(delay_ms),
-                **extra,
             }
         )
-        process = EchoProcess(port, env, tmp_path / f"echo-{port}.log")
+        if mtls:
+            env["MESH_HEALTH_PORT"] = str(health_port)
+        env.update(extra)
+        process = EchoProcess(port, env, tmp_path / f"echo-{port}.log", health_port=health_port or None)
         started.append(process)
         return process.start()
 
@@ -138,20 +172,29 @@ def start_echo(consul: ConsulAgent, tmp_path: Path) -> Iterator[StartEcho]:
         process.kill()
 
 
-async def wait_until(predicate: Callable[[], bool], within: float, what: str, step: float = 0.02) -> float:
-    """Poll ``predicate`` until true; returns the seconds it took, fails the test after ``within``."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > within:
-            pytest.fail(f"not within {within}s: {what}")
-        await asyncio.sleep(step)
-    return time.monotonic() - started
+@pytest.fixture
+async def tester(consul: ConsulAgent) -> AsyncIterator[ConnectedWorkload]:
+    """The identity a test calls mTLS echo servers with: ``tester``, allowed to call ``echo``."""
+    set_intention(consul, "tester", "echo", "allow")
+    workload = await connect_workload("tester", consul.http_addr, SecuritySettings())
+    assert workload is not None
+    try:
+        yield workload
+    finally:
+        await workload.close()
 
 
 async def wait_passing(consul: ConsulAgent, name: str, targets: set[str], within: float = 15.0) -> None:
-    """Wait until exactly ``targets`` are the passing instances of ``name`` in Consul."""
+    """Wait until exactly ``targets`` are the passing instances of ``name`` in Consul.
 
-    def current() -> set[str]:
-        return {f"{s['Address']}:{s['Port']}" for s in consul.passing(name)}
-
-    await wait_until(lambda: current() == targets, within, f"{name} passing == {sorted(targets)}", 0.05)
+    Each question goes to the agent from a thread: a slow answer must not stall the event
+    loop, where a test's load keeps its rate while it waits.
+    """
+    started = time.monotonic()
+    while True:
+        current = {f"{s['Address']}:{s['Port']}" for s in await asyncio.to_thread(consul.passing, name)}
+        if current == targets:
+            return
+        if time.monotonic() - started > within:
+            pytest.fail(f"not within {within}s: {name} passing == {sorted(targets)} (last {sorted(current)})")
+        await asyncio.sleep(0.05)

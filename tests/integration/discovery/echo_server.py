@@ -4,7 +4,13 @@ Run as ``python -m tests.integration.discovery.echo_server`` with ``MESH_PORT`` 
 ``CONSUL_HTTP_ADDR`` set; it serves through :class:`mesh.server.MeshServer` with a
 :class:`mesh.registry.consul.ConsulRegistrar` hook, so start, registration and the shutdown
 order (deregister -> NOT_SERVING -> drain -> stop) are the real ones. ``ECHO_DELAY_MS``
-slows every call down, for balancer tests. The methods use raw bytes, no protos:
+slows every call down, for balancer tests.
+
+Like a service, it runs under mTLS unless ``MESH_INSECURE=1``: it takes the certificate of
+its ``ECHO_NAME`` from the agent at ``CONSUL_HTTP_ADDR``, requires client certificates and asks
+intentions who may call. Consul's check (every ``MESH_CHECK_INTERVAL_SECONDS``, 1 s by
+default, as a service's) and readiness dial its plaintext health-only listener on
+``MESH_HEALTH_PORT``. The methods use raw bytes, no protos:
 
 - ``Echo`` (unary-unary) answers ``<label>|<request>``;
 - ``Count`` (unary-stream) answers ``int(request)`` messages ``<label>|<i>``;
@@ -68,21 +74,38 @@ def handlers(label: str, delay: float = 0.0) -> grpc.GenericRpcHandler:
     )
 
 
-def main() -> None:
-    from mesh.config import server_settings_from_env
+async def run() -> None:
+    from mesh.config import env_float, server_settings_from_env
+    from mesh.connect.settings import security_settings_from_env
+    from mesh.connect.setup import connect_workload
+    from mesh.logs.setup import configure_logging
     from mesh.registry.consul import ConsulRegistrar
     from mesh.server import HostedService, serve
-    from mesh.telemetry.logs import configure_logging
 
     settings = server_settings_from_env(os.environ, os.environ.get("ECHO_NAME", "echo"), 0)
+    security = security_settings_from_env(os.environ)
     delay = int(os.environ.get("ECHO_DELAY_MS", "0")) / 1000
     configure_logging(settings.service_name)
-    registrar = ConsulRegistrar(os.environ["CONSUL_HTTP_ADDR"])
+    consul_address = os.environ["CONSUL_HTTP_ADDR"]
+    workload = await connect_workload(settings.service_name, consul_address, security)
+    registrar = ConsulRegistrar(
+        consul_address,
+        check_interval=env_float(os.environ, "MESH_CHECK_INTERVAL_SECONDS", 1.0),
+        token=security.consul_token,
+    )
 
     def register(server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers((handlers(f"{settings.port}", delay),))
 
-    asyncio.run(serve(settings, [HostedService(SERVICE, register)], hooks=[registrar]))
+    try:
+        await serve(settings, [HostedService(SERVICE, register)], hooks=[registrar], security=workload)
+    finally:
+        if workload is not None:
+            await workload.close()
+
+
+def main() -> None:
+    asyncio.run(run())
 
 
 if __name__ == "__main__":

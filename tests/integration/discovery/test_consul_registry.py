@@ -27,7 +27,7 @@ async def test_an_instance_registers_with_a_grpc_check_and_its_meta(
     await wait_passing(consul, "echo", {echo.target}, within=5)
     (service,) = consul.passing("echo")
     assert service["ID"] == f"echo-127.0.0.1-{echo.port}"
-    assert service["Meta"] == {"version": "2.0.1", "grpc_services": SERVICE}
+    assert service["Meta"] == {"version": "2.0.1", "grpc_services": SERVICE, "mtls": "off"}
     assert service["Tags"] == ["blue", "canary"]
     checks = consul.get("/v1/agent/checks")
     assert isinstance(checks, dict)

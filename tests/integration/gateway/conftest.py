@@ -38,8 +38,7 @@ class Shop:
 
     def gateway_env(self) -> dict[str, str]:
         env = {f"GATEWAY_UPSTREAM_{name.upper()}": self.address(name) for name in self.processes}
-        env["MESH_JWT_PUBLIC_KEY_FILE"] = str(self.keys.public)
-        env["MESH_JWT_KID"] = "user-1"
+        env.update(self.keys.env("gateway"))  # the user key to verify; plaintext mesh mode
         return env
 
 
@@ -84,6 +83,7 @@ class GatewayProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    metrics_port: int = 0  # the gateway's /metrics listener (GATEWAY_METRICS_PORT)
 
     def request(
         self,
@@ -142,13 +142,15 @@ def start_gateway(directory: Path, env: dict[str, str], timeout: float = 20.0) -
     port = free_port()
     full = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "GATEWAY_", "OTEL_"))}
     full.update(env)
+    full.setdefault("GATEWAY_METRICS_PORT", str(free_port()))
+    full.setdefault("MESH_INSECURE", "1")  # as the services it calls (tests/support/processes.py)
     full.update(GATEWAY_PORT=str(port), PYTHONPATH=str(ROOT))
     log_path = directory / f"gateway-{port}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - kept open for the process's life
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway"], cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT
     )
-    gateway = GatewayProcess(port, process, log_path, full)
+    gateway = GatewayProcess(port, process, log_path, full, int(full["GATEWAY_METRICS_PORT"]))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -12,6 +12,7 @@ from gateway.app import Gateway
 from gateway.server import HttpServer, ServerLimits
 from gateway.settings import GatewaySettings, settings_from_env
 from gateway.upstream import Channel, ChannelFactory
+from mesh.metrics.endpoint import MetricsEndpoint
 from tests.integration.gateway.conftest import http_request
 
 
@@ -52,9 +53,10 @@ class _CountingChannel:
 
 
 class Served:
-    def __init__(self, port: int, gateway: Gateway) -> None:
+    def __init__(self, port: int, gateway: Gateway, metrics_port: int) -> None:
         self.port = port
         self.gateway = gateway
+        self.metrics_port = metrics_port  # the gateway's /metrics listener, as __main__ runs one
 
     async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
         return await asyncio.to_thread(http_request, self.port, method, path, **kwargs)
@@ -67,11 +69,13 @@ async def serve(settings: GatewaySettings, factory: ChannelFactory) -> AsyncIter
         gateway.handle, ServerLimits(settings.limits.max_header_bytes, settings.limits.max_body_bytes)
     )
     port = await server.start("127.0.0.1", 0)
+    metrics = MetricsEndpoint(gateway.metrics.registry, "127.0.0.1", 0)
     try:
-        yield Served(port, gateway)
+        yield Served(port, gateway, metrics.port)
     finally:
         await server.close(2.0)
         await factory.close()
+        metrics.close()
 
 
 def settings_for(env: dict[str, str], **overrides: Any) -> GatewaySettings:

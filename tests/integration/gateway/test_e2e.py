@@ -6,7 +6,7 @@ import http.client
 import json
 import uuid
 
-from tests.integration.gateway.conftest import GatewayProcess, Shop, register
+from tests.integration.gateway.conftest import GatewayProcess, Shop, http_request, register
 
 ADDRESS = {
     "recipient": "Ada",
@@ -187,7 +187,8 @@ def test_health_ready_metrics_openapi_docs(gateway: GatewayProcess, shop: Shop) 
     status, _, body = gateway.request("GET", "/readyz")
     assert status == 200 and json.loads(body)["routes"] == 28
     gateway.request("GET", "/v1/products")
-    status, headers, metrics = gateway.request("GET", "/metrics")
+    assert gateway.request("GET", "/metrics")[0] == 404  # not on the API port
+    status, headers, metrics = http_request(gateway.metrics_port, "GET", "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain")
     assert b'gateway_requests_total{method="GET",route="/v1/products",status="200"}' in metrics
     assert b"gateway_upstream_calls_total" in metrics

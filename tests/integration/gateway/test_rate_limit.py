@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import replace
 
 from gateway.upstream import StaticChannelFactory
-from tests.integration.gateway.conftest import Shop
+from tests.integration.gateway.conftest import Shop, http_request
 from tests.integration.gateway.inprocess import CountingFactory, serve, settings_for
 
 BURST = 5
@@ -28,5 +29,5 @@ async def test_over_the_limit_is_429_and_a_second_principal_is_unaffected(shop: 
         assert (await gateway.request("GET", "/v1/orders", token=bob))[0] == 200  # bob has his own bucket
         assert factory.calls == calls + 1
         assert (await gateway.request("GET", "/v1/orders", token=alice))[0] == 429
-        metrics = (await gateway.request("GET", "/metrics"))[2]
+        metrics = (await asyncio.to_thread(http_request, gateway.metrics_port, "GET", "/metrics"))[2]
         assert b"gateway_rate_limited_total 2.0" in metrics

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -16,93 +15,12 @@ import grpc.aio
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 
-from mesh.channel import MeshChannel, mesh_channel
-from mesh.channel_resilience import method_idempotent
-from mesh.deadline import deadline_scope, detached, remaining
-from mesh.registry import StaticDiscovery
-from mesh.resilience import State, parse_policy
-from mesh.server.deadline import DeadlineInterceptor
+from mesh.channel.resilience import method_idempotent
+from mesh.deadline import Deadline, deadline_scope, detached
+from mesh.resilience import State
 from shop.inventory.v1 import inventory_pb2 as inv
-
-SERVICE = "shop.inventory.v1.InventoryService"
-RESERVE = f"/{SERVICE}/ReserveStock"
-GET = f"/{SERVICE}/GetProduct"
-Behaviour = Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]]
-
-
-async def ok(context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-    return b""
-
-
-async def unavailable(context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-    await context.abort(grpc.StatusCode.UNAVAILABLE, "injected")
-    raise AssertionError("abort returns only by raising")
-
-
-class Backend:
-    """One loopback server; ``attempts`` lists the x-mesh-attempt of every call (1 if absent)."""
-
-    def __init__(self, behaviour: Behaviour) -> None:
-        self.behaviour = behaviour
-        self.attempts: list[int] = []
-        self.server = grpc.aio.server(interceptors=[DeadlineInterceptor()])
-        self.deadlines: list[float | None] = []
-
-        async def handle(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-            sent = dict(context.invocation_metadata() or ()).get("x-mesh-attempt", "1")
-            self.attempts.append(int(sent))
-            self.deadlines.append(remaining())
-            return await self.behaviour(context)
-
-        handler = grpc.unary_unary_rpc_method_handler(handle)
-        stream = grpc.unary_stream_rpc_method_handler(self._stream)
-        self.server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    SERVICE, {"ReserveStock": handler, "GetProduct": handler, "CommitStock": stream}
-                ),
-            )
-        )
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-
-    async def _stream(
-        self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[bytes]:
-        self.attempts.append(int(dict(context.invocation_metadata() or ()).get("x-mesh-attempt", "1")))
-        yield await self.behaviour(context)
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-
-@pytest.fixture
-async def backends() -> AsyncIterator[Callable[..., Awaitable[list[Backend]]]]:
-    started: list[Backend] = []
-
-    async def start(*behaviours: Behaviour) -> list[Backend]:
-        made = [Backend(b) for b in behaviours]
-        for backend in made:
-            await backend.server.start()
-        started.extend(made)
-        return made
-
-    yield start
-    for backend in started:
-        await backend.server.stop(None)
-
-
-def channel_to(backends: list[Backend], policy: dict[str, Any] | None = None) -> MeshChannel:
-    discovery = StaticDiscovery({"inventory": [b.target for b in backends]})
-    settings = parse_policy({"services": {"inventory": policy}} if policy else {})
-    return mesh_channel("inventory", discovery, policy=settings, outlier=None)
-
-
-def reserve(channel: MeshChannel) -> Callable[..., Any]:
-    return channel.unary_unary(
-        RESERVE, inv.ReserveStockRequest.SerializeToString, inv.ReserveStockResponse.FromString
-    )
-
+from tests.support.loopback import RESERVE, SERVICE, channel_to, ok, reserve, unavailable
+from tests.support.loopback import backends as backends  # the fixture
 
 RETRY = {"retry": {"max_attempts": 3, "initial_backoff": 0.001, "max_backoff": 0.002}}
 
@@ -208,7 +126,7 @@ async def test_per_attempt_timeout_retries_a_hung_attempt(backends: Any) -> None
 async def test_expired_incoming_deadline_fails_without_sending(backends: Any) -> None:
     (server,) = await backends(ok)
     async with channel_to([server]) as channel:
-        with deadline_scope(time.monotonic() - 0.01), pytest.raises(grpc.aio.AioRpcError) as raised:
+        with deadline_scope(Deadline.after(-0.01)), pytest.raises(grpc.aio.AioRpcError) as raised:
             await reserve(channel)(inv.ReserveStockRequest(), timeout=5)
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert server.attempts == []
@@ -222,7 +140,7 @@ async def test_calls_inherit_the_incoming_deadline(backends: Any) -> None:
     (server,) = await backends(slow)
     async with channel_to([server]) as channel:
         began = time.monotonic()
-        with deadline_scope(began + 0.3), pytest.raises(grpc.aio.AioRpcError) as raised:
+        with deadline_scope(Deadline(began + 0.3)), pytest.raises(grpc.aio.AioRpcError) as raised:
             await reserve(channel)(inv.ReserveStockRequest(), timeout=10)
         elapsed = time.monotonic() - began
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -234,7 +152,7 @@ async def test_calls_inherit_the_incoming_deadline(backends: Any) -> None:
 async def test_detached_work_does_not_inherit_the_deadline(backends: Any) -> None:
     (server,) = await backends(ok)
     async with channel_to([server]) as channel:
-        with deadline_scope(time.monotonic() + 0.3):
+        with deadline_scope(Deadline.after(0.3)):
             with detached():
                 job = asyncio.ensure_future(reserve(channel)(inv.ReserveStockRequest(), timeout=5))
             await reserve(channel)(inv.ReserveStockRequest(), timeout=5)

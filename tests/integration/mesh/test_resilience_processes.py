@@ -231,7 +231,14 @@ async def test_create_order_answers_by_its_deadline_and_the_saga_keeps_its_own(
             zip(names, pool.map(lambda n: start_service(n, **extra.get(n, {})), names), strict=True)
         )
     upstreams = {f"MESH_UPSTREAM_{n.upper()}": p.address for n, p in started.items()}
-    order = start_service("order", MESH_UPSTREAM_PAYMENT=payment.address, **upstreams)
+    # The order service's built-in 1.5 s per attempt would equal the caller's 1.5 s below;
+    # a longer one (the operator's key wins) keeps the saga's own timeout apart from it.
+    order = start_service(
+        "order",
+        MESH_UPSTREAM_PAYMENT=payment.address,
+        MESH_POLICY__defaults__retry__per_attempt_timeout="4",
+        **upstreams,
+    )
     who = login(started["user"].address, "ada@example.com")
     request = order_pb2.CreateOrderRequest(
         items=[order_pb2.OrderItem(sku="TEA-SENCHA", quantity=1)],

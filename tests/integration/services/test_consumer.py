@@ -14,10 +14,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from aio_pika.abc import AbstractIncomingMessage
 
 from mesh.errors import DependencyUnavailable
 from services.common.database import Database, Tx
-from services.common.messaging.consumer import ConsumerSettings, EventConsumer
+from services.common.messaging import consumer as consumer_module
+from services.common.messaging.consumer import EventConsumer, decode_order_event
+from services.common.messaging.consumer_settings import ConsumerSettings
 from services.common.migrations import migrate
 from services.common.settings import MessagingSettings
 from shop.order.v1 import events_pb2, order_pb2
@@ -254,3 +257,36 @@ async def test_the_consumer_reconnects_after_a_broker_outage_and_logs_it_once(
     warnings = [r.getMessage() for r in ours if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "lost" in warnings[0], warnings  # once per outage, not per retry
     assert "guest:guest" not in caplog.text
+
+
+async def test_a_bug_outside_the_handler_is_logged_with_its_traceback_not_as_a_lost_broker(
+    bus: Bus, database: Database, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    poison, later = event(), event()
+
+    def buggy_decode(message: AbstractIncomingMessage) -> tuple[str, events_pb2.OrderEvent]:
+        message_id, decoded = decode_order_event(message)
+        if message_id == poison.event_id:
+            raise KeyError("a bug in the consumer's own code")
+        return message_id, decoded
+
+    monkeypatch.setattr(consumer_module, "decode_order_event", buggy_decode)
+    caplog.set_level(logging.INFO, logger="services.common.messaging.consumer")
+    running = consumer(bus, database, record, attempts=3)
+    running.start()
+    await asyncio.to_thread(bus.wait_consumer, CONSUMER)
+    await asyncio.to_thread(bus.publish, [poison, later])
+    # Counted by the broker like a failing handler: max_attempts deliveries, then the DLQ.
+    assert await asyncio.to_thread(bus.wait_depth, bus.dlq(CONSUMER), 1) == 1
+
+    async def later_applied() -> bool:
+        return later.event_id in await effects(database)
+
+    await until(later_applied)
+    await running.close()
+    ours = [r for r in caplog.records if r.name == "services.common.messaging.consumer"]
+    assert not [r.getMessage() for r in ours if "broker" in r.getMessage()], "the broker was never lost"
+    failures = [r for r in ours if r.levelno >= logging.ERROR]
+    assert len(failures) == 3  # one per delivery, each with the traceback and the message id
+    assert all(r.exc_info is not None and r.exc_info[0] is KeyError for r in failures)
+    assert all(getattr(r, "message_id", "") == poison.event_id for r in failures)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from mesh.errors import DependencyUnavailable
-from services.common.database import Database, Tx
+from mesh.resilience import Backoff
+from services.common.database import MAX_CONFLICT_RETRIES, Database, Tx
 
 REBUILD_WITH_UNIQUE = (
     "CREATE TABLE items_v2 (id TEXT PRIMARY KEY, key TEXT NOT NULL UNIQUE)",
@@ -69,3 +71,29 @@ def test_an_error_not_caused_by_a_schema_change_is_unavailable_naming_the_databa
 ) -> None:
     with pytest.raises(DependencyUnavailable, match="items database"):
         database.transact_sync(lambda tx: tx.query("SELECT * FROM no_such_table"))
+
+
+def test_a_conflict_is_retried_after_a_backoff_delay_until_it_clears(tmp_path: Path) -> None:
+    draws: list[int] = []
+    backoff = Backoff(initial=0.001, maximum=0.001, rng=lambda: draws.append(1) or 0.0)
+    database = Database("items", str(tmp_path / "items.sqlite3"), conflict_backoff=backoff)
+    tries: list[int] = []
+
+    def locked(times: int) -> Callable[[Tx], str]:
+        def work(tx: Tx) -> str:
+            tries.append(1)
+            if len(tries) <= times:
+                raise sqlite3.OperationalError("database is locked")
+            return "done"
+
+        return work
+
+    try:
+        assert database.transact_sync(locked(2)) == "done"
+        assert (len(tries), len(draws)) == (3, 2)  # one backoff draw before each retry
+        tries.clear()
+        with pytest.raises(DependencyUnavailable, match="too many concurrent conflicts"):
+            database.transact_sync(locked(MAX_CONFLICT_RETRIES))
+        assert len(tries) == MAX_CONFLICT_RETRIES and len(draws) == 2 + MAX_CONFLICT_RETRIES
+    finally:
+        asyncio.run(database.close())

@@ -77,6 +77,22 @@ async def test_catalog_reservations_and_errors(start_service: StartService, jwt_
             await stub.ReleaseStock(pb.ReleaseStockRequest(reservation_id="r-1"))
         assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
+        # Only the trusted callers (MESH_TRUSTED_CALLERS, default order) act as the shop: the
+        # gateway's or another service's identity without a user token is anonymous.
+        for caller in ("gateway", "shipping"):
+            with pytest.raises(grpc.aio.AioRpcError) as untrusted:
+                await stub.ReleaseStock(
+                    pb.ReleaseStockRequest(reservation_id="r-1"), metadata=jwt_keys.service_metadata(caller)
+                )
+            assert untrusted.value.code() == grpc.StatusCode.UNAUTHENTICATED, caller
+        # A token claiming the service role is refused whoever signed it.
+        with pytest.raises(grpc.aio.AioRpcError) as claimed:
+            await stub.ReleaseStock(
+                pb.ReleaseStockRequest(reservation_id="r-1"),
+                metadata=jwt_keys.metadata("service:order", ("service",)),
+            )
+        assert claimed.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
         with pytest.raises(grpc.aio.AioRpcError) as not_admin:
             await stub.RestockProduct(
                 pb.RestockProductRequest(sku="CUP-KYUSU", quantity=5), metadata=customer

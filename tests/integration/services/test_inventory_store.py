@@ -32,7 +32,7 @@ async def store(database_url: str) -> AsyncIterator[InventoryStore]:
 async def test_migrations_are_idempotent(database_url: str) -> None:
     database = Database("inventory", database_url)
     try:
-        assert await migrate(database, MIGRATIONS) == [1]
+        assert await migrate(database, MIGRATIONS) == [1, 2]  # 002: request keys
         assert await migrate(database, MIGRATIONS) == []
     finally:
         await database.close()

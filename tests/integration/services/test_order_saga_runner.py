@@ -1,6 +1,6 @@
 """The saga runner over a real database (SQLite and PostgreSQL): leases, fencing, resume, retry.
 
-Participants are the workflow tests' in-memory fakes; what is under test is what the order
+Participants are the orchestrator tests' in-memory fakes; what is under test is what the order
 database guarantees: one holder per order, saves fenced by the lease, open sagas found and
 finished by a fresh runner, compensations retried until they succeed.
 """
@@ -12,16 +12,18 @@ from dataclasses import replace
 
 import pytest
 
+from mesh.resilience import Backoff
 from services.common.database import Database
 from services.order import domain
-from services.order.domain import ORDER_STEPS, Order, OrderStatus, Outcome
+from services.order.domain import Order, OrderStatus, Outcome
 from services.order.orders import Orders
 from services.order.participants import FailureKind, StepFailure
-from services.order.runner import SagaRunner, SagaSettings
-from services.order.sagas import main as sagas_main
+from services.order.saga.cli import main as sagas_main
+from services.order.saga.definition import ORDER_STEPS
+from services.order.saga.runner import SagaRunner, SagaSettings
 from services.order.store import OrderStore, StaleOrder
 from tests.integration.services.test_order_store import database, make_order  # noqa: F401 - fixture
-from tests.unit.services.test_order_workflow import FakeParticipants
+from tests.unit.services.test_order_saga_orchestrator import FakeParticipants
 
 FAST = SagaSettings(lease_seconds=0.5, retry_base_seconds=0.01, retry_max_seconds=0.05)
 
@@ -95,6 +97,29 @@ async def test_a_failing_compensation_is_retried_until_it_succeeds(database: Dat
     assert (order.status, order.status_reason) == (OrderStatus.CANCELLED, "declined")
     assert fake.calls.count("release_stock") == 4 and fake.stock == {f"{order.order_id}.reserve": "RELEASED"}
     await orders.close()
+
+
+async def test_each_retry_of_an_unfinished_saga_waits_on_the_given_backoff(database: Database) -> None:  # noqa: F811
+    down = StepFailure(FailureKind.UNAVAILABLE, "inventory service", "inventory is down")
+    fake = FakeParticipants(release_stock=down)  # the undo fails until the third retry's draw
+    draws: list[int] = []
+
+    def draw() -> float:
+        draws.append(1)
+        if len(draws) == 3:
+            fake.fail.clear()
+        return 0.0
+
+    store = OrderStore(database)
+    order, _ = await store.create(make_order("ord_backoff"))
+    order = await store.save(domain.record(order, ORDER_STEPS[0], Outcome.COMPLETED, "held", T))
+    await store.save(domain.begin_cancel(order, "declined", T))
+    backoff = Backoff(initial=0.001, maximum=0.001, rng=draw)
+    runner = SagaRunner(store, ORDER_STEPS, lambda order: None, FAST, backoff=backoff)
+    finished = await asyncio.wait_for(runner.submit(order.order_id, lambda: fake), 10)
+    assert finished is not None and finished.status is OrderStatus.CANCELLED
+    assert len(draws) == 3 and fake.calls.count("release_stock") == 4  # one draw before each retry
+    await runner.close()
 
 
 async def test_create_answers_pending_at_its_deadline_and_the_saga_runs_on(database: Database) -> None:  # noqa: F811

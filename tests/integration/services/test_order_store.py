@@ -1,6 +1,6 @@
 """The order store, and the order use cases over it, on a SQLite file and on PostgreSQL.
 
-Participants here are the in-memory fakes of the workflow tests: this file is about what the
+Participants here are the in-memory fakes of the orchestrator tests: this file is about what the
 database keeps (documents, idempotency keys, versions, pages), not about the other services.
 """
 
@@ -17,12 +17,14 @@ from mesh.errors import DependencyUnavailable
 from mesh.identity import Principal
 from services.common.database import Database
 from services.common.errors import NotFound
+from services.common.idempotency import KeyReused
 from services.common.migrations import migrate
 from services.order import domain
 from services.order.domain import Address, Line, Order, OrderStatus, Outcome, Price
 from services.order.orders import Orders
+from services.order.saga.definition import ORDER_STEPS
 from services.order.store import OrderStore, StaleOrder
-from tests.unit.services.test_order_workflow import FakeParticipants
+from tests.unit.services.test_order_saga_orchestrator import FakeParticipants
 
 MIGRATIONS = Path("services/order/migrations")
 TOKYO = Address("Ada", "1-1 Chiyoda", "Tokyo", "100-0001", "JP")
@@ -67,7 +69,12 @@ def draft(request_id: str, *lines: Line) -> domain.Draft:
 async def test_migrations_are_idempotent_and_documents_are_json(database_url: str) -> None:
     database = Database("order", database_url)
     try:
-        assert await migrate(database, MIGRATIONS) == [1, 2, 3]  # 002: saga lease, 003: outbox
+        assert await migrate(database, MIGRATIONS) == [
+            1,
+            2,
+            3,
+            4,
+        ]  # 002: saga lease, 003: outbox, 004: request keys
         assert await migrate(database, MIGRATIONS) == []
         if database.dialect == "postgresql":
             row = await database.transact(
@@ -98,11 +105,9 @@ async def test_create_is_once_per_user_and_request_id(database: Database) -> Non
 async def test_the_whole_document_round_trips_and_stale_saves_are_refused(database: Database) -> None:
     store = OrderStore(database)
     order, _ = await store.create(make_order("ord_1"))
-    step = domain.ORDER_STEPS[0]
+    step = ORDER_STEPS[0]
     changed = domain.record(order, step, Outcome.COMPLETED, "held ✓", "2025-01-01T00:00:01.000000+00:00")
-    changed = domain.record(
-        changed, domain.ORDER_STEPS[1], Outcome.FAILED, "timeout", changed.update_time, True
-    )
+    changed = domain.record(changed, ORDER_STEPS[1], Outcome.FAILED, "timeout", changed.update_time, True)
     changed = domain.begin_cancel(changed, "payment service did not answer in time", changed.update_time)
     saved = await store.save(changed)
     assert saved.version == 2
@@ -134,8 +139,10 @@ async def test_placing_twice_with_one_request_id_has_one_effect(database: Databa
     assert len({o.order_id for o in results}) == 1
     assert all(o.status is OrderStatus.CONFIRMED for o in results)
     assert fake.calls.count("reserve_stock") == 1 and fake.calls.count("commit_stock") == 1
-    again = await orders.create(ADA.subject, draft("once", Line("CUP", 9)), FakeLookups(), fake)
-    assert again.order_id == results[0].order_id and again.items == results[0].items
+    # Another body under the same key is refused, never answered with the first order.
+    with pytest.raises(KeyReused):
+        await orders.create(ADA.subject, draft("once", Line("CUP", 9)), FakeLookups(), fake)
+    assert fake.calls.count("reserve_stock") == 1
 
 
 async def test_a_pending_order_is_resumed_by_a_resend(database: Database) -> None:

@@ -76,7 +76,7 @@ async def open_every_connection(store: PaymentStore) -> None:
 async def test_migrations_are_idempotent(database_url: str) -> None:
     database = Database("payment", database_url)
     try:
-        assert await migrate(database, MIGRATIONS) == [1, 2]
+        assert await migrate(database, MIGRATIONS) == [1, 2, 3]  # 003: request keys
         assert await migrate(database, MIGRATIONS) == []
     finally:
         await database.close()

@@ -387,3 +387,45 @@ async def test_an_unroutable_event_is_marked_sent_and_logged(
         ]
     finally:
         await unbound.close()
+
+
+async def add_unbuildable(database: Database) -> str:
+    """An outbox row the relay cannot turn into a message (its create_time is no timestamp)."""
+    event_id = str(uuid.uuid4())
+    row = OutboxMessage(event_id, events.CREATED, events.MESSAGE_TYPE, b"", "not a timestamp")
+    await database.transact(lambda tx: outbox.add(tx, row))
+    return event_id
+
+
+async def test_a_row_that_cannot_become_a_message_is_a_bug_not_an_outage(
+    sqlite_db: Database, messaging: MessagingSettings, listener: Listener, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="services.common.messaging.relay")
+    before = await add_events(sqlite_db, 2)
+    poison = await add_unbuildable(sqlite_db)
+    after = await add_events(sqlite_db, 2)
+
+    async def only_the_poison_left() -> bool:
+        return await unsent(sqlite_db) == 1
+
+    async with running(OutboxRelay(sqlite_db, messaging, FAST)) as relay:
+        await listener.wait_for(set(before + after))
+        await until(only_the_poison_left, what="every other row marked sent")
+        later = await add_events(sqlite_db, 2)  # the poison row does not block what follows
+        relay.wake()
+        await listener.wait_for(set(later))
+        await until(only_the_poison_left, what="the later rows marked sent")
+        assert relay.connected.is_set()
+    assert first_seen(listener.received) == before + after + later
+    # The broker was never down: no outage reported, no reconnect.
+    assert relay.connect_failures == 0
+    assert not [r for r in caplog.records if "unavailable" in r.getMessage()]
+    # A bug, logged once with its traceback and the event it concerns.
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and poison in errors[0].getMessage()
+    assert errors[0].exc_info is not None and errors[0].exc_info[0] is ValueError
+    # The row stays in the outbox, unsent, taken once: not retried on every poll.
+    row = await sqlite_db.transact(
+        lambda tx: tx.one("SELECT sent_time, attempts, claimed_by FROM outbox WHERE event_id = ?", (poison,))
+    )
+    assert row == {"sent_time": None, "attempts": 1, "claimed_by": ""}

@@ -52,7 +52,7 @@ async def count(database: Database) -> int:
 async def test_migrations_are_idempotent(database_url: str) -> None:
     database = Database("shipping", database_url)
     try:
-        assert await migrate(database, MIGRATIONS) == [1]
+        assert await migrate(database, MIGRATIONS) == [1, 2]  # 002: request keys
         assert await migrate(database, MIGRATIONS) == []
     finally:
         await database.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -36,6 +37,16 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get(
         (name, frozenset({"grpc_service": SERVICE, "grpc_type": "unary", **labels}.items())), 0.0
     )
+
+
+async def scrape_until(port: str, settled: Callable[[Samples], bool]) -> Samples:
+    """A scrape in which ``settled`` holds, polling for up to five seconds."""
+    deadline = asyncio.get_running_loop().time() + 5.0
+    samples = await asyncio.to_thread(scrape, port)
+    while not settled(samples) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+        samples = await asyncio.to_thread(scrape, port)
+    return samples
 
 
 async def metrics_port(consul: ConsulDevAgent, name: str) -> str:
@@ -75,7 +86,11 @@ async def test_scraped_counts_move_by_method_and_code(
                 await stub.GetProduct(inv.GetProductRequest(sku="NO-SUCH-SKU"))
             assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
-    after = await asyncio.to_thread(scrape, port)
+    # grpc.aio sends an aborted call's status before the handler's wrappers return, so the
+    # server may count the last NOT_FOUND a moment after the client has seen it.
+    after = await scrape_until(
+        port, lambda samples: value(samples, "grpc_server_in_flight_calls", grpc_method="GetProduct") == 0
+    )
 
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
