@@ -16,6 +16,13 @@ to the SDK's batch processor and an exporter that drops them) and ``raw`` (plain
 
     .venv/bin/python bench/call_instructions.py           # about 6 minutes
     .venv/bin/python bench/call_instructions.py --quick   # bare and traced only, under 3 minutes
+    .venv/bin/python bench/call_instructions.py --in-process   # no server: the mesh's own path
+
+``--in-process`` replaces the per-endpoint channels with ones that answer at once: what is
+left is the mesh's own Python per call (picker, engine, breakers, observers), counted the
+same way. With no server, no sockets and no grpc threads it is exact to a few instructions
+run to run, where the loopback counts move by a few percent with the machine's load: it is
+the figure to compare two versions of the channel by.
 
 Start-up under valgrind is most of each run, so ``--quick`` saves time by measuring fewer
 variants (200 and 1,000 calls); the counts per call agree with a full run within ~1.5 %.
@@ -56,11 +63,11 @@ async def client(variant: str, calls: int, port: int) -> None:
     from interceptors import CHAIN_POLICY, metrics_observers, traced_observers
 
     from mesh.channel import mesh_channel
-    from mesh.deadline import deadline_scope
+    from mesh.deadline import Deadline, deadline_scope
     from mesh.registry.static import StaticDiscovery
     from mesh.resilience import parse_policy
 
-    target = f"127.0.0.1:{port}"
+    target = f"127.0.0.1:{port or 1}"
     discovery = StaticDiscovery({variant: [target]})
     provider = None
     channel: Any
@@ -73,6 +80,8 @@ async def client(variant: str, calls: int, port: int) -> None:
         if variant == "traced":
             observers, provider = traced_observers()
         channel = mesh_channel(variant, discovery, policy=parse_policy(CHAIN_POLICY), observers=observers)
+    if port == 0:  # --in-process: the mesh's own Python path over a channel that answers at once
+        channel._pool._channel_factory = lambda instance: _AnsweringChannel()
     call = channel.unary_unary(METHOD, _registered_method=True)
     for _ in range(100):
         await call(b"x")
@@ -85,12 +94,37 @@ async def client(variant: str, calls: int, port: int) -> None:
             await call(b"x")
 
     # as in bench/interceptors.py: the chain variants run under an inherited deadline
-    inherited = None if variant in ("raw", "bare") else time.monotonic() + 3600
+    inherited = None if variant in ("raw", "bare") else Deadline.after(3600)
     with deadline_scope(inherited):
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
     await channel.close()
     if provider is not None:
         provider.shutdown()
+
+
+class _Answered:
+    """An awaitable that is already done: a call answered without any transport."""
+
+    def __await__(self) -> Any:
+        return iter(())
+
+    def cancel(self) -> bool:
+        return False
+
+
+class _AnsweringChannel:
+    """Stands in for a per-endpoint grpc.aio channel in --in-process mode."""
+
+    def get_state(self, try_to_connect: bool = False) -> Any:
+        import grpc
+
+        return grpc.ChannelConnectivity.READY
+
+    def unary_unary(self, *args: Any, **kwargs: Any) -> Any:
+        return lambda request, **options: _Answered()
+
+    async def close(self, grace: float | None = None) -> None:
+        pass
 
 
 def instructions(variant: str, calls: int, port: int) -> int:
@@ -113,8 +147,8 @@ def instructions(variant: str, calls: int, port: int) -> int:
     return int(found.group(1).replace(",", ""))
 
 
-def bench(low: int, high: int, variants: list[str]) -> dict[str, Any]:
-    processes, ports = start_servers(1)
+def bench(low: int, high: int, variants: list[str], in_process: bool = False) -> dict[str, Any]:
+    processes, ports = ([], [0]) if in_process else start_servers(1)
     try:
         per_call: dict[str, float] = {}
         for variant in variants:
@@ -143,6 +177,12 @@ def main() -> None:
     parser.add_argument(
         "--variants", default=None, help="comma-separated, from " + ", ".join(VARIANTS) + " (default: all)"
     )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="no server: per-endpoint channels answer at once, so only the mesh's own Python path "
+        "is counted (deterministic; raw is not applicable)",
+    )
     parser.add_argument("--client", nargs=3, metavar=("VARIANT", "CALLS", "PORT"), help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.client:
@@ -150,6 +190,8 @@ def main() -> None:
         asyncio.run(client(variant, int(calls), int(port)))
         return
     chosen = options.variants or ("bare,traced" if options.quick else ",".join(VARIANTS))
+    if options.in_process and not options.variants:
+        chosen = chosen.replace("raw,", "")
     variants = [v for v in chosen.split(",") if v]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -158,9 +200,10 @@ def main() -> None:
         parser.error("valgrind is not installed (Debian: apt-get install valgrind)")
     started = time.monotonic()
     low, high = (200, 1000) if options.quick else (300, 1800)
-    result = bench(low, high, variants)
+    result = bench(low, high, variants, options.in_process)
     result["wall_seconds"] = round(time.monotonic() - started, 1)
     result["quick"] = options.quick
+    result["in_process"] = options.in_process
     print(json.dumps(result))
 
 

@@ -288,6 +288,7 @@ async def bench(rounds: int, seconds: float, warmup: float, with_peer: bool) -> 
         _, public = generate_keypair(workdir / "keys")
         base = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "GATEWAY_", "OTEL_"))}
         base.update(PYTHONPATH=str(ROOT), MESH_JWT_PUBLIC_KEY_FILE=str(public), MESH_LOG_LEVEL="WARNING")
+        base.update(MESH_INSECURE="1")  # no Consul agent here: plaintext inside the mesh, as before
         inventory_port, gateway_port, peer_port = free_port(), free_port(), free_port()
         inventory = processes.start(
             [sys.executable, "-m", "services.inventory"],

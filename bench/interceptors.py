@@ -22,7 +22,7 @@ ratios. Client CPU per call is reported because a saturated server hides client 
 The last line printed is one JSON object with ``ratio_chain`` (chain / bare) and
 ``ratio_chain_traced`` (traced / bare), null with a ``traced_unavailable`` reason when the
 tracing observer cannot be built. Targets: >= 0.95 and >= 0.90. Telemetry is wired exactly
-as :func:`mesh.telemetry.setup.client_observers` wires it in a service, with no grpc.aio
+as :func:`mesh.telemetry.client_observers` wires it in a service, with no grpc.aio
 interceptor (each would add a task per call).
 """
 
@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from mesh_overhead import METHOD, measure, start_servers  # noqa: E402
 
 from mesh.channel import mesh_channel  # noqa: E402
-from mesh.deadline import deadline_scope  # noqa: E402
+from mesh.deadline import Deadline, deadline_scope  # noqa: E402
 from mesh.registry.static import StaticDiscovery  # noqa: E402
 from mesh.resilience import parse_policy  # noqa: E402
 
@@ -62,7 +62,7 @@ def metrics_observers() -> list[Any]:
     """What a service's channels get with tracing off: client metrics and the resilience collector."""
     from prometheus_client import CollectorRegistry
 
-    from mesh.telemetry.setup import client_observers
+    from mesh.telemetry import client_observers
 
     return client_observers(CollectorRegistry(), None)
 
@@ -78,7 +78,7 @@ def traced_observers(queue: int = 2048) -> tuple[list[Any], Any]:
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON
     from prometheus_client import CollectorRegistry
 
-    from mesh.telemetry.setup import client_observers
+    from mesh.telemetry import client_observers
 
     class Drop(SpanExporter):
         def export(self, spans: Sequence[Any]) -> SpanExportResult:
@@ -151,7 +151,7 @@ async def bench(rounds: int, seconds: float, warmup: float) -> dict[str, Any]:
             shift = round_no % len(order)
             for name in order[shift:] + order[:shift]:
                 # chain variants run under an inherited deadline, as calls made by a handler do
-                inherited = time.monotonic() + 3600 if name != "raw" and name != "bare" else None
+                inherited = Deadline.after(3600) if name != "raw" and name != "bare" else None
                 with deadline_scope(inherited):
                     rate, cpu = await measure(calls[name], seconds, warmup)
                 rates[name].append(rate)

@@ -80,7 +80,7 @@ ADDRESS = {
     "countryCode": "JP",
 }
 TERMINAL = ("ORDER_STATUS_CONFIRMED", "ORDER_STATUS_CANCELLED")
-KEYS = ("jwt", "service")
+KEYS = ("jwt",)  # the user key; services and the gateway are mesh identities, not keys
 
 
 def free_port() -> int:
@@ -136,7 +136,9 @@ class Shop:
             MESH_GRACE_SECONDS="3",  # nothing is in flight when the bench stops a shop
             MESH_DATA_DIR=str(self.workdir / "data"),
             MESH_JWT_PUBLIC_KEY_FILE=str(keys / "jwt-public.pem"),
-            MESH_SERVICE_PUBLIC_KEY_FILE=str(keys / "service-public.pem"),
+            # Static upstreams, no Consul agent: plaintext inside the mesh, callers named by their
+            # x-mesh-peer claim (what mTLS costs is bench/mtls.py's question, not this one's).
+            MESH_INSECURE="1",
             SHOP_AMQP_URL=self.amqp_url,
             SHOP_EVENTS_NAMESPACE=self.namespace,
         )
@@ -162,10 +164,7 @@ class Shop:
         extra: dict[str, dict[str, str]] = {
             "user": {"MESH_JWT_PRIVATE_KEY_FILE": str(keys / "jwt-private.pem")},
             "inventory": {"INVENTORY_SEED_DEMO": "1"},
-            "order": {
-                "MESH_SERVICE_PRIVATE_KEY_FILE": str(keys / "service-private.pem"),
-                **{f"MESH_UPSTREAM_{n.upper()}": f"127.0.0.1:{ports[n]}" for n in PARTICIPANTS},
-            },
+            "order": {f"MESH_UPSTREAM_{n.upper()}": f"127.0.0.1:{ports[n]}" for n in PARTICIPANTS},
         }
         processes = {}
         for name in SERVICES:  # the participants first: the order service resumes sagas at start
