@@ -1,6 +1,6 @@
 """Regression tests for defects found in the mesh channel, each against loopback servers.
 
-Every test here failed on the channel as it was before the attempt engine (commit ee26662):
+Every test here failed on the channel as it was before the attempt engine (commit a9c09a6):
 the failure each one showed is named in its docstring.
 """
 
