@@ -6,7 +6,8 @@ Connect's CA for tools such as grpcurl (the ACL token from ``CONSUL_HTTP_TOKEN(_
 ``mesh status`` shows what Consul knows: services, instances, health, and the endpoints a
 mesh channel in this process would pick; ``mesh sagas`` lists sagas that are not terminal,
 through the application's module named by ``MESH_SAGAS_MODULE`` (``services.order.saga.cli``
-for the shop).
+for the shop). ``mesh scale SERVICE N``, ``mesh restart SERVICE`` and ``mesh instances`` ask a
+running supervisor (``make run``'s launcher) through its control endpoint (mesh/control.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from mesh.connect.ca import ConnectUnavailable
 from mesh.connect.cert_files import fetch_certificate, write_certificate
 from mesh.connect.settings import consul_token_from_env
+from mesh.control import ControlAnswer, ControlUnavailable, control_file_path, read_control_file, request
 from mesh.errors import ConfigError
 from mesh.identity import generate_keypair
 from mesh.status import run_status
@@ -82,7 +84,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sagas.add_argument("--module", default=os.environ.get("MESH_SAGAS_MODULE", ""))
     sagas.set_defaults(run=show_sagas, args=[])
+    scale = commands.add_parser("scale", help="run N instances of a service (a running supervisor does it)")
+    scale.add_argument("service")
+    scale.add_argument("count", type=int)
+    restart = commands.add_parser("restart", help="restart a service's instances one at a time, drained")
+    restart.add_argument("service")
+    listed = commands.add_parser("instances", help="the instances a running supervisor keeps")
+    for command in (scale, restart, listed):
+        command.add_argument(
+            "--control",
+            type=Path,
+            default=None,
+            help="the supervisor's control file (default .run/control.json)",
+        )
+    scale.set_defaults(
+        run=lambda o: control(o, "POST", "/v1/scale", {"service": o.service, "count": o.count})
+    )
+    restart.set_defaults(run=lambda o: control(o, "POST", "/v1/restart", {"service": o.service}))
+    listed.set_defaults(run=lambda o: control(o, "GET", "/v1/instances", None))
     return parser
+
+
+def control(options: argparse.Namespace, method: str, path: str, body: dict[str, object] | None) -> int:
+    """Ask the supervisor; print what it printed while it worked; 0 when it did it."""
+    try:
+        answer: ControlAnswer = request(
+            read_control_file(options.control or control_file_path(dict(os.environ))), method, path, body
+        )
+    except ControlUnavailable as error:
+        print(f"mesh {options.command}: {error}", file=sys.stderr)
+        return 2
+    for line in answer.lines:
+        print(line)
+    if isinstance(answer.data, list):
+        for row in answer.data:
+            state = "running" if row.get("running") else "stopped"
+            watched = "" if row.get("supervised") else "  (not supervised)"
+            print(
+                f"{row.get('name', ''):<10} 127.0.0.1:{row.get('port')}  pid {row.get('pid')}  {state}{watched}"
+            )
+    if not answer.ok:
+        print(f"mesh {options.command}: {answer.error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def show_sagas(options: argparse.Namespace) -> int:

@@ -1,11 +1,13 @@
 """``make run``: start the whole shop on this machine and stop it cleanly on Ctrl-C.
 
 It prepares what a fresh clone lacks (a JWT key pair under .run/, the admin account, the
-demo catalog), starts every service as its own process, waits until each reports SERVING,
-prints the commands to try, and on Ctrl-C or SIGTERM stops the processes it started, by PID.
-While it runs, a process that dies is restarted on the same port with capped exponential
-backoff, and given up on only after a crash loop (services/supervisor.py): one dead instance
-never stops the shop.
+demo catalog), starts the instances the topology file names (``MESH_TOPOLOGY``, default
+deploy/local.toml; services/topology.py) each as its own process, waits until each reports
+SERVING, prints the commands to try, and on Ctrl-C or SIGTERM stops the processes it started,
+by PID. While it runs, a process that dies is restarted on the same port with capped
+exponential backoff, and given up on only after a crash loop (services/supervisor.py): one
+dead instance never stops the shop. Operators change the running shop with ``mesh scale`` and
+``mesh restart`` through its control endpoint (services/fleet.py, services/control.py).
 
 Identities mean something only with Consul ACLs on (without them the agent hands a Connect
 certificate for any name to any local process). So the Consul dev agent the launcher starts
@@ -34,12 +36,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 from mesh.connect.settings import INSECURE_WARNING, security_settings_from_env
+from mesh.control import control_file_path
 from mesh.errors import ConfigError
 from mesh.health import wait_serving
 from mesh.identity import generate_keypair
@@ -48,14 +51,16 @@ from mesh.registry.dev_agent import ConsulDevAgent, consul_answers, find_consul,
 from services import mesh_policy
 from services.common.messaging.topology import broker_address
 from services.common.settings import DEFAULT_PORTS, messaging_settings_from_env
-from services.supervisor import Supervisor
+from services.control import ControlServer
+from services.fleet import Fleet
+from services.supervisor import Slot, Supervisor
+from services.topology import DEFAULT_TOPOLOGY, SERVICES, TopologyError, load_topology
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
 LOG_DIR = RUN_DIR / "logs"
 TOKEN_DIR = RUN_DIR / "tokens"
-START_ORDER = ("user", "inventory", "payment", "shipping", "order")
-INSTANCES = {"inventory": 2, "payment": 2}  # several instances show balancing and failover
+START_ORDER = SERVICES  # user first (it issues tokens), order last (it calls the rest)
 DEFAULT_CONSUL = "127.0.0.1:8500"
 TOKEN_VARIABLES = ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE")
 PR_SET_PDEATHSIG = 1
@@ -293,27 +298,19 @@ def use_running_consul(address: str, bootstrap_token: str) -> Mesh:
     return Mesh(address, bootstrap_token, token_files)
 
 
-def start_services(env: dict[str, str], mesh: Mesh, children: list[Child], mtls: bool = True) -> None:
-    """Start every service instance, wait until each is SERVING and passing in Consul.
+def start_services(
+    env: dict[str, str], mesh: Mesh, children: list[Child], counts: Mapping[str, int], mtls: bool = True
+) -> None:
+    """Start ``counts[name]`` instances of each service, wait until each is SERVING and passing in Consul.
 
     Readiness is asked on the instance's health port under mTLS (the service port wants a
     client certificate), on its service port otherwise.
     """
     first = len(children)
     for name in START_ORDER:
-        for instance in range(INSTANCES.get(name, 1)):
+        for instance in range(counts[name]):
             default = int(env.get(f"{name.upper()}_PORT", DEFAULT_PORTS[name]))
-            port = default if instance == 0 else free_port()
-            health_port = free_port()
-            child_env = dict(
-                mesh.child_env(env, name), MESH_PORT=str(port), MESH_HEALTH_PORT=str(health_port)
-            )
-            if name != "user":
-                child_env.pop("MESH_JWT_PRIVATE_KEY_FILE", None)  # only the issuer signs user tokens
-            respawn = partial(spawn, f"services.{name}", child_env, f"{name}-{port}")
-            probed = health_port if mtls else port
-            ready = partial(_wait_serving, f"127.0.0.1:{probed}")
-            children.append(Child(name, port, respawn(), respawn, ready, health_port if mtls else 0))
+            children.append(start_instance(env, mesh, name, default if instance == 0 else free_port(), mtls))
     for child in children[first:]:
         child.ready(child.process)
         health = f"  health 127.0.0.1:{child.health_port}" if child.health_port else ""
@@ -323,11 +320,25 @@ def start_services(env: dict[str, str], mesh: Mesh, children: list[Child], mtls:
     wait_passing(mesh.consul, children[first:], timeout=60, token=mesh.token)
 
 
+def start_instance(env: dict[str, str], mesh: Mesh, name: str, port: int, mtls: bool = True) -> Child:
+    """Spawn one instance of service ``name`` on ``port`` (and a free health port); no waiting."""
+    health_port = free_port()
+    child_env = dict(mesh.child_env(env, name), MESH_PORT=str(port), MESH_HEALTH_PORT=str(health_port))
+    if name != "user":
+        child_env.pop("MESH_JWT_PRIVATE_KEY_FILE", None)  # only the issuer signs user tokens
+    respawn = partial(spawn, f"services.{name}", child_env, f"{name}-{port}")
+    probed = health_port if mtls else port
+    ready = partial(_wait_serving, f"127.0.0.1:{probed}")
+    return Child(name, port, respawn(), respawn, ready, health_port if mtls else 0)
+
+
 def _wait_serving(address: str, process: subprocess.Popen[bytes]) -> None:
     wait_serving(address, timeout=120, process=process)
 
 
-def wait_passing(consul: str, children: list[Child], timeout: float, token: str = "") -> None:
+def wait_passing(
+    consul: str, children: Sequence[Slot], timeout: float, token: str = "", *, quiet: bool = False
+) -> None:
     """Poll Consul until every started instance's gRPC health check is passing.
 
     With ACLs on, ``token`` must read services and nodes (an anonymous query sees no rows).
@@ -343,7 +354,8 @@ def wait_passing(consul: str, children: list[Child], timeout: float, token: str 
             with urllib.request.urlopen(query, timeout=2) as reply:
                 passing |= {(name, row["Service"]["Port"]) for row in json.loads(reply.read())}
         if wanted <= passing:
-            print(f"  every instance passing in Consul ({len(wanted)})", flush=True)
+            if not quiet:
+                print(f"  every instance passing in Consul ({len(wanted)})", flush=True)
             return
         time.sleep(0.2)  # poll interval
     raise TimeoutError(f"not passing in Consul after {timeout}s: {sorted(wanted - passing)}")
@@ -452,6 +464,18 @@ def main() -> int:
     except ConfigError as error:
         print(f"cannot start: {error}", file=sys.stderr)
         return 1
+    try:
+        topology = load_topology(ROOT / os.environ.get("MESH_TOPOLOGY", str(DEFAULT_TOPOLOGY)))
+    except TopologyError as error:
+        print(f"cannot start: {error}", file=sys.stderr)
+        return 1
+    if not topology.single_host:
+        print(
+            f"cannot start: {shown(topology.path)} places the shop on {len(topology.hosts)} hosts; "
+            "`make run` runs a single-host topology (deploy/local.toml)",
+            file=sys.stderr,
+        )
+        return 1
     env = prepare(dict(os.environ))  # MESH_INSECURE reaches every child; Consul tokens do not
     seeded = subprocess.run(
         [sys.executable, "-m", "services.user.seed_admin"], cwd=ROOT, env=env, check=False
@@ -461,6 +485,9 @@ def main() -> int:
         return 1
     print("starting the shop:", flush=True)
     children: list[Child] = []
+    control: ControlServer | None = None
+    # Where `mesh scale/restart/instances` find this launcher: $MESH_CONTROL_FILE, else .run/control.json.
+    control_file = ROOT / control_file_path(dict(os.environ))
     signal.signal(signal.SIGTERM, _interrupt)
     # Started as a background job of a non-interactive shell (a CI script, nohup), a process
     # inherits SIGINT ignored and Python then never raises KeyboardInterrupt: Ctrl-C (or a
@@ -472,7 +499,9 @@ def main() -> int:
         print(broker_line(env), flush=True)  # SHOP_AMQP_URL / SHOP_EVENTS_NAMESPACE reach every child
         mesh = start_consul(env, children, security.consul_token)
         env["CONSUL_HTTP_ADDR"] = mesh.consul
-        start_services(env, mesh, children, security.mtls)
+        start_services(
+            env, mesh, children, {name: topology.count(name) for name in START_ORDER}, security.mtls
+        )
         ports = {c.name: c.port for c in reversed(children)}  # the first instance of each
         gateway_port = start_gateway(env, mesh, ports, children)
         cli_token = shown(mesh.token_files["cli"]) if "cli" in mesh.token_files else ""
@@ -488,10 +517,25 @@ def main() -> int:
         print(
             "\nan instance that dies is restarted (after 1 s, 2 s, 4 s … 30 s); a crash loop is given up on"
         )
-        print("Ctrl-C stops everything.", flush=True)
-        supervisor = Supervisor(say=lambda line: print(line, flush=True))
+        say = partial(print, flush=True)
+        supervisor = Supervisor(say=say)
         for child in children:
             supervisor.watch(child, child.respawn, child.ready)
+        fleet = Fleet(
+            supervisor,
+            children,
+            lambda name: start_instance(env, mesh, name, free_port(), security.mtls),
+            partial(wait_passing, mesh.consul, timeout=60, token=mesh.token, quiet=True),
+            START_ORDER,
+            say=say,
+        )
+        control = ControlServer(fleet, say=say)
+        control.start(control_file)
+        print(
+            "change it while it runs: .venv/bin/mesh scale inventory 3 · .venv/bin/mesh restart payment"
+            f" · .venv/bin/mesh instances  (control endpoint {control.url}, secret in {shown(control_file)})"
+        )
+        print("Ctrl-C stops everything.", flush=True)
         supervisor.run()  # until Ctrl-C or SIGTERM, or nothing is left to supervise
         print("every instance was given up on: nothing left to serve", file=sys.stderr)
         return 1
@@ -502,6 +546,9 @@ def main() -> int:
         print("\nstopping…", flush=True)
         return 0
     finally:
+        if control is not None:
+            control.close()
+            control_file.unlink(missing_ok=True)
         stop(children)
 
 

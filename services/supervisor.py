@@ -12,6 +12,11 @@ Two layers: ``RestartTracker`` is the pure policy (a clock in, a decision out: t
 restarted, SERVING again, given up). Readiness of a restarted process is the caller's own
 health check (``mesh.health.wait_serving`` for a service), run on a helper thread so one slow
 start never delays noticing another death.
+
+An operator's changes (``mesh scale``, ``mesh restart``: services/fleet.py) run on their own
+thread and hand the supervisor what must happen on its thread (starting a process) through
+:meth:`Supervisor.on_main`; an instance they stop on purpose is first taken out of
+supervision with :meth:`Supervisor.unwatch`, so its exit is not mistaken for a crash.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from mesh.resilience.backoff import Backoff
 from mesh.resilience.clock import Clock
@@ -131,6 +136,27 @@ Ready = Callable[["subprocess.Popen[bytes]"], None]
 """Blocks until the process serves; raises if it does not (run on a helper thread)."""
 
 
+T = TypeVar("T")
+
+
+class _MainCall(Generic[T]):
+    """Work handed to the supervising thread, and its outcome for the thread that waits."""
+
+    def __init__(self, work: Callable[[], T]) -> None:
+        self.work = work
+        self.done = threading.Event()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.work()
+        except BaseException as error:  # handed to the waiting thread, which re-raises it
+            self.error = error
+        finally:
+            self.done.set()
+
+
 @dataclass
 class _Watched:
     slot: Slot
@@ -165,10 +191,36 @@ class Supervisor:
         self._clock = clock
         self._watched: list[_Watched] = []
         self._events: queue.Queue[tuple[_Watched, subprocess.Popen[bytes], str | None]] = queue.Queue()
+        self._calls: queue.Queue[_MainCall[Any]] = queue.Queue()
+        self._main = threading.get_ident()
 
     def watch(self, slot: Slot, spawn: Spawn, ready: Ready) -> None:
         """Supervise ``slot`` from now on (its current process is taken as just started)."""
         self._watched.append(_Watched(slot, spawn, ready, RestartTracker(self.policy, self._clock)))
+
+    def unwatch(self, slot: Slot) -> None:
+        """Stop supervising ``slot``: it is about to be stopped on purpose (or already was)."""
+        self._watched = [w for w in self._watched if w.slot is not slot]
+
+    def watching(self, slot: Slot) -> bool:
+        return any(w.slot is slot for w in self._watched)
+
+    def on_main(self, work: Callable[[], T], timeout: float = 60.0) -> T:
+        """Run ``work`` on the supervising thread and return its result (or raise its error).
+
+        Processes must be started there: Linux's PR_SET_PDEATHSIG kills a child when the
+        *thread* that forked it ends, and only the supervising thread lives as long as the
+        launcher. Called on that thread itself, ``work`` simply runs.
+        """
+        if threading.get_ident() == self._main:
+            return work()
+        call = _MainCall(work)
+        self._calls.put(call)
+        if not call.done.wait(timeout):
+            raise TimeoutError(f"the supervisor did not run {work!r} within {timeout:g} s")
+        if call.error is not None:
+            raise call.error
+        return call.result  # type: ignore[return-value]  # set whenever error is None
 
     def given_up(self) -> list[str]:
         """Names of the instances given up on, in watch order."""
@@ -179,11 +231,13 @@ class Supervisor:
 
         The launcher runs it with neither and leaves it by KeyboardInterrupt (Ctrl-C, SIGTERM).
         """
+        self._main = threading.get_ident()  # on_main's work runs here from now on
         deadline = None if timeout is None else self._clock() + timeout
         while not until() and any(not w.gave_up for w in self._watched):
             if deadline is not None and self._clock() >= deadline:
                 return
             self.step()
+            self._run_calls()
             # Waiting on readiness reports doubles as the tick: "SERVING again" prints at once.
             with contextlib.suppress(queue.Empty):
                 self._report(*self._events.get(timeout=TICK_SECONDS))
@@ -200,6 +254,14 @@ class Supervisor:
                     self._exited(watched, describe_exit(returncode))
             elif now >= watched.restart_at:
                 self._start(watched)
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                call = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            call.run()
 
     def _exited(self, watched: _Watched, how: str) -> None:
         decision = watched.tracker.exited()
