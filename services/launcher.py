@@ -328,12 +328,26 @@ def start_instance(env: dict[str, str], mesh: Mesh, name: str, port: int, mtls: 
         child_env.pop("MESH_JWT_PRIVATE_KEY_FILE", None)  # only the issuer signs user tokens
     respawn = partial(spawn, f"services.{name}", child_env, f"{name}-{port}")
     probed = health_port if mtls else port
-    ready = partial(_wait_serving, f"127.0.0.1:{probed}")
+    ready = partial(_wait_serving, f"127.0.0.1:{probed}", LOG_DIR / f"{name}-{port}.log")
     return Child(name, port, respawn(), respawn, ready, health_port if mtls else 0)
 
 
-def _wait_serving(address: str, process: subprocess.Popen[bytes]) -> None:
-    wait_serving(address, timeout=120, process=process)
+LOG_TAIL_LINES = 5
+
+
+def _wait_serving(address: str, log: Path, process: subprocess.Popen[bytes]) -> None:
+    """Wait until it serves; when it dies or hangs instead, say so with the end of its log."""
+    try:
+        wait_serving(address, timeout=120, process=process)
+    except (RuntimeError, TimeoutError) as error:
+        try:
+            tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        except OSError:
+            tail = []
+        shown_tail = "".join(f"\n    {line}" for line in tail)
+        raise LaunchError(
+            f"{address} (pid {process.pid}): {error}; the end of {shown(log)}:{shown_tail}"
+        ) from None
 
 
 def wait_passing(

@@ -6,6 +6,8 @@ missing when it has none. Real 1.8.7 dev agents, with and without ACLs.
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +16,9 @@ import pytest
 from mesh.registry.acl import ConsulAcl
 from mesh.registry.dev_agent import ConsulDevAgent, find_consul
 from services import launcher
-from services.launcher import LaunchError, Mesh, use_running_consul
+from services.launcher import LOG_TAIL_LINES, LaunchError, Mesh, _wait_serving, use_running_consul
 from services.mesh_policy import IDENTITIES, SHOP
-from tests.support.processes import ROOT
+from tests.support.processes import ROOT, free_port
 
 
 @pytest.fixture
@@ -90,3 +92,15 @@ def test_an_agent_without_acls_gets_the_intentions_and_a_loud_warning(
     assert mesh.child_env({"CONSUL_HTTP_TOKEN": "x", "X": "1"}, "order") == {"X": "1"}
     assert len(ConsulAcl(consul_agent.http_addr).intentions()) == len(SHOP.allow) + 1
     assert not token_dir.exists()
+
+
+def test_an_instance_that_dies_while_starting_is_named_with_the_end_of_its_log(tmp_path: Path) -> None:
+    log = tmp_path / "inventory-50054.log"
+    log.write_text("".join(f"line {n}\n" for n in range(1, 9)))
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    dead.wait()
+    with pytest.raises(LaunchError) as refused:
+        _wait_serving(f"127.0.0.1:{free_port()}", log, dead)
+    message = str(refused.value)
+    assert f"(pid {dead.pid}): process exited with 3 before serving" in message
+    assert message.splitlines()[-LOG_TAIL_LINES:] == [f"    line {n}" for n in range(4, 9)]
