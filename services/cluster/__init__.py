@@ -1,0 +1,1 @@
+"""The shop across hosts on one machine: network namespaces for hosts, a real Consul cluster."""
