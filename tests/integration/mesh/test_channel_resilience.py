@@ -146,7 +146,10 @@ async def test_calls_inherit_the_incoming_deadline(backends: Any) -> None:
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert 0.25 <= elapsed <= 0.45
     seen = server.deadlines[0]  # the server's interceptor published what was left
-    assert seen is not None and 0.1 < seen <= 0.3
+    # Not the call's own 10 s: the inherited 0.3 s. grpc writes the timeout header rounded up
+    # to its unit and the server counts from its own clock, so a hair over 0.3 is seen too
+    # (0.30072 once under a full make test).
+    assert seen is not None and 0.1 < seen <= 0.305
 
 
 async def test_detached_work_does_not_inherit_the_deadline(backends: Any) -> None:
