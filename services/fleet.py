@@ -10,7 +10,7 @@ control endpoint (services/control.py). Each change keeps the shop serving:
   flight before it exits (mesh/server/lifecycle.py);
 - **restart** is rolling: one instance at a time, each drained and stopped, started again on
   the same port and passing in Consul before the next. An instance that is the only one of its
-  service gets a temporary companion first (Kubernetes' ``maxSurge: 1``), so there is always
+  service still running gets a temporary companion first (Kubernetes' ``maxSurge: 1``), so there is always
   one to call; the companion is drained away at the end. An instance the supervisor had given
   up on (a crash loop) is started fresh.
 
@@ -128,7 +128,8 @@ class Fleet(Generic[Child]):
         with self._exclusive(say):
             current = self._of(service)
             for number, child in enumerate(current, start=1):
-                surge = self._add(service) if len(self._of(service)) == 1 else None
+                others = [c for c in self._of(service) if c is not child and c.process.poll() is None]
+                surge = None if others else self._add(service)  # never leave the service with none
                 self._stop(child)
                 self._say(f"{_label(child)}  drained and stopped")
                 process = self._supervisor.on_main(child.respawn)

@@ -127,6 +127,20 @@ def test_several_instances_restart_one_at_a_time_without_a_companion(shop: Shop)
     assert ports_of(shop, "inventory") == [20_000, 20_002]
 
 
+def test_an_instance_whose_only_sibling_is_dead_gets_a_companion_too(shop: Shop) -> None:
+    shop.fleet.scale("inventory", 2)
+    first, second = [c for c in shop.children if c.name == "inventory"]
+    shop.supervisor.on_main(lambda: shop.supervisor.unwatch(second))  # given up on, say
+    second.process.kill()
+    second.process.wait()
+    shop.passing_waits.clear()
+    shop.fleet.restart("inventory")
+    # A companion (20003) before the live one drains; none for the dead one, the first serves.
+    assert shop.passing_waits == [["inventory:20003"], ["inventory:20000"], ["inventory:20002"]]
+    assert ports_of(shop, "inventory") == [20_000, 20_002]
+    assert first.process.poll() is None and second.process.poll() is None
+
+
 def test_a_given_up_instance_is_started_fresh_by_a_restart(shop: Shop) -> None:
     (order,) = [c for c in shop.children if c.name == "order"]
     shop.supervisor.unwatch(order)  # as after a crash loop: nobody restarts it
