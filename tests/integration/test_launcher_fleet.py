@@ -36,23 +36,9 @@ from tests.integration.test_launcher_supervision import (
 )
 from tests.support.processes import ROOT
 from tests.support.tokens import KeyPair
+from tests.support.topologies import single_host
 
-ONE_EACH = """
-[consul]
-mode = "dev"
-servers = []
-
-[hosts.local]
-address = "127.0.0.1"
-gateway = true
-
-[services]
-user = { local = 1 }
-inventory = { local = 1 }
-payment = { local = 1 }
-shipping = { local = 1 }
-order = { local = 1 }
-"""
+ONE_EACH = single_host()
 CLIENTS_PER_ROUTE = 2
 MAX_CALLS = 20_000  # per client: the load is bounded in count as well as in time
 

@@ -8,27 +8,18 @@ first election, the new leader and the partition's detection took.
 from __future__ import annotations
 
 import signal
-import time
-from collections.abc import Callable
 
 import pytest
 
 from services.cluster.consul import ConsulCluster
 from services.cluster.network import Network
 from tests.integration.cluster.conftest import HOSTS, SERVERS
+from tests.support.waiting import wait_until_blocking
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
 
 NEW_LEADER_WITHIN = 5.0  # the issue's bound for a SIGKILLed leader's replacement
-
-
-def seconds_until(check: Callable[[], bool], within: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < within:
-        if check():
-            return time.monotonic() - started
-        time.sleep(0.05)  # poll interval
-    raise AssertionError(f"{what}: not within {within:g} s")
+POLL = 0.05  # seconds between probes of the agents' HTTP API
 
 
 def serf_health(cluster: ConsulCluster, asked: str, node: str) -> str:
@@ -55,7 +46,9 @@ def test_the_servers_elect_a_leader_and_a_killed_leader_is_replaced_within_five_
     # The cluster still takes writes: an instance registers with its own host's agent after,
     # and the other host's agent sees it in the catalog.
     cluster.put("app1", "/v1/agent/service/register", {"Name": "probe", "ID": "probe-1", "Port": 7000})
-    seconds_until(lambda: bool(cluster.get("app2", "/v1/catalog/service/probe")), 10, "registered after")
+    wait_until_blocking(
+        lambda: bool(cluster.get("app2", "/v1/catalog/service/probe")), 10, "registered after", step=POLL
+    )
     (row,) = cluster.get("app2", "/v1/catalog/service/probe")
     assert row["Node"] == "app1" and row["Address"] == cluster.network.hosts["app1"].address
 
@@ -64,11 +57,15 @@ def test_a_partitioned_host_turns_critical_for_the_others_and_passing_after_heal
     cluster: ConsulCluster, hosts: Network
 ) -> None:
     cluster.wait_leader([name for name, _ in HOSTS], within=60)
-    seconds_until(lambda: serf_health(cluster, "app1", "app2") == "passing", 30, "app2 passing")
+    wait_until_blocking(
+        lambda: serf_health(cluster, "app1", "app2") == "passing", 30, "app2 passing", step=POLL
+    )
     hosts.partition("app2")
-    cut = seconds_until(lambda: serf_health(cluster, "app1", "app2") == "critical", 30, "app2 critical")
+    cut = wait_until_blocking(
+        lambda: serf_health(cluster, "app1", "app2") == "critical", 30, "app2 critical", step=POLL
+    )
     hosts.heal("app2")
-    healed = seconds_until(
-        lambda: serf_health(cluster, "app1", "app2") == "passing", 30, "app2 passing again"
+    healed = wait_until_blocking(
+        lambda: serf_health(cluster, "app1", "app2") == "passing", 30, "app2 passing again", step=POLL
     )
     print(f"\npartitioned app2 critical after {cut:.2f} s, passing {healed:.2f} s after healing")

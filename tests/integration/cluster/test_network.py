@@ -5,8 +5,6 @@ from __future__ import annotations
 import ipaddress
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,8 +12,11 @@ import pytest
 from services.cluster.network import NAMESPACE, Network, namespaces, network, sweep
 from tests.integration.cluster.conftest import HOSTS, SUBNET
 from tests.support.processes import free_port
+from tests.support.waiting import wait_until_blocking
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
+
+POLL = 0.1  # seconds between probes: each one starts socat
 
 
 def connects(network_: Network, source: str, address: str, port: int) -> bool:
@@ -35,12 +36,16 @@ def test_hosts_reach_each_other_until_partitioned_and_again_after_healing(hosts:
         app2.command(["socat", f"TCP-LISTEN:7000,bind={app2.address},fork,reuseaddr", "SYSTEM:echo hi"])
     )
     try:
-        assert _eventually(lambda: connects(hosts, "app1", app2.address, 7000))
+        wait_until_blocking(
+            lambda: connects(hosts, "app1", app2.address, 7000), 5, "app1 reaching app2", step=POLL
+        )
         hosts.partition("app2")
         assert not connects(hosts, "app1", app2.address, 7000)
         assert not connects(hosts, "consul1", app2.address, 7000)
         hosts.heal("app2")
-        assert _eventually(lambda: connects(hosts, "app1", app2.address, 7000))
+        wait_until_blocking(
+            lambda: connects(hosts, "app1", app2.address, 7000), 5, "app1 reaching app2 healed", step=POLL
+        )
     finally:
         server.terminate()
         server.wait(5)
@@ -67,7 +72,7 @@ def test_a_hosts_loopback_port_is_exposed_on_the_machines_loopback(hosts: Networ
     port = free_port()
     hosts.expose("app1", 7001, port)
     try:
-        assert _eventually(lambda: _root_reads(port) == "hi")
+        wait_until_blocking(lambda: _root_reads(port) == "hi", 5, "app1:7001 read on the loopback", step=POLL)
     finally:
         server.terminate()
         server.wait(5)
@@ -78,7 +83,9 @@ def test_a_machine_port_is_reachable_from_a_hosts_loopback(hosts: Network) -> No
     server = subprocess.Popen(["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr", "SYSTEM:echo hi"])
     hosts.reach("app2", port, 7002)
     try:
-        assert _eventually(lambda: connects(hosts, "app2", "127.0.0.1", 7002))
+        wait_until_blocking(
+            lambda: connects(hosts, "app2", "127.0.0.1", 7002), 5, "app2 reaching the machine", step=POLL
+        )
     finally:
         server.terminate()
         server.wait(5)
@@ -117,12 +124,3 @@ def _root_reads(port: int) -> str:
         timeout=10,
     )
     return probe.stdout.strip()
-
-
-def _eventually(check: Callable[[], bool], within: float = 5.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)  # poll interval
-    return False

@@ -14,16 +14,14 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import pytest
 from cryptography import x509
-from grpc_health.v1 import health, health_pb2_grpc
 
 from mesh.registry.acl import ConsulAcl, ConsulAclError, service_policy_rules
 from mesh.registry.dev_agent import ConsulDevAgent
+from tests.support.health import health_port as health_port  # the fixture
 from tests.support.processes import free_port
 
 POLL_SECONDS = 0.05
@@ -78,19 +76,6 @@ def acl_agent(consul_path: str, tmp_path: Path) -> Iterator[ConsulDevAgent]:
         yield agent
     finally:
         agent.stop()
-
-
-@pytest.fixture
-def health_port() -> Iterator[int]:
-    """A real grpc.health.v1 server answering SERVING, for Consul's gRPC checks."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
-    port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
-    server.start()
-    try:
-        yield port
-    finally:
-        server.stop(None)
 
 
 def workload_token(agent: ConsulDevAgent, name: str) -> str:

@@ -12,12 +12,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health, health_pb2_grpc
 
 from mesh.errors import RegistryUnavailable
 from mesh.registry.acl import ConsulAcl
@@ -26,6 +23,7 @@ from mesh.registry.consul import ConsulRegistrar
 from mesh.registry.consul_api import ConsulApi
 from mesh.registry.dev_agent import ConsulDevAgent, find_consul
 from services.mesh_policy import IDENTITIES, SERVICES, SHOP, apply, token_secret
+from tests.support.health import health_port as health_port  # the fixture
 from tests.support.processes import ROOT, free_port
 
 
@@ -165,19 +163,6 @@ def test_a_token_file_keeps_its_secret_and_is_made_private(tmp_path: Path) -> No
     path.chmod(0o644)
     assert token_secret(path) == secret
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-
-
-@pytest.fixture
-def health_port() -> Iterator[int]:
-    """A real grpc.health.v1 server answering SERVING, for Consul's gRPC checks."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
-    port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
-    server.start()
-    try:
-        yield port
-    finally:
-        server.stop(None)
 
 
 async def passing_ports(api: ConsulApi, name: str, want: list[int], within: float) -> list[int]:

@@ -20,25 +20,11 @@ from services.topology import (
     TopologyError,
     load_topology,
 )
+from tests.support.topologies import single_host
 
 ROOT = Path(__file__).resolve().parents[3]
 
-LOCAL = """\
-[consul]
-mode = "dev"
-servers = []
-
-[hosts.local]
-address = "127.0.0.1"
-gateway = true
-
-[services]
-user = { local = 1 }
-inventory = { local = 2 }
-payment = { local = 2 }
-shipping = { local = 1 }
-order = { local = 1 }
-"""
+LOCAL = single_host(inventory=2, payment=2)  # deploy/local.toml's layout
 
 CLUSTER = """\
 [consul]
