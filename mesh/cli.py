@@ -121,7 +121,7 @@ def control(options: argparse.Namespace, method: str, path: str, body: dict[str,
             state = "running" if row.get("running") else "stopped"
             watched = "" if row.get("supervised") else "  (not supervised)"
             print(
-                f"{row.get('name', ''):<10} 127.0.0.1:{row.get('port')}  pid {row.get('pid')}  {state}{watched}"
+                f"{row.get('name', ''):<10} {row.get('address', '127.0.0.1')}:{row.get('port')}  pid {row.get('pid')}  {state}{watched}"
             )
     if not answer.ok:
         print(f"mesh {options.command}: {answer.error}", file=sys.stderr)

@@ -40,6 +40,8 @@ class Instance(Protocol):
     """What the fleet needs of a launcher child (services.launcher.Child)."""
 
     name: str
+    address: str
+    """Where it listens: its host's address (127.0.0.1 on one host)."""
     port: int
     process: subprocess.Popen[bytes]
 
@@ -63,6 +65,7 @@ class Busy(FleetError):
 @dataclass(frozen=True)
 class InstanceView:
     name: str
+    address: str
     port: int
     pid: int
     running: bool
@@ -98,7 +101,12 @@ class Fleet(Generic[Child]):
     def instances(self) -> list[InstanceView]:
         return [
             InstanceView(
-                c.name, c.port, c.process.pid, c.process.poll() is None, self._supervisor.watching(c)
+                c.name,
+                c.address,
+                c.port,
+                c.process.pid,
+                c.process.poll() is None,
+                self._supervisor.watching(c),
             )
             for c in list(self._children)
         ]
@@ -204,4 +212,4 @@ class Fleet(Generic[Child]):
 
 
 def _label(child: Instance) -> str:
-    return f"  {child.name:<10} 127.0.0.1:{child.port}"
+    return f"  {child.name:<10} {child.address}:{child.port}"

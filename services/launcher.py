@@ -78,6 +78,8 @@ class Child:
     """Block until this process serves (its health check); raise if it does not."""
     health_port: int = 0
     """Under mTLS, the port of its plaintext health-only listener (0: none)."""
+    address: str = "127.0.0.1"
+    """Where it listens (one host: loopback)."""
 
 
 class LaunchError(Exception):
@@ -201,18 +203,21 @@ def _terminate_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def spawn(module: str, env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
+def spawn(
+    module: str, env: dict[str, str], log_name: str, *, log_dir: Path = LOG_DIR, host: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
     """Start ``python -m module`` in its own session, tied to the launcher's life.
 
-    Its JSON logs go to ``.run/logs/<log_name>.log`` so the terminal keeps only what a person
-    needs to try the shop.
+    Its JSON logs go to ``<log_dir>/<log_name>.log`` (``.run/logs``) so the terminal keeps only
+    what a person needs to try the shop. ``host`` prefixes the command to run it on another
+    host (``ip netns exec <namespace>``, which execs: the PID is still the service's own).
     """
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    with open(LOG_DIR / f"{log_name}.log", "ab") as log:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / f"{log_name}.log", "ab") as log:
         # Own session: a terminal's Ctrl-C reaches only the launcher, which then sends each
         # child exactly one SIGTERM (a second signal would make a child skip its drain).
         return subprocess.Popen(
-            [sys.executable, "-m", module],
+            [*host, sys.executable, "-m", module],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -340,14 +345,17 @@ def _wait_serving(address: str, log: Path, process: subprocess.Popen[bytes]) -> 
     try:
         wait_serving(address, timeout=120, process=process)
     except (RuntimeError, TimeoutError) as error:
-        try:
-            tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-        except OSError:
-            tail = []
-        shown_tail = "".join(f"\n    {line}" for line in tail)
-        raise LaunchError(
-            f"{address} (pid {process.pid}): {error}; the end of {shown(log)}:{shown_tail}"
-        ) from None
+        raise start_failure(address, process, error, log) from None
+
+
+def start_failure(what: str, process: subprocess.Popen[bytes], error: Exception, log: Path) -> LaunchError:
+    """``what`` did not start: the error with the end of its log, which says why."""
+    try:
+        tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+    except OSError:
+        tail = []
+    shown_tail = "".join(f"\n    {line}" for line in tail)
+    return LaunchError(f"{what} (pid {process.pid}): {error}; the end of {shown(log)}:{shown_tail}")
 
 
 def wait_passing(

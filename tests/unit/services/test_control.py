@@ -22,7 +22,7 @@ class RecordingFleet:
         self.refuse: Exception | None = None
 
     def instances(self) -> list[InstanceView]:
-        return [InstanceView("inventory", 50054, 4242, True, True)]
+        return [InstanceView("inventory", "127.0.0.1", 50054, 4242, True, True)]
 
     def scale(self, service: str, count: int, say: Callable[[str], None] | None = None) -> None:
         self._do(("scale", service, str(count)), say)
@@ -64,7 +64,14 @@ def test_instances_are_listed(served: Any) -> None:
     _, control, _, _ = served
     answer = request(control, "GET", "/v1/instances")
     assert answer.ok and answer.data == [
-        {"name": "inventory", "port": 50054, "pid": 4242, "running": True, "supervised": True}
+        {
+            "name": "inventory",
+            "address": "127.0.0.1",
+            "port": 50054,
+            "pid": 4242,
+            "running": True,
+            "supervised": True,
+        }
     ]
 
 

@@ -38,6 +38,7 @@ class Child:
     respawn: Callable[[], subprocess.Popen[bytes]] = sleeper
     ready: Callable[[subprocess.Popen[bytes]], None] = lambda process: None
     history: list[int] = field(default_factory=list)
+    address: str = "127.0.0.1"
 
 
 @dataclass
