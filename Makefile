@@ -10,10 +10,11 @@ BUF := .tools/node_modules/.bin/buf
 CONSUL := .tools/bin/consul
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint gen gen-check breaking tools clean help
+.PHONY: run cluster test lint gen gen-check breaking tools host-tools clean help
 
 help:
 	@echo "make run    - install what is missing, start the shop, Ctrl-C to stop"
+	@echo "make cluster - the shop across hosts (network namespaces, a 3-server Consul cluster; root)"
 	@echo "make test   - install what is missing, run the whole test suite"
 	@echo "make lint   - ruff, mypy --strict (mesh, gateway, services), buf lint"
 	@echo "make gen    - regenerate shop/ from protos/"
@@ -46,7 +47,15 @@ run: tools gen
 	@tools/ensure-rabbitmq.sh || echo "make run: NO RabbitMQ broker at 127.0.0.1:5672 (see above); the shop starts anyway and order events wait in the outbox until one answers"
 	$(PY) -m services.launcher
 
-test: tools
+# The multi-host shop and its tests: hosts are network namespaces (iproute2), forwarded by socat.
+host-tools:
+	tools/ensure-host-tools.sh
+
+cluster: tools gen host-tools
+	@tools/ensure-rabbitmq.sh || echo "make cluster: NO RabbitMQ broker at 127.0.0.1:5672 (see above); order events wait in the outbox until one answers"
+	$(PY) -m services.cluster
+
+test: tools host-tools
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q
 
 lint: tools

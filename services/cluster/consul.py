@@ -11,8 +11,19 @@ a killed leader is replaced in about 2.5 s instead of 16) and ``retry_interval =
 joining (the default 30 s would leave a restarted agent alone for half a minute). Connect is
 on, since non-dev agents have it off unless told.
 
-For tests and operators on the machine itself, :meth:`ConsulCluster.http` forwards a host's
-agent API to a port on the machine's loopback (services/cluster/network.py, ``expose``).
+For tests and operators on the machine itself, each agent's API is forwarded to a port on the
+machine's loopback (services/cluster/network.py, ``expose``).
+
+With a ``master_token`` the cluster runs with ACLs on, default deny, the way the single-host
+shop's dev agent does (services/launcher.py): the servers hold the master token in their
+configuration (how Consul 1.8 bootstraps ACLs), and :meth:`ConsulCluster.grant_agent_tokens`
+gives every agent a token of its own that may write only its own node (``node "<host>"``),
+set through the agent API and persisted in its data directory, so a restarted agent keeps it.
+``down_policy = "extend-cache"``: an agent that cannot reach a leader keeps resolving the
+tokens it has cached (the services' own, which they use on every call) instead of denying
+everything, so a leaderless cluster keeps serving what it knew; a token it never saw is denied
+until a leader is back. ``"allow"`` would be the same for cached tokens and open the door to
+unknown ones, ``"deny"`` would stop the running mesh on a Raft election.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mesh.registry.acl import ConsulAcl, ConsulAclError
 from services.cluster.network import HostLink, Network
 
 HTTP_PORT = 8500
@@ -35,9 +47,12 @@ GRPC_PORT = 8502
 
 
 def agent_config(
-    host: HostLink, servers: Sequence[HostLink], data_dir: Path, *, server: bool
+    host: HostLink, servers: Sequence[HostLink], data_dir: Path, *, server: bool, master_token: str = ""
 ) -> dict[str, Any]:
-    """The agent's JSON configuration: a server of ``len(servers)``, or a client joining them."""
+    """The agent's JSON configuration: a server of ``len(servers)``, or a client joining them.
+
+    With ``master_token``, ACLs on (default deny); servers carry the master token itself.
+    """
     config: dict[str, Any] = {
         "node_name": host.name,
         "datacenter": "dc1",
@@ -64,7 +79,22 @@ def agent_config(
     }
     if server:
         config.update(server=True, bootstrap_expect=len(servers), performance={"raft_multiplier": 1})
+    if master_token:
+        acl: dict[str, Any] = {
+            "enabled": True,
+            "default_policy": "deny",
+            "down_policy": "extend-cache",
+            "enable_token_persistence": True,  # the agent token set by the API survives a restart
+        }
+        if server:
+            acl["tokens"] = {"master": master_token}
+        config["acl"] = acl
     return config
+
+
+def node_policy_rules(node: str) -> str:
+    """An agent's own rules: write its node (registration, anti-entropy), read services."""
+    return f'node "{node}" {{ policy = "write" }}\nservice_prefix "" {{ policy = "read" }}'
 
 
 @dataclass
@@ -88,6 +118,10 @@ class Agent:
                 stderr=subprocess.STDOUT,
             )
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid if self.process is not None else 0
+
     def signal(self, signum: signal.Signals) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signum)
@@ -102,6 +136,8 @@ class ConsulCluster:
     clients: Sequence[str]
     workdir: Path
     binary: str
+    master_token: str = field(default="", repr=False)
+    """ACLs on when set: the management token, kept by whoever runs the cluster, never logged."""
     agents: dict[str, Agent] = field(default_factory=dict)
 
     def start(self, root_ports: dict[str, int]) -> ConsulCluster:
@@ -113,7 +149,11 @@ class ConsulCluster:
             base = self.workdir / name
             base.mkdir(parents=True, exist_ok=True)
             config = base / "consul.json"
-            config.write_text(json.dumps(agent_config(host, server_hosts, base / "data", server=server)))
+            text = json.dumps(
+                agent_config(host, server_hosts, base / "data", server=server, master_token=self.master_token)
+            )
+            config.touch(mode=0o600)  # a server's file holds the master token: its owner reads it
+            config.write_text(text)
             agent = Agent(host, server, config, base / "consul.log", self.binary)
             agent.start()
             self.network.expose(name, HTTP_PORT, root_ports[name])
@@ -122,15 +162,44 @@ class ConsulCluster:
         return self
 
     def get(self, host: str, path: str, timeout: float = 2.0) -> Any:
-        with urllib.request.urlopen(self.agents[host].http + path, timeout=timeout) as reply:
+        with urllib.request.urlopen(self._request(host, path), timeout=timeout) as reply:
             return json.loads(reply.read())
 
     def put(self, host: str, path: str, body: Any, timeout: float = 5.0) -> None:
-        request = urllib.request.Request(
-            self.agents[host].http + path, data=json.dumps(body).encode(), method="PUT"
-        )
+        request = self._request(host, path, json.dumps(body).encode(), "PUT")
         with urllib.request.urlopen(request, timeout=timeout) as reply:
             reply.read()
+
+    def _request(
+        self, host: str, path: str, data: bytes | None = None, method: str = "GET"
+    ) -> urllib.request.Request:
+        request = urllib.request.Request(self.agents[host].http + path, data=data, method=method)
+        if self.master_token:
+            request.add_header("X-Consul-Token", self.master_token)
+        return request
+
+    def wait_acl(self, within: float) -> None:
+        """Poll until the leader has set ACLs up (the master token resolves); TimeoutError if not."""
+        acl = ConsulAcl(self.agents[self.servers[0]].http, self.master_token, timeout=2.0)
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                if acl.token_works():
+                    return
+            except ConsulAclError:
+                pass  # no leader yet, or ACLs not yet initialised
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Consul ACLs not ready within {within:g} s")
+            time.sleep(0.1)  # poll interval
+
+    def grant_agent_tokens(self) -> None:
+        """Give every agent a token that may write its own node (and read services), and set it."""
+        acl = ConsulAcl(self.agents[self.servers[0]].http, self.master_token)
+        for name in self.agents:
+            policy = f"agent-{name}"
+            acl.create_policy(policy, node_policy_rules(name), f"Consul agent of host {name}")
+            secret = acl.create_token(policy, f"Consul agent of host {name}")
+            self.put(name, "/v1/agent/token/agent", {"Token": secret})
 
     def leader(self, host: str) -> str:
         """The leader's ``address:8300`` as ``host``'s agent sees it; "" when it knows none."""
