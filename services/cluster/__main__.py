@@ -17,7 +17,9 @@ Settings from the environment: ``GATEWAY_PORT`` (8080) and the port of ``CONSUL_
 it creates the shop's databases ``CLUSTER_DATABASE_PREFIX``\\_<service>, tsunagu_cluster_* by
 default, kept between runs); ``SHOP_AMQP_URL``; ``MESH_CLUSTER_DIR`` (.run/cluster);
 ``MESH_CLUSTER_STATE`` (where the hosts' namespaces and agents are written as JSON, default
-<cluster dir>/state.json); ``MESH_CONTROL_FILE``; ``MESH_INSECURE``.
+<cluster dir>/state.json); ``CLUSTER_FORWARD_PORTS`` (machine loopback ports every host reaches
+at the same port, comma separated: an OTLP collector for OTEL_EXPORTER_OTLP_ENDPOINT);
+``MESH_CONTROL_FILE``; ``MESH_INSECURE``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from mesh.config import env_int, env_str
+from mesh.config import env_int, env_list, env_str
 from mesh.connect.settings import INSECURE_WARNING, security_settings_from_env
 from mesh.control import control_file_path
 from mesh.errors import ConfigError
@@ -59,6 +61,7 @@ def settings_from_env(environ: dict[str, str], mtls: bool) -> ClusterSettings:
         ),
         database_prefix=env_str(environ, "CLUSTER_DATABASE_PREFIX", "tsunagu_cluster"),
         amqp_url=env_str(environ, "SHOP_AMQP_URL", DEFAULT_AMQP_URL),
+        forwarded_ports=tuple(int(port) for port in env_list(environ, "CLUSTER_FORWARD_PORTS")),
         child_env=prepare(environ),
         mtls=mtls,
         say=partial(print, flush=True),

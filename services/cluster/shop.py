@@ -75,6 +75,8 @@ class ClusterSettings:
     database_prefix: str = "tsunagu_cluster"
     """The shop's databases are ``<prefix>_<service>``: made when missing, kept between runs."""
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    forwarded_ports: tuple[int, ...] = ()
+    """More of the machine's loopback ports every host reaches at the same port (an OTLP collector)."""
     child_env: Mapping[str, str] = field(default_factory=dict)
     """What every process gets besides its own settings (keys, MESH_INSECURE, SHOP_* …)."""
     mtls: bool = True
@@ -150,6 +152,9 @@ class ClusterShop:
         for host in self._app_hosts():
             self.network.reach(host, postgres, postgres)
             self.network.reach(host, rabbit, rabbit)
+        for name in self.network.hosts:
+            for port in self.settings.forwarded_ports:
+                self.network.reach(name, port, port)
         self.say(
             f"  network    {len(self.topology.hosts)} hosts in {subnet} "
             f"(namespaces {self.network.switch.removesuffix('switch')}*)"
