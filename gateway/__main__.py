@@ -67,7 +67,7 @@ async def serve(
     provider = tracer_provider(settings.tracing)
     observers = client_observers(metrics.registry, provider)  # upstream calls: metrics, spans
     factory = MeshChannelFactory(
-        make_discovery(settings.consul_address, static, token=token),
+        make_discovery(settings.consul_address, static, token=token, stale=settings.consul_stale),
         settings.policy,
         observers,
         identity=workload.identity if workload is not None else None,

@@ -11,6 +11,10 @@ fails the start (``ConfigError`` naming the variable) instead of surfacing as od
     GATEWAY_ADVERTISE_HOST                      address registered in Consul (default GATEWAY_HOST)
     CONSUL_HTTP_ADDR                            Consul agent: upstreams from its catalog, and the
                                                 gateway registers itself as service "gateway"
+    MESH_CONSUL_STALE                           1: read upstreams from Consul with stale consistency
+                                                (any server answers; a cluster without a leader
+                                                still serves the last known endpoints); 0, the
+                                                default: the leader answers every read
     GATEWAY_HEADER_TIMEOUT_SECONDS              a request head must arrive within this (10 s), 408
     GATEWAY_MAX_CONNECTIONS                     open connections at most (1024); past it idle
                                                 ones are reclaimed, else 503
@@ -52,6 +56,7 @@ from mesh.config import env_float, env_int, env_list, env_str
 from mesh.connect.settings import SecuritySettings, security_settings_from_env
 from mesh.errors import ConfigError
 from mesh.identity import JwtSettings, jwt_settings_from_env
+from mesh.registry import consul_stale_from_env
 from mesh.resilience import PolicySettings, policy_from_env
 from mesh.tracing.setup import TracingSettings, tracing_settings_from_env
 
@@ -146,6 +151,8 @@ class GatewaySettings:
     # Consul's HTTP address: upstream endpoints come from its catalog; empty means the static
     # GATEWAY_UPSTREAM_* targets (still through mesh channels).
     consul_address: str = ""
+    # MESH_CONSUL_STALE=1: upstream endpoints come from stale Consul reads (see ConsulDiscovery).
+    consul_stale: bool = False
     # Timeouts, retries, breakers and budgets of upstream calls (MESH_POLICY_FILE + overrides).
     policy: PolicySettings = field(default_factory=PolicySettings)
     # Spans of upstream calls (OTEL_* as every service reads them); off unless configured.
@@ -290,6 +297,7 @@ def settings_from_env(environ: Mapping[str, str]) -> GatewaySettings:
         stream_timeout_seconds=env_float(environ, "GATEWAY_STREAM_TIMEOUT_SECONDS", 300.0),
         response_metadata=frozenset(k.lower() for k in env_list(environ, "GATEWAY_RESPONSE_METADATA")),
         consul_address=env_str(environ, "CONSUL_HTTP_ADDR", ""),
+        consul_stale=consul_stale_from_env(environ),
         policy=policy_from_env(environ, builtin=read_policy(proto_modules)),
         tracing=tracing_settings_from_env(environ, "gateway"),
         keepalive_seconds=env_float(environ, "GATEWAY_KEEPALIVE_SECONDS", 75.0),

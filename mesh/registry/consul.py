@@ -6,6 +6,11 @@ has forgotten the instance (a dev agent restarts empty). The discovery side trea
 registry error as "nothing changed": the last known endpoints stay in force, and an empty
 answer right after an outage is held back for a grace period, because a restarted agent
 answers "no instances" until the registrars have found it again.
+
+Opt-in stale reads (``stale=True``, ``MESH_CONSUL_STALE=1``): the blocking queries use Consul's
+``?stale`` consistency, so any server answers and a cluster without a leader still serves the
+last known endpoints; an empty stale answer is believed only once a default read confirms it
+(see :class:`ConsulDiscovery`).
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mesh.errors import RegistryUnavailable
-from mesh.registry.base import ServiceInstance
-from mesh.registry.consul_api import ConsulApi
+from mesh.registry.base import Endpoints, ServiceInstance
+from mesh.registry.consul_api import ConsulApi, HealthEntry
 from mesh.registry.feed import EndpointFeed, FeedWatcher
 
 if TYPE_CHECKING:  # mesh.server may import this module to wire registration in
@@ -186,7 +191,22 @@ class ConsulRegistrar:
 
 
 class ConsulDiscovery:
-    """Discovery over ``/v1/health/service/<name>?passing``: one blocking-query loop per name."""
+    """Discovery over ``/v1/health/service/<name>?passing``: one blocking-query loop per name.
+
+    ``stale=True`` sends every blocking query with Consul's ``stale`` consistency: the server
+    the agent forwards to answers from its own state, so reads spread over the servers, lag
+    the leader a little, and keep answering while the cluster has no leader. A server can then
+    answer from an incomplete state (a survivor of a lost quorum answered ``[]`` while every
+    server had shown the instance moments before, with ``X-Consul-KnownLeader: true`` as often
+    as not), so one rule guards the set: **in stale mode an empty answer never replaces a
+    non-empty set until a default-consistency read confirms it.** On an empty stale answer the
+    loop asks once more without ``stale`` (the leader answers): an empty confirmation empties
+    the set, a non-empty one is applied instead, and a failed one ("No cluster leader", an
+    unreachable agent) keeps the last known set until the next stale answer, which is
+    confirmed again. KnownLeader is not consulted: it is neither needed (without a leader the
+    confirmation fails) nor enough (a server that says it knows one answered ``[]`` too).
+    Non-empty stale answers apply at once, and writes (registration) need a leader either way.
+    """
 
     def __init__(
         self,
@@ -197,6 +217,7 @@ class ConsulDiscovery:
         backoff_cap: float = 2.0,
         recovery_grace: float = 30.0,
         token: str = "",
+        stale: bool = False,
         api: ConsulApi | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -205,7 +226,8 @@ class ConsulDiscovery:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.recovery_grace = recovery_grace
-        self._api = api or ConsulApi(address, token=token)
+        self.stale = stale  # decides each read's consistency, whatever an ``api`` passed in defaults to
+        self._api = api or ConsulApi(address, token=token, stale=stale)
         self._rng = rng or random.Random()
         self._clock = clock
         self._feeds: dict[str, EndpointFeed] = {}
@@ -245,17 +267,42 @@ class ConsulDiscovery:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._api.close()
 
+    async def _read(self, name: str, index: str | None, wait: float) -> tuple[str, list[HealthEntry]]:
+        if self.stale:
+            return await self._api.health(name, index=index, wait=wait, stale=True)
+        return await self._api.health(name, index=index, wait=wait)
+
+    async def _confirm_empty(self, feed: EndpointFeed, warned: bool) -> Endpoints | None:
+        """A default-consistency read after an empty stale answer; None when it fails (keep the set)."""
+        try:
+            _, entries = await self._api.health(feed.name, stale=False)
+        except Exception as exc:  # RegistryUnavailable ("No cluster leader"), or a bad answer
+            if not warned:
+                log.warning(
+                    "a stale read found no passing %r and a default read could not confirm it; "
+                    "keeping %d last known endpoints: %s",
+                    feed.name,
+                    len(feed.endpoints),
+                    exc,
+                )
+            return None
+        instances = tuple(entry.instance for entry in entries)
+        if instances:
+            log.info("a stale read found no passing %r; the leader still lists %d", feed.name, len(instances))
+        return instances
+
     async def _poll(self, feed: EndpointFeed) -> None:
         index: str | None = None
         failures = 0
         hold_until = 0.0  # while now < hold_until, an empty answer does not replace a non-empty set
         held = False
+        unconfirmed = False  # stale mode: an empty answer is being kept, its confirmation failed
         while True:
             wait = self.wait
             if hold_until:
                 wait = max(0.0, min(wait, hold_until - self._clock()))
             try:
-                new_index, entries = await self._api.health(feed.name, index=index, wait=wait)
+                new_index, entries = await self._read(feed.name, index, wait)
             except Exception as exc:  # RegistryUnavailable, or an answer we could not parse
                 failures += 1
                 # The agent may come back as a new one with a lower index than ours; a blocking
@@ -289,6 +336,13 @@ class ConsulDiscovery:
                 held = True
                 continue
             hold_until, held = 0.0, False
+            if self.stale and not instances and feed.endpoints:
+                confirmed = await self._confirm_empty(feed, unconfirmed)
+                if confirmed is None:
+                    unconfirmed = True
+                    continue
+                instances = confirmed
+            unconfirmed = False
             if feed.publish(instances):
                 log.info("%r endpoints: %s", feed.name, ", ".join(e.target for e in instances) or "none")
 

@@ -7,13 +7,16 @@ is :class:`mesh.errors.RegistryUnavailable`, so callers handle one error type.
 Facts this leans on (py-consul 1.8.0, as pinned in pyproject.toml): ``consul.aio.Consul``
 must be built inside a running loop, so the client is created lazily; the blocking-query
 index is a string and goes back unchanged; ``locality=``/``socket_path=`` are rejected by
-Consul 1.8.7 and never sent.
+Consul 1.8.7 and never sent; ``health.service`` has no consistency argument, so a ``?stale``
+read is sent through the client's own ``http.get`` (same parameters, same token header), whose
+callback sees the response headers and with them ``X-Consul-KnownLeader``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +28,8 @@ import consul.callback
 
 from mesh.errors import RegistryUnavailable
 from mesh.registry.base import ServiceInstance
+
+log = logging.getLogger(__name__)
 
 _FAILURES = (aiohttp.ClientError, consul.ConsulException, OSError, asyncio.TimeoutError, ValueError)
 
@@ -76,13 +81,34 @@ def health_entry(raw: Mapping[str, Any]) -> HealthEntry:
     return HealthEntry(instance=instance, status=_worst([c[1] for c in checks]), checks=checks)
 
 
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """One response header, whatever the case (Go sends ``X-Consul-Knownleader``)."""
+    wanted = name.lower()
+    return next((value for key, value in headers.items() if key.lower() == wanted), None)
+
+
 class ConsulApi:
-    """The handful of Consul agent calls the mesh needs, typed and with one error type."""
+    """The handful of Consul agent calls the mesh needs, typed and with one error type.
+
+    ``stale=True`` makes :meth:`health` read with Consul's ``stale`` consistency by default:
+    whichever server the agent forwards to answers from its own state, leader or not, so reads
+    spread over the servers and still answer while the cluster has no leader (possibly a
+    little behind the leader). Writes (register, deregister) need a leader either way.
+    """
 
     def __init__(
-        self, address: str = "http://127.0.0.1:8500", *, request_timeout: float = 5.0, token: str = ""
+        self,
+        address: str = "http://127.0.0.1:8500",
+        *,
+        request_timeout: float = 5.0,
+        token: str = "",
+        stale: bool = False,
     ) -> None:
         self.address = address
+        self.stale = stale
+        # What the server of the last stale read said of the leader (X-Consul-KnownLeader);
+        # None before any stale read. Informational: a stale answer is not trusted more for it.
+        self.known_leader: bool | None = None
         self._token = token  # the ACL token (X-Consul-Token); never logged
         self._host, self._port, self._scheme = parse_address(address)
         self._timeout = request_timeout
@@ -145,20 +171,71 @@ class ConsulApi:
         return found is not None
 
     async def health(
-        self, name: str, *, index: str | None = None, wait: float = 0.0, passing: bool = True
+        self,
+        name: str,
+        *,
+        index: str | None = None,
+        wait: float = 0.0,
+        passing: bool = True,
+        stale: bool | None = None,
     ) -> tuple[str, list[HealthEntry]]:
-        """``/v1/health/service/<name>``; with ``index`` it blocks up to ``wait`` seconds for a change."""
+        """``/v1/health/service/<name>``; with ``index`` it blocks up to ``wait`` seconds for a change.
+
+        ``stale`` picks the consistency of this read (None: the api's own ``stale`` setting):
+        True adds ``?stale`` (any server answers from its state), False is Consul's default
+        (the leader answers; "No cluster leader" without one, raised as RegistryUnavailable).
+        """
         if wait <= 0:
             index = None  # an index without a wait would block for Consul's default 5 minutes
         wait_arg = f"{wait:g}s" if index else None
         # Consul adds up to wait/16 of jitter to a blocking query; allow for it and the network.
         limit = self._timeout + (wait * 1.1 if wait_arg else 0.0)
-        new_index, rows = await self._run(
-            f"health of {name!r}",
-            self._consul().health.service(name, index=index, wait=wait_arg, passing=passing),
-            limit,
-        )
+        client = self._consul()
+        if self.stale if stale is None else stale:
+            params: list[tuple[str, str]] = []
+            if index and wait_arg:
+                params += [("index", index), ("wait", wait_arg)]
+            if passing:
+                params.append(("passing", "1"))
+            if client.dc:
+                params.append(("dc", client.dc))
+            params.append(("stale", ""))
+            request = client.http.get(
+                self._stale_callback(name),
+                f"/v1/health/service/{name}",
+                params=params,
+                headers=client.prepare_headers(),
+            )
+        else:
+            request = client.health.service(name, index=index, wait=wait_arg, passing=passing)
+        new_index, rows = await self._run(f"health of {name!r}", request, limit)
         return str(new_index), [health_entry(row) for row in rows or ()]
+
+    def _stale_callback(self, name: str) -> Callable[[Any], Any]:
+        """py-consul's ``(index, rows)`` parser, noting the answering server's KnownLeader header."""
+        parse = consul.callback.CB.json(index=True)
+
+        def callback(response: Any) -> Any:
+            result = parse(response)  # raises for an error status, so only answers are noted
+            self._note_leader(name, _header(response.headers, "X-Consul-KnownLeader"))
+            return result
+
+        return callback
+
+    def _note_leader(self, name: str, header: str | None) -> None:
+        if header is None:
+            return
+        known = header.strip().lower() == "true"
+        if not known and self.known_leader is not False:
+            log.warning(
+                "consul at %s answered a stale read of %r without knowing a cluster leader; "
+                "serving that server's last known state",
+                self.address,
+                name,
+            )
+        elif known and self.known_leader is False:
+            log.info("consul at %s knows a cluster leader again", self.address)
+        self.known_leader = known
 
     async def services(self) -> dict[str, list[str]]:
         """Every service name in the catalog with the union of its tags."""

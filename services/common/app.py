@@ -106,7 +106,10 @@ async def run(settings: ServiceSettings, migrations: Path, build: Builder) -> No
         if workload is not None:
             resources.push_async_callback(workload.close)
         discovery = make_discovery(
-            settings.discovery_address, settings.upstreams.static, token=settings.security.consul_token
+            settings.discovery_address,
+            settings.upstreams.static,
+            token=settings.security.consul_token,
+            stale=settings.consul_stale,
         )
         resources.push_async_callback(discovery.close)
         authenticator = Authenticator(

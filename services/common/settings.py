@@ -14,6 +14,11 @@ Who may call: ``security`` (mTLS, or the loud ``MESH_INSECURE=1`` plaintext swit
 separated, default ``order``): the services whose calls, carrying no user's token, act as the
 shop itself (a service principal) and so may move payments, stock and shipments for users.
 The caller's service is its mesh identity, never a token (services/common/auth.py).
+
+How the others are found: ``CONSUL_HTTP_ADDR`` (empty: the static ``MESH_UPSTREAM_<NAME>``
+targets), ``MESH_DISCOVERY`` (``consul`` or ``static``) and ``MESH_CONSUL_STALE`` (``1``: read
+Consul with stale consistency, so any server answers and a cluster without a leader still
+serves the last known endpoints; ``0``, the default: the leader answers every read).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from mesh.config import (
 from mesh.connect.settings import SecuritySettings, security_settings_from_env
 from mesh.errors import ConfigError
 from mesh.identity import JwtSettings, jwt_settings_from_env
+from mesh.registry import consul_stale_from_env
 from mesh.resilience import PolicySettings, policy_from_env
 from mesh.tracing.setup import TracingSettings, tracing_settings_from_env
 
@@ -104,6 +110,9 @@ class ServiceSettings:
     # own discovery (DNS, a fixed address) stands in front of the mesh, and for tests that put a
     # proxy between two services.
     static_discovery: bool = False
+    # MESH_CONSUL_STALE=1: discovery reads Consul with stale consistency (any server answers,
+    # a cluster without a leader still serves the last known endpoints; see ConsulDiscovery).
+    consul_stale: bool = False
     check_interval_seconds: float = 1.0
     # /metrics port (0: any free port, published in Consul meta as metrics_port); OTEL_* tracing.
     metrics_port: int = 0
@@ -142,6 +151,7 @@ def service_settings_from_env(name: str, environ: Mapping[str, str]) -> ServiceS
         log_level=env_str(environ, "MESH_LOG_LEVEL", "INFO"),
         consul_address=env_str(environ, "CONSUL_HTTP_ADDR", ""),
         static_discovery=static_discovery_from_env(environ),
+        consul_stale=consul_stale_from_env(environ),
         check_interval_seconds=env_float(environ, "MESH_CHECK_INTERVAL_SECONDS", 1.0),
         metrics_port=env_int(environ, "MESH_METRICS_PORT", 0),
         tracing=tracing_settings_from_env(environ, name),
