@@ -232,7 +232,13 @@ class ClusterShop:
         respawn = partial(self._spawn, "gateway", env, host.name, f"gateway-{host.name}")
         self.network.expose(host.name, GATEWAY_PORT, self.settings.gateway_root_port)
         log = self.log_dir / f"gateway-{host.name}.log"
-        ready = partial(_wait_http_ready, f"{self.gateway_url}/readyz", log)
+        http_ready = partial(_wait_http_ready, f"{self.gateway_url}/readyz", log)
+        registered = partial(self._wait_passing, "gateway", host.address, GATEWAY_PORT, log)
+
+        def ready(process: subprocess.Popen[bytes]) -> None:  # answering here, and passing in Consul
+            http_ready(process)
+            registered(process)
+
         child = Placed("gateway", host.name, host.address, GATEWAY_PORT, respawn(), respawn, ready)
         self.children.append(child)
         child.ready(child.process)

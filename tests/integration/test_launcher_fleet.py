@@ -11,13 +11,10 @@ clients' calls fails.
 
 from __future__ import annotations
 
-import http.client
-import json
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,80 +31,12 @@ from tests.integration.test_launcher_supervision import (
     launcher_env,
     passing_instances,
 )
+from tests.support.gateway_load import Load, gateway_call
 from tests.support.processes import ROOT
 from tests.support.tokens import KeyPair
 from tests.support.topologies import single_host
 
 ONE_EACH = single_host()
-CLIENTS_PER_ROUTE = 2
-MAX_CALLS = 20_000  # per client: the load is bounded in count as well as in time
-
-
-class Load:
-    """Clients calling ``routes`` through the gateway until stopped; every status counted."""
-
-    def __init__(self, port: int, routes: list[tuple[str, dict[str, str]]]) -> None:
-        self.port = port
-        self.routes = routes
-        self.statuses: Counter[int] = Counter()
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._client, args=(path, headers), daemon=True)
-            for path, headers in routes
-            for _ in range(CLIENTS_PER_ROUTE)
-        ]
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-
-    def calls(self) -> int:
-        with self._lock:
-            return sum(self.statuses.values())
-
-    def _client(self, path: str, headers: dict[str, str]) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        for _ in range(MAX_CALLS):
-            if self._stop.is_set():
-                break
-            try:
-                connection.request("GET", path, headers=headers)
-                reply = connection.getresponse()
-                body = reply.read()
-                status = reply.status
-            except (OSError, http.client.HTTPException) as error:
-                connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-                status, body = 0, str(error).encode()
-            with self._lock:
-                self.statuses[status] += 1
-                if status != 200 and len(self.failures) < 20:
-                    self.failures.append(f"GET {path}: {status} {body[:200]!r}")
-        connection.close()
-
-
-def gateway_call(
-    port: int, method: str, path: str, body: dict[str, object] | None = None, token: str = ""
-) -> dict[str, object]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    connection.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
-    reply = connection.getresponse()
-    payload = json.loads(reply.read() or b"{}")
-    connection.close()
-    assert reply.status == 200, (method, path, reply.status, payload)
-    assert isinstance(payload, dict)
-    return payload
 
 
 def mesh_command(control_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
