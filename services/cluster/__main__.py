@@ -48,12 +48,15 @@ from services.topology import SERVICES, TopologyError, load_topology
 DEFAULT_CLUSTER_TOPOLOGY = ROOT / "deploy" / "cluster.toml"
 
 
-def settings_from_env(environ: dict[str, str], mtls: bool) -> ClusterSettings:
+def settings_from_env(
+    environ: dict[str, str], *, mtls: bool, child_env: dict[str, str], consul_binary: str
+) -> ClusterSettings:
+    """``make cluster``'s settings; ``child_env`` is what every process gets (launcher.prepare)."""
     workdir = ROOT / env_str(environ, "MESH_CLUSTER_DIR", ".run/cluster")
     consul = env_str(environ, "CONSUL_HTTP_ADDR", "127.0.0.1:8500")
     return ClusterSettings(
         workdir=workdir,
-        consul_binary=find_consul(ROOT),
+        consul_binary=consul_binary,
         gateway_root_port=env_int(environ, "GATEWAY_PORT", 8080),
         consul_root_port=int(consul.rsplit(":", 1)[1]) if ":" in consul else 8500,
         postgres_admin_dsn=env_str(
@@ -62,7 +65,7 @@ def settings_from_env(environ: dict[str, str], mtls: bool) -> ClusterSettings:
         database_prefix=env_str(environ, "CLUSTER_DATABASE_PREFIX", "tsunagu_cluster"),
         amqp_url=env_str(environ, "SHOP_AMQP_URL", DEFAULT_AMQP_URL),
         forwarded_ports=tuple(int(port) for port in env_list(environ, "CLUSTER_FORWARD_PORTS")),
-        child_env=prepare(environ),
+        child_env=child_env,
         mtls=mtls,
         say=partial(print, flush=True),
     )
@@ -96,7 +99,6 @@ def main() -> int:
     try:
         security = security_settings_from_env(environ)
         topology = load_topology(ROOT / env_str(environ, "MESH_TOPOLOGY", str(DEFAULT_CLUSTER_TOPOLOGY)))
-        settings = settings_from_env(environ, security.mtls)
     except (ConfigError, TopologyError) as error:
         print(f"cannot start: {error}", file=sys.stderr)
         return 1
@@ -105,6 +107,13 @@ def main() -> int:
             f"cannot start: {shown(topology.path)} is a single-host topology: `make run` runs it",
             file=sys.stderr,
         )
+        return 1
+    try:
+        settings = settings_from_env(
+            environ, mtls=security.mtls, child_env=prepare(environ), consul_binary=find_consul(ROOT)
+        )
+    except (ConfigError, ValueError) as error:  # ValueError: a port that is not a number
+        print(f"cannot start: {error}", file=sys.stderr)
         return 1
     if os.geteuid() != 0:
         print("cannot start: hosts are network namespaces, and `ip netns` needs root", file=sys.stderr)
