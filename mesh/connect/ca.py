@@ -153,6 +153,17 @@ class ConnectCA:
         reason = str(raw.get("Reason", ""))
         return Authorization(bool(raw.get("Authorized")), reason, reason.startswith("Matched intention"))
 
+    async def intention_sources(self, target: str) -> list[str]:
+        """Services an intention names as a source for ``target`` (or for every service), sorted."""
+        _, raw = await self._call("intentions", "GET", "/v1/connect/intentions", index=None, wait=0.0)
+        return sorted(
+            {
+                str(row["SourceName"])
+                for row in raw or ()
+                if row.get("DestinationName") in (target, "*") and row.get("SourceName") != "*"
+            }
+        )
+
     async def intentions_index(self, *, index: str | None = None, wait: float = 0.0) -> str:
         """The intentions list's index; with ``index``, blocks up to ``wait`` s until one changes."""
         index_out, _ = await self._call("intentions", "GET", "/v1/connect/intentions", index=index, wait=wait)

@@ -4,7 +4,9 @@ The handshake has already required a client certificate chained to the current r
 interceptor reads the caller's SPIFFE ID from the auth context, refuses one from another trust
 domain (UNAUTHENTICATED), and asks :class:`~mesh.connect.intentions.IntentionAuthorizer`
 whether that service may call this one: a denial is PERMISSION_DENIED naming both services and
-the reason. It runs inside the telemetry layers, so refused calls are counted and logged.
+the reason; a caller it cannot ask about (Consul unanswerable, no answer known) is UNAVAILABLE
+naming Consul, which a client may retry elsewhere. It runs inside the telemetry layers, so
+refused calls are counted and logged.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import grpc
 import grpc.aio
 from cryptography import x509
 
+from mesh.connect.ca import ConnectUnavailable
 from mesh.connect.intentions import IntentionAuthorizer
 from mesh.connect.peer import PEER_URI
 from mesh.connect.spiffe import SpiffeId
@@ -55,7 +58,11 @@ class IntentionGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc 
                     grpc.StatusCode.UNAUTHENTICATED,
                     f"the client certificate is from trust domain {peer.trust_domain!r}, not {trust_domain!r}",
                 )
-            known = await self._authorizer.check(uri, _serial(context))
+            try:
+                known = await self._authorizer.check(uri, _serial(context))
+            except ConnectUnavailable as error:  # a first caller while Consul cannot answer
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+                raise  # abort() raises; this only tells the type checker
         if not known.allowed:
             caller = uri.rsplit("/", 1)[-1]
             await context.abort(

@@ -9,7 +9,7 @@ take. With ``MESH_INSECURE=1`` it returns None after a loud warning.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mesh.connect.ca import ConnectCA
 from mesh.connect.guard import IntentionGuard
@@ -52,7 +52,13 @@ async def connect_workload(
     except BaseException:
         await ca.close()  # the identity owns the client only once it has started
         raise
-    authorizer = IntentionAuthorizer(ca, service, default_allow=settings.intentions_default_allow)
+    own = identity.bundle.identity
+    authorizer = IntentionAuthorizer(
+        ca,
+        service,
+        default_allow=settings.intentions_default_allow,
+        peer_uri=lambda name: replace(own, service=name).uri,  # callers in our namespace and datacenter
+    )
     try:
         await authorizer.start()
     except BaseException:

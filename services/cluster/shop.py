@@ -233,7 +233,7 @@ class ClusterShop:
         self.network.expose(host.name, GATEWAY_PORT, self.settings.gateway_root_port)
         log = self.log_dir / f"gateway-{host.name}.log"
         http_ready = partial(_wait_http_ready, f"{self.gateway_url}/readyz", log)
-        registered = partial(self._wait_passing, "gateway", host.address, GATEWAY_PORT, log)
+        registered = partial(self._wait_passing, "gateway", host.name, host.address, GATEWAY_PORT, log)
 
         def ready(process: subprocess.Popen[bytes]) -> None:  # answering here, and passing in Consul
             http_ready(process)
@@ -264,7 +264,7 @@ class ClusterShop:
             env.pop("MESH_JWT_PRIVATE_KEY_FILE", None)  # only the issuer signs user tokens
         log_name = f"{service}-{host}-{port}"
         respawn = partial(self._spawn, f"services.{service}", env, host, log_name)
-        ready = partial(self._wait_passing, service, address, port, self.log_dir / f"{log_name}.log")
+        ready = partial(self._wait_passing, service, host, address, port, self.log_dir / f"{log_name}.log")
         child = Placed(service, host, address, port, respawn(), respawn, ready)
         self.children.append(child)
         return child
@@ -300,32 +300,35 @@ class ClusterShop:
     def _wait_passing(
         self,
         service: str,
+        host: str,
         address: str,
         port: int,
         log: Path,
         process: subprocess.Popen[bytes],
         timeout: float = 120,
     ) -> None:
-        """Block until Consul's check of ``address:port`` passes; LaunchError with its log if it dies."""
+        """Block until Consul's check of ``address:port`` passes; LaunchError with its log if it dies.
+
+        Asked of the instance's own host's agent, which it registered with: any other agent may
+        be the one a fault took down.
+        """
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
                 died = RuntimeError(f"exited with {process.returncode}")
                 raise start_failure(f"{service} at {address}:{port}", process, died, log)
-            if (address, port) in self.passing(service):
+            if (address, port) in self.passing(service, via=host):
                 return
             if time.monotonic() > deadline:
                 late = TimeoutError(f"not passing in Consul after {timeout:g} s")
                 raise start_failure(f"{service} at {address}:{port}", process, late, log)
             time.sleep(0.2)  # poll interval
 
-    def passing(self, service: str) -> set[tuple[str, int]]:
-        """``(address, port)`` of the instances of ``service`` Consul has passing (empty when it cannot say)."""
+    def passing(self, service: str, via: str) -> set[tuple[str, int]]:
+        """``(address, port)`` of ``service``'s passing instances, as ``via``'s agent answers (empty: it cannot)."""
         assert self.consul is not None
         try:
-            rows = self.consul.get(
-                self.topology.consul_servers[0], f"/v1/health/service/{service}?passing=1&stale"
-            )
+            rows = self.consul.get(via, f"/v1/health/service/{service}?passing=1&stale")
         except (OSError, ValueError, urllib.error.URLError):
             return set()
         return {(row["Service"]["Address"], row["Service"]["Port"]) for row in rows}

@@ -123,6 +123,28 @@ async def test_the_authorizer_answers_from_intentions_caches_and_forgets_on_a_ch
         await lenient.close()
 
 
+async def test_the_callers_intentions_name_are_asked_about_at_start(
+    consul_agent: ConsulDevAgent, ca: ConnectCA
+) -> None:
+    order, gateway = uri_of(consul_agent, "order"), uri_of(consul_agent, "gateway")
+    set_intention(consul_agent, "order", "inventory", "allow")
+    set_intention(consul_agent, "gateway", "inventory", "deny")
+    set_intention(consul_agent, "order", "shipping", "allow")  # another destination: not asked
+    prefix = order.rsplit("/", 1)[0]
+    authorizer = IntentionAuthorizer(
+        ca, "inventory", default_allow=False, peer_uri=lambda name: f"{prefix}/{name}"
+    )
+    await authorizer.start()
+    try:
+        # the real agent answers a question without a certificate serial, before any call
+        warmed_order, warmed_gateway = authorizer.cached(order), authorizer.cached(gateway)
+        assert warmed_order is not None and warmed_order.allowed and warmed_order.matched
+        assert warmed_gateway is not None and not warmed_gateway.allowed and warmed_gateway.matched
+        assert await ca.intention_sources("inventory") == ["gateway", "order"]
+    finally:
+        await authorizer.close()
+
+
 async def test_the_identity_tells_its_subscribers_of_a_rotation(consul_agent: ConsulDevAgent) -> None:
     identity = await WorkloadIdentity("order", ConnectCA(consul_agent.http_addr), wait=30).start(20)
     seen: list[Bundle] = []
