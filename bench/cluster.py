@@ -330,6 +330,8 @@ class Client:
         self.port = port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.failure = ""
+        """What the last call that did not answer 200 got (the start of its body, or the error)."""
 
     async def call(self) -> int:
         """The HTTP status, or 0 when the connection failed or the answer took over 30 s."""
@@ -342,12 +344,21 @@ class Client:
                 lower = head.lower()
                 start = lower.index(b"content-length:")
                 length = int(lower[start + 15 : lower.index(b"\r\n", start)])
-                await self.reader.readexactly(length)
+                body = await self.reader.readexactly(length)
                 status = int(head[9:12])
+                if status != 200:
+                    self.failure = body[:300].decode(errors="replace")
                 if b"connection: close" in lower:
                     self.close()
                 return status
-        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        except (
+            OSError,
+            TimeoutError,
+            ValueError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ) as error:
+            self.failure = repr(error)
             self.close()
             return 0
 
@@ -380,8 +391,8 @@ class PacedLoad:
     rate: float
     seconds: float
     statuses: Counter[int] = field(default_factory=Counter)
-    failures: list[tuple[int, int]] = field(default_factory=list)
-    """(wall-clock ns when the call started, status) of every call that did not answer 200."""
+    failures: list[tuple[int, int, str]] = field(default_factory=list)
+    """(wall-clock ns when the call started, status, what it got) of every call that did not answer 200."""
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -410,7 +421,7 @@ class PacedLoad:
             status = await client.call()
             self.statuses[status] += 1
             if status != 200:
-                self.failures.append((began, status))
+                self.failures.append((began, status, client.failure))
 
 
 # -- throughput, side by side --------------------------------------------------------------------
@@ -509,7 +520,7 @@ class Trial:
     ejected: int
     """Outlier ejections of inventory endpoints by the gateway's mesh channel during the fault."""
 
-    def result(self, attempts: list[Attempt], failures: list[tuple[int, int]]) -> dict[str, Any]:
+    def result(self, attempts: list[Attempt], failures: list[tuple[int, int, str]]) -> dict[str, Any]:
         """The trial's figures from every attempt to the victim the gateway reported, once all arrived.
 
         The last call is the latest attempt started before the repair (SIGCONT, heal): an attempt
@@ -523,7 +534,7 @@ class Trial:
             "to_critical_ms": (self.critical_ns - self.fault_ns) / 1e6 if self.critical_ns else None,
             "attempts_after": len(after),
             "attempts_after_failed": sum(1 for a in after if a.code != 0),
-            "failed_calls": sum(1 for began, _ in failures if self.fault_ns <= began < self.repaired_ns),
+            "failed_calls": sum(1 for began, _, _ in failures if self.fault_ns <= began < self.repaired_ns),
             "recovered_s": self.recovered_s,
             "ejected": self.ejected,
         }
@@ -615,7 +626,26 @@ class Trials:
                 + ("" if made.recovered_s is None else f", routed again after {made.recovered_s:.1f} s")
             )
 
-    def results(self, failures: list[tuple[int, int]]) -> dict[str, list[dict[str, Any]]]:
+    def where(self, failures: list[tuple[int, int, str]]) -> list[dict[str, Any]]:
+        """Each failed call (the first 20) placed in the trial it fell in: during the fault or after the repair."""
+        placed = []
+        for began, status, got in failures[:20]:
+            before = [t for t in self.done if t.fault_ns <= began]
+            trial = before[-1] if before else None
+            placed.append(
+                {
+                    "status": status,
+                    "got": got,
+                    "trial": f"{trial.kind} {sum(1 for t in before if t.kind == trial.kind)}"
+                    if trial
+                    else "before",
+                    "ms_after_fault": round((began - trial.fault_ns) / 1e6, 1) if trial else None,
+                    "ms_after_repair": round((began - trial.repaired_ns) / 1e6, 1) if trial else None,
+                }
+            )
+        return placed
+
+    def results(self, failures: list[tuple[int, int, str]]) -> dict[str, list[dict[str, Any]]]:
         attempts = self.attempts()
         by_kind: dict[str, list[dict[str, Any]]] = {}
         for made in self.done:
@@ -733,6 +763,7 @@ async def bench(options: argparse.Namespace) -> dict[str, Any]:
             "failed_calls": len(load.failures),
             "failed_calls_in_trials": sum(r["failed_calls"] for r in every),
             "failed_statuses": {str(k): n for k, n in load.statuses.items() if k != 200},
+            "failures": trials.where(load.failures),
             "trial_calls": sum(load.statuses.values()),
             "failed_calls_throughput": sum(x.failed for x in layouts),
             "ratios_per_round": [round(r, 3) for r in ratios],
