@@ -155,11 +155,19 @@ class ClusterProcess:
         return agent
 
     def stop(self, timeout: float = 60.0) -> int:
-        """Ctrl-C (SIGINT) and wait; the run's exit code."""
+        """Ctrl-C (SIGINT) and wait; the run's exit code.
+
+        The agents started again here are stopped first, and SIGKILLed if they linger (a server
+        leaving a cluster can wait on peers): nothing here may keep the run from its Ctrl-C.
+        """
         for agent in self.agents.values():
             if agent.poll() is None:
                 agent.terminate()
-                agent.wait(10)
+                try:
+                    agent.wait(10)
+                except subprocess.TimeoutExpired:
+                    agent.kill()
+                    agent.wait()
         if self.process is None:
             return 0
         if self.process.poll() is None:
