@@ -681,8 +681,6 @@ async def bench(options: argparse.Namespace) -> dict[str, Any]:
         MESH_CLUSTER_DIR=str(workdir / "cluster"),
         MESH_CLUSTER_STATE=str(workdir / "cluster-state.json"),
         MESH_CONTROL_FILE=str(workdir / "cluster-control.json"),
-        GATEWAY_PORT=str(free_port()),
-        CONSUL_HTTP_ADDR=f"127.0.0.1:{free_port()}",
         CLUSTER_POSTGRES_DSN=POSTGRES,
         CLUSTER_DATABASE_PREFIX=cluster_prefix,
         CLUSTER_FORWARD_PORTS=str(sink.port),
@@ -712,9 +710,13 @@ async def bench(options: argparse.Namespace) -> dict[str, Any]:
     load: PacedLoad | None = None
     result: dict[str, Any] = {}
     try:
-        say(f"starting make cluster and make run (temp dir {workdir}, OTLP receiver 127.0.0.1:{sink.port})")
+        say(f"starting make run, then make cluster (temp dir {workdir}, OTLP receiver 127.0.0.1:{sink.port})")
         up = time.monotonic()
-        await asyncio.gather(asyncio.to_thread(shop.start), asyncio.to_thread(single.start))
+        # One after the other: each picks free ports that it binds only later, and two starts at
+        # once can pick the same one (both pick a moment before either binds).
+        await asyncio.to_thread(single.start)
+        cluster_env.update(GATEWAY_PORT=str(free_port()), CONSUL_HTTP_ADDR=f"127.0.0.1:{free_port()}")
+        await asyncio.to_thread(shop.start)
         startup = time.monotonic() - up
         say(f"both shops up after {startup:.1f} s (cluster owner pid {shop.state['owner']})")
         assert shop.process is not None and single.process is not None
