@@ -5,7 +5,8 @@ Fields: ``rpc_service``, ``method``, ``code``, ``duration_ms``, ``peer``, plus `
 server span is still current when the line is written). The process's own name is the
 formatter's ``service`` field. Logged on logger ``mesh.rpc`` at INFO for OK and WARNING
 otherwise, so ``MESH_LOG_LEVEL=WARNING`` keeps only failed calls and ``ERROR`` silences the
-lines (the interceptor then costs one ``isEnabledFor`` check per call).
+lines (the interceptor then costs one ``isEnabledFor`` check per call). The level is checked
+before a line's fields are gathered, so an OK call at WARNING costs the check and the timer.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class _LoggedCall:
         self._began = time.perf_counter()
 
     def done(self, code: grpc.StatusCode) -> None:
+        level = logging.INFO if code is grpc.StatusCode.OK else logging.WARNING
+        if not self._log.isEnabledFor(level):  # at WARNING an OK call builds no line at all
+            return
         elapsed_ms = (time.perf_counter() - self._began) * 1000.0
         fields: dict[str, object] = {
             "event": "rpc",
@@ -43,7 +47,6 @@ class _LoggedCall:
             "peer": self._context.peer(),
         }
         fields.update(trace_ids())
-        level = logging.INFO if code is grpc.StatusCode.OK else logging.WARNING
         self._log.log(level, "%s/%s %s", self._rpc.service, self._rpc.method, code.name, extra=fields)
 
 
