@@ -60,7 +60,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -80,7 +79,7 @@ import psycopg  # noqa: E402
 from bench.otlp_sink import Attempt, OtlpSink  # noqa: E402
 from mesh.identity import generate_keypair  # noqa: E402
 from mesh.registry.dev_agent import free_port  # noqa: E402
-from services.cluster.handle import ClusterProcess  # noqa: E402
+from services.cluster.handle import ClusterProcess, DrivenProcess  # noqa: E402
 from services.cluster.network import namespaces  # noqa: E402
 from services.cluster.shop import DATABASE_SERVICES  # noqa: E402
 from services.common.settings import DEFAULT_AMQP_URL, DEFAULT_PORTS, MessagingSettings  # noqa: E402
@@ -237,56 +236,10 @@ sys.exit(launcher.main())
 """
 
 
-@dataclass
-class Launcher:
+def launcher(env: dict[str, str], run_dir: Path) -> DrivenProcess:
     """``make run``'s launcher (services/launcher.py) with an environment and a run directory of ours."""
-
-    env: dict[str, str]
-    run_dir: Path
-    process: subprocess.Popen[str] | None = None
-    lines: list[str] = field(default_factory=list)
-
-    READY = "Ctrl-C stops everything."
-
-    def start(self, timeout: float = 240.0) -> Launcher:
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, str(self.run_dir)],
-            cwd=ROOT,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while not any(self.READY in line for line in list(self.lines)):
-            if self.process.poll() is not None:
-                time.sleep(0.5)  # the reader's last lines
-                raise RuntimeError(f"make run exited with {self.process.returncode}:\n" + self.output())
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"make run not ready within {timeout:g} s:\n" + self.output())
-            time.sleep(0.1)  # poll interval
-        return self
-
-    def _read(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def output(self) -> str:
-        return "\n".join(self.lines[-40:])
-
-    def stop(self, timeout: float = 60.0) -> int:
-        if self.process is None:
-            return 0
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+    argv = [sys.executable, "-c", LAUNCHER, str(run_dir)]
+    return DrivenProcess(argv, env, ready_line="Ctrl-C stops everything.", what="make run")
 
 
 def create_databases(names: list[str]) -> None:
@@ -704,9 +657,9 @@ async def bench(options: argparse.Namespace) -> dict[str, Any]:
             {f"{s.upper()}_DATABASE_URL": f"{base}/{single_prefix}_{s}" for s in DATABASE_SERVICES}
         )
 
-    shop = ClusterProcess(cluster_env)
+    shop = ClusterProcess(env=cluster_env)
     single_run = ROOT / ".run" / f"bench-cluster-{hexid}"
-    single = Launcher(single_env, single_run)
+    single = launcher(single_env, single_run)
     load: PacedLoad | None = None
     result: dict[str, Any] = {}
     try:

@@ -474,7 +474,7 @@ def stop(children: list[Child], grace: float = 15.0) -> None:
             child.process.wait()
 
 
-def _interrupt(signum: int, frame: object) -> None:
+def interrupt(signum: int, frame: object) -> None:
     """SIGTERM to the launcher stops the shop the same way Ctrl-C does."""
     raise KeyboardInterrupt
 
@@ -510,7 +510,7 @@ def main() -> int:
     control: ControlServer | None = None
     # Where `mesh scale/restart/instances` find this launcher: $MESH_CONTROL_FILE, else .run/control.json.
     control_file = ROOT / control_file_path(dict(os.environ))
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     # Started as a background job of a non-interactive shell (a CI script, nohup), a process
     # inherits SIGINT ignored and Python then never raises KeyboardInterrupt: Ctrl-C (or a
     # test's SIGINT) must stop the shop however the launcher was started.

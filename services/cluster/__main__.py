@@ -41,7 +41,7 @@ from services.cluster.shop import ClusterSettings, ClusterShop, Placed
 from services.common.settings import DEFAULT_AMQP_URL
 from services.control import ControlServer
 from services.fleet import Fleet
-from services.launcher import ROOT, LaunchError, curl_lines, prepare, shown
+from services.launcher import ROOT, LaunchError, curl_lines, interrupt, prepare, shown
 from services.supervisor import Supervisor
 from services.topology import SERVICES, TopologyError, load_topology
 
@@ -122,7 +122,7 @@ def main() -> int:
     control_file = ROOT / control_file_path(environ)
     for name in sweep():
         print(f"  removed {name} (left by a run that did not stop)", flush=True)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)  # SIGTERM stops it as Ctrl-C does
     signal.signal(signal.SIGINT, signal.default_int_handler)
     shop = ClusterShop(topology, settings)
     control: ControlServer | None = None
@@ -165,10 +165,6 @@ def main() -> int:
             control_file.unlink(missing_ok=True)
         shop.close()
         state_file.unlink(missing_ok=True)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -36,30 +36,29 @@ READY_LINE = "Ctrl-C stops everything and removes every namespace."
 
 
 @dataclass
-class ClusterProcess:
-    """One ``python -m services.cluster`` run; ``env`` must set MESH_CLUSTER_STATE."""
+class DrivenProcess:
+    """A long-running command another program drives: started, read line by line, Ctrl-C'd.
 
+    ``start`` returns once a line containing ``ready_line`` was printed; every line is kept in
+    ``lines`` (a failure shows the last of them).
+    """
+
+    argv: list[str]
     env: dict[str, str]
+    ready_line: str
+    what: str
+    """How errors name it ("make cluster", "make run")."""
     process: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
-    state: dict[str, Any] = field(default_factory=dict)
-    agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    """Agents started again by :meth:`start_agent` (ours to stop)."""
     _reader: threading.Thread | None = None
 
-    def start(self, timeout: float = 240.0) -> ClusterProcess:
+    def start(self, timeout: float = 240.0) -> DrivenProcess:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cluster"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+            self.argv, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.wait_for(READY_LINE, timeout)
-        self.state = json.loads(Path(self.env["MESH_CLUSTER_STATE"]).read_text())
+        self.wait_for(self.ready_line, timeout)
         return self
 
     def _read(self) -> None:
@@ -76,13 +75,46 @@ class ClusterProcess:
                 if text in self.lines[index]:
                     return index
             if self.process.poll() is not None and not (self._reader and self._reader.is_alive()):
-                raise RuntimeError(f"make cluster exited with {self.process.returncode}:\n" + self.output())
+                raise RuntimeError(f"{self.what} exited with {self.process.returncode}:\n" + self.output())
             if time.monotonic() > deadline:
-                raise RuntimeError(f"no {text!r} within {timeout:g} s:\n" + self.output())
+                raise RuntimeError(f"no {text!r} from {self.what} within {timeout:g} s:\n" + self.output())
             time.sleep(0.1)  # poll interval
 
     def output(self) -> str:
         return "\n".join(self.lines[-60:])
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """Ctrl-C (SIGINT) and wait, SIGKILL after ``timeout``; the exit code."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._reader is not None:
+            self._reader.join(5)
+        return self.process.returncode
+
+
+@dataclass
+class ClusterProcess(DrivenProcess):
+    """One ``python -m services.cluster`` run; ``env`` must set MESH_CLUSTER_STATE."""
+
+    argv: list[str] = field(default_factory=lambda: [sys.executable, "-m", "services.cluster"])
+    env: dict[str, str] = field(default_factory=dict)
+    ready_line: str = READY_LINE
+    what: str = "make cluster"
+    state: dict[str, Any] = field(default_factory=dict)
+    agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    """Agents started again by :meth:`start_agent` (ours to stop)."""
+
+    def start(self, timeout: float = 240.0) -> ClusterProcess:
+        super().start(timeout)
+        self.state = json.loads(Path(self.env["MESH_CLUSTER_STATE"]).read_text())
+        return self
 
     @property
     def gateway_port(self) -> int:
@@ -168,15 +200,4 @@ class ClusterProcess:
                 except subprocess.TimeoutExpired:
                     agent.kill()
                     agent.wait()
-        if self.process is None:
-            return 0
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self._reader is not None:
-            self._reader.join(5)
-        return self.process.returncode
+        return super().stop(timeout)

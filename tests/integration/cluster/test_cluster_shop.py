@@ -67,7 +67,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory, jwt_keys: KeyPair) -> Iterato
         MESH_JWT_PRIVATE_KEY_FILE=str(jwt_keys.private),
         MESH_JWT_PUBLIC_KEY_FILE=str(jwt_keys.public),
     )
-    run = ClusterProcess(env)
+    run = ClusterProcess(env=env)
     try:
         yield run.start()
     finally:
