@@ -64,9 +64,35 @@ def find_consul(project_root: Path) -> str:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports on 127.0.0.1, each free for TCP and UDP a moment ago.
+
+    Every probe stays bound until all are chosen: probing one at a time lets the kernel hand
+    the same ephemeral port out twice, and an agent given one port for serf LAN and WAN
+    refuses to start. Serf listens on UDP too, so a port busy for UDP is passed over.
+    """
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            tcp = socket.socket()
+            held.append(tcp)
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            held.append(udp)
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            ports.append(port)
+        return ports
+    finally:
+        for probe in held:
+            probe.close()
 
 
 def acl_config(master_token: str) -> str:
@@ -105,14 +131,22 @@ class ConsulDevAgent:
     def http_addr(self) -> str:
         return f"http://127.0.0.1:{self.ports['http']}"
 
+    def assign_ports(self) -> dict[str, int]:
+        """Give every port not set yet a free one, distinct from each other and from those set."""
+        missing = [name for name in PORT_NAMES if name not in self.ports]
+        taken = set(self.ports.values())
+        fresh = iter(port for port in free_ports(len(missing) + len(taken)) if port not in taken)
+        for name in missing:
+            self.ports[name] = next(fresh)
+        return self.ports
+
     def start(self, new_session: bool = False, preexec: Callable[[], None] | None = None) -> ConsulDevAgent:
         """Start (or restart on the same ports) and wait until ready.
 
         ``preexec`` runs in the child before exec: a launcher ties the agent to its own life
         with it, as it does its other children, so a killed launcher leaves no agent behind.
         """
-        for name in PORT_NAMES:
-            self.ports.setdefault(name, free_port())
+        self.assign_ports()
         binary = os.path.abspath(self.binary) if os.sep in self.binary else self.binary  # cwd below
         command = [binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1"]
         for name in PORT_NAMES:
