@@ -77,7 +77,7 @@ class InventoryStore:
         return await self._db.transact(work)
 
     async def list_products(self, after_sku: str, limit: int) -> list[ProductRecord]:
-        rows = await self._db.transact(
+        rows = await self._db.read(
             lambda tx: tx.query(
                 "SELECT * FROM products WHERE sku > ? ORDER BY sku LIMIT ?", (after_sku, limit)
             )
@@ -85,7 +85,7 @@ class InventoryStore:
         return [_product(r) for r in rows]
 
     async def get_product(self, sku: str) -> ProductRecord:
-        row = await self._db.transact(lambda tx: tx.one("SELECT * FROM products WHERE sku = ?", (sku,)))
+        row = await self._db.read(lambda tx: tx.one("SELECT * FROM products WHERE sku = ?", (sku,)))
         if row is None:
             raise NotFound(f"product '{sku}' not found")
         return _product(row)
@@ -197,7 +197,7 @@ class InventoryStore:
         return await self._db.transact(work)
 
     async def get_reservation(self, reservation_id: str) -> ReservationRecord:
-        return await self._db.transact(lambda tx: self._reservation_in(tx, reservation_id))
+        return await self._db.read(lambda tx: self._reservation_in(tx, reservation_id))
 
     @staticmethod
     def _set_state(tx: Tx, reservation_id: str, state: ReservationState, now: str) -> None:

@@ -145,10 +145,10 @@ class OrderStore:
 
     async def find(self, user_id: str, request_id: str) -> Order | None:
         """The user's order for an idempotency key, if there is one."""
-        return await self._db.transact(lambda tx: self._find_in(tx, user_id, request_id))
+        return await self._db.read(lambda tx: self._find_in(tx, user_id, request_id))
 
     async def get(self, order_id: str) -> Order:
-        row = await self._db.transact(
+        row = await self._db.read(
             lambda tx: tx.one(f"SELECT {COLUMNS} FROM orders WHERE order_id = ?", (order_id,))
         )
         if row is None:

@@ -166,10 +166,10 @@ class PaymentStore:
         return await self._db.transact(work)
 
     async def get_payment(self, payment_id: str, caller: Principal) -> PaymentRecord:
-        return await self._db.transact(lambda tx: self._visible(tx, payment_id, caller))
+        return await self._db.read(lambda tx: self._visible(tx, payment_id, caller))
 
     async def get_invoice(self, invoice_id: str, caller: Principal) -> InvoiceRecord:
-        row = await self._db.transact(
+        row = await self._db.read(
             lambda tx: tx.one("SELECT * FROM invoices WHERE invoice_id = ?", (invoice_id,))
         )
         if row is None or not caller.may_act_for(row["user_id"]):
@@ -190,7 +190,7 @@ class PaymentStore:
             params.extend((after[0], after[0], after[1]))
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         sql = f"SELECT * FROM invoices {clause}ORDER BY create_time DESC, invoice_id DESC LIMIT ?"
-        rows = await self._db.transact(lambda tx: tx.query(sql, (*params, limit)))
+        rows = await self._db.read(lambda tx: tx.query(sql, (*params, limit)))
         return [_invoice(r) for r in rows]
 
     def _move(

@@ -134,7 +134,7 @@ class ShippingStore:
         return await self._db.transact(work)
 
     async def get(self, shipment_id: str, caller: Principal) -> ShipmentRecord:
-        record = await self._db.transact(lambda tx: self._find(tx, shipment_id))
+        record = await self._db.read(lambda tx: self._find(tx, shipment_id))
         if record is None or not caller.may_act_for(record.user_id):
             raise NotFound(f"shipment '{shipment_id}' not found")
         return record

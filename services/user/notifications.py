@@ -113,7 +113,7 @@ class NotificationStore:
             f"SELECT * FROM notifications WHERE user_id = ? {clause}"
             "ORDER BY create_time DESC, notification_id DESC LIMIT ?"
         )
-        rows = await self._db.transact(lambda tx: tx.query(sql, (*params, limit)))
+        rows = await self._db.read(lambda tx: tx.query(sql, (*params, limit)))
         return [_record(r) for r in rows]
 
 

@@ -118,11 +118,11 @@ class UserStore:
 
     async def find_signup(self, request_id: str) -> Signup | None:
         """What a CreateUser request_id registered (an account or a decoy), if anything."""
-        return await self._db.transact(lambda tx: self._signup_in(tx, request_id))
+        return await self._db.read(lambda tx: self._signup_in(tx, request_id))
 
     async def answer(self, signup: Signup) -> UserRecord:
         """The answer to a re-sent registration: the account as it is now, or the decoy again."""
-        row = await self._db.transact(
+        row = await self._db.read(
             lambda tx: tx.one("SELECT * FROM users WHERE user_id = ?", (signup.user_id,))
         )
         if row is not None:
@@ -161,11 +161,11 @@ class UserStore:
         return await self._db.transact(work)
 
     async def find_by_email(self, email: str) -> UserRecord | None:
-        row = await self._db.transact(lambda tx: tx.one("SELECT * FROM users WHERE email = ?", (email,)))
+        row = await self._db.read(lambda tx: tx.one("SELECT * FROM users WHERE email = ?", (email,)))
         return _user(row) if row is not None else None
 
     async def get(self, user_id: str) -> UserRecord:
-        return await self._db.transact(lambda tx: self._by_id(tx, user_id))
+        return await self._db.read(lambda tx: self._by_id(tx, user_id))
 
     async def update_display_name(
         self, user_id: str, display_name: str, key: RequestKey | None = None
@@ -188,7 +188,7 @@ class UserStore:
     async def list(self, after: tuple[str, str] | None, limit: int) -> list[UserRecord]:
         """Up to ``limit`` users after the (create_time, user_id) position, oldest first."""
         create_time, user_id = after or ("", "")
-        rows = await self._db.transact(
+        rows = await self._db.read(
             lambda tx: tx.query(
                 "SELECT * FROM users WHERE create_time > ? OR (create_time = ? AND user_id > ?) "
                 "ORDER BY create_time, user_id LIMIT ?",

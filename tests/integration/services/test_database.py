@@ -97,3 +97,59 @@ def test_a_conflict_is_retried_after_a_backoff_delay_until_it_clears(tmp_path: P
         assert len(tries) == MAX_CONFLICT_RETRIES and len(draws) == 2 + MAX_CONFLICT_RETRIES
     finally:
         asyncio.run(database.close())
+
+
+def test_a_sqlite_read_runs_on_the_callers_thread_and_sees_committed_writes(database: Database) -> None:
+    database.transact_sync(run("CREATE TABLE items (id TEXT PRIMARY KEY, key TEXT NOT NULL)"))
+    in_another_thread(database, run("INSERT INTO items VALUES ('a', 'k1')"))
+
+    async def read() -> tuple[list[dict[str, object]], int]:
+        return await database.read(lambda tx: (tx.query("SELECT * FROM items"), threading.get_ident()))
+
+    rows, thread = asyncio.run(read())
+    assert rows == [{"id": "a", "key": "k1"}]
+    assert thread == threading.get_ident()  # no hop to a worker thread
+
+
+def test_a_sqlite_read_is_not_blocked_by_an_open_write_and_does_not_see_it(
+    database: Database, tmp_path: Path
+) -> None:
+    database.transact_sync(run("CREATE TABLE items (id TEXT PRIMARY KEY, key TEXT NOT NULL)"))
+    writer = sqlite3.connect(tmp_path / "items.sqlite3", isolation_level=None, timeout=0)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("INSERT INTO items VALUES ('b', 'k2')")
+
+        rows = asyncio.run(database.read(lambda tx: tx.query("SELECT * FROM items")))
+        assert rows == []
+        writer.execute("COMMIT")
+        rows = asyncio.run(database.read(lambda tx: tx.query("SELECT id FROM items")))
+        assert rows == [{"id": "b"}]
+    finally:
+        writer.close()
+
+
+def test_a_sqlite_read_that_fails_here_is_answered_by_the_worker_path(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Busy or a changed schema on the loop thread: the worker path (with its retries) answers."""
+    database.transact_sync(run("CREATE TABLE items (id TEXT PRIMARY KEY, key TEXT NOT NULL)"))
+    database.transact_sync(run("INSERT INTO items VALUES ('c', 'k3')"))
+    asyncio.run(database.read(lambda tx: tx.one("SELECT 1 AS one")))  # the read connection is open
+    stale = database._reader
+    threads: list[int] = []
+
+    def busy(work: Callable[[Tx], object]) -> object:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(database, "_read_here", busy)
+
+    def work(tx: Tx) -> list[dict[str, object]]:
+        threads.append(threading.get_ident())
+        return tx.query("SELECT key FROM items")
+
+    assert asyncio.run(database.read(work)) == [{"key": "k3"}]
+    assert threads and threads[0] != threading.get_ident()  # answered on a worker thread
+    assert stale is not None and database._reader is None  # the failed connection is dropped
+    with pytest.raises(sqlite3.ProgrammingError):
+        stale.execute("SELECT 1")  # closed
