@@ -73,7 +73,12 @@ class IntentionGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc 
     async def intercept_service(
         self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(details)
+        return self.wrap_handler(details.method, await continuation(details))
+
+    def wrap_handler(
+        self, method: str, handler: grpc.RpcMethodHandler | None
+    ) -> grpc.RpcMethodHandler | None:
+        """``handler`` admitting only allowed callers (every method, health included)."""
         if handler is None:
             return None
         admit = self.admit

@@ -19,7 +19,7 @@ import grpc.aio
 
 from mesh.logs.setup import trace_ids
 from mesh.rpc import Rpc, RpcCache
-from mesh.server.wrap import Context, Continuation, wrap_service
+from mesh.server.wrap import Context, Continuation, wrap_handler
 
 RPC_LOGGER = "mesh.rpc"
 
@@ -75,6 +75,9 @@ class RpcLogServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
-        return await wrap_service(
-            continuation, handler_call_details, self._rpcs, self._start, skip_health=True
-        )
+        return self.wrap_handler(handler_call_details.method, await continuation(handler_call_details))
+
+    def wrap_handler(
+        self, method: str, handler: grpc.RpcMethodHandler | None
+    ) -> grpc.RpcMethodHandler | None:
+        return wrap_handler(method, handler, self._rpcs, self._start, skip_health=True)

@@ -18,7 +18,7 @@ import grpc.aio
 
 from mesh.deadline import Deadline, deadline_scope
 from mesh.rpc import Rpc, RpcCache
-from mesh.server.wrap import Context, Continuation, wrap_service
+from mesh.server.wrap import Context, Continuation, wrap_handler
 
 
 def deadline_of(context: Context) -> Deadline | None:
@@ -52,4 +52,9 @@ class DeadlineInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
-        return await wrap_service(continuation, handler_call_details, self._rpcs, self._start)
+        return self.wrap_handler(handler_call_details.method, await continuation(handler_call_details))
+
+    def wrap_handler(
+        self, method: str, handler: grpc.RpcMethodHandler | None
+    ) -> grpc.RpcMethodHandler | None:
+        return wrap_handler(method, handler, self._rpcs, self._start)

@@ -6,7 +6,9 @@ turns NOT_SERVING, the server stops accepting calls and lets in-flight ones fini
 grace period, then whatever is left is cancelled.
 
 The interceptor stack is built here too, and only here (:meth:`MeshServer.interceptor_stack`),
-outermost first: deadline -> tracing -> metrics -> log -> intentions -> status.
+outermost first: deadline -> tracing -> metrics -> log -> intentions -> status. It is applied
+to each method's handler once, when the services are added (:mod:`mesh.server.layered`), not
+by grpc.aio's interceptor chain on every call.
 
 - deadline first, so everything below (the handler's own calls included) runs under it;
 - tracing next, so its span is current while metrics, the log line and the handler run (the
@@ -39,11 +41,13 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from mesh.config import ServerSettings
 from mesh.server.deadline import DeadlineInterceptor
+from mesh.server.layered import LayeredRegistrar
 from mesh.server.lifecycle import BoundServer, LifecycleHook
+from mesh.server.wrap import HandlerLayer
 
 if TYPE_CHECKING:  # mesh.connect imports mesh.server's modules
     from mesh.connect.setup import ConnectedWorkload
@@ -55,7 +59,11 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 @dataclass(frozen=True)
 class HostedService:
-    """A proto service this process serves: its full name and how to add it to a server."""
+    """A proto service this process serves: its full name and how to add it to a server.
+
+    ``register`` is a generated ``add_*Servicer_to_server``; it is given a
+    :class:`~mesh.server.layered.LayeredRegistrar` standing in for the grpc.aio server.
+    """
 
     name: str
     register: Callable[[grpc.aio.Server], None]
@@ -65,9 +73,9 @@ class HostedService:
 class ServerTelemetry:
     """A process's server-side telemetry layers (:func:`mesh.telemetry.start_telemetry`); ``None`` is off."""
 
-    tracing: grpc.aio.ServerInterceptor | None = None
-    metrics: grpc.aio.ServerInterceptor | None = None
-    log: grpc.aio.ServerInterceptor | None = None
+    tracing: HandlerLayer | None = None
+    metrics: HandlerLayer | None = None
+    log: HandlerLayer | None = None
 
 
 @dataclass
@@ -81,7 +89,7 @@ class MeshServer:
     settings: ServerSettings
     services: Sequence[HostedService]
     telemetry: ServerTelemetry = field(default_factory=ServerTelemetry)
-    status: grpc.aio.ServerInterceptor | None = None
+    status: HandlerLayer | None = None
     hooks: Sequence[LifecycleHook] = ()
     meta: dict[str, str] = field(default_factory=dict)
     security: ConnectedWorkload | None = None
@@ -92,7 +100,7 @@ class MeshServer:
     _health: HealthServicer | None = None
     _stopping: bool = False
 
-    def interceptor_stack(self) -> list[grpc.aio.ServerInterceptor]:
+    def interceptor_stack(self) -> list[HandlerLayer]:
         """The server's interceptors, outermost first: deadline, tracing, metrics, log, intentions, status."""
         telemetry = self.telemetry
         guard = self.security.guard if self.security is not None else None
@@ -110,19 +118,23 @@ class MeshServer:
         """Bind, start serving and run the hooks' on_started; returns the bound port."""
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
-            interceptors=self.interceptor_stack(),
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
             ],
         )
+        layered = LayeredRegistrar(server, self.interceptor_stack())
         health = HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health, layered)
         for service in self.services:
-            service.register(server)
+            service.register(layered)
         names = tuple(s.name for s in self.services)
-        reflection.enable_server_reflection((*names, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+        # What reflection.enable_server_reflection does for a grpc.aio server, given the registrar.
+        reflected = (*names, HEALTH_SERVICE, reflection.SERVICE_NAME)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(reflected), layered
+        )
         address = f"{self.settings.host}:{self.settings.port}"
         if self.security is not None:
             self.port = server.add_secure_port(address, self.security.identity.server_credentials())

@@ -53,6 +53,39 @@ def status_of(context: Context, error: BaseException | None) -> grpc.StatusCode:
 _BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 
+class HandlerLayer(Protocol):
+    """A layer of the server stack: wraps one method's handler, once, when it is added.
+
+    Every layer is also a ``grpc.aio.ServerInterceptor`` (its ``intercept_service`` calls
+    ``wrap_handler`` on what the continuation found), so it works on a plain grpc.aio server;
+    :class:`~mesh.server.runtime.MeshServer` calls ``wrap_handler`` itself, once per method
+    (see :mod:`mesh.server.layered`).
+    """
+
+    def wrap_handler(
+        self, method: str, handler: grpc.RpcMethodHandler | None
+    ) -> grpc.RpcMethodHandler | None: ...
+
+
+def wrap_handler(
+    method: str,
+    handler: grpc.RpcMethodHandler | None,
+    rpcs: RpcCache,
+    start: Start,
+    *,
+    skip_health: bool = False,
+) -> grpc.RpcMethodHandler | None:
+    """``handler`` (of ``method``) wrapped so ``start`` scopes each call.
+
+    ``skip_health`` leaves ``grpc.health.v1`` unwrapped: Consul checks every instance every
+    second, and a span or a log line per check would drown the real calls.
+    """
+    if handler is None or (skip_health and method.startswith(HEALTH_PREFIX)):
+        return handler
+    rpc = rpcs.get(method, call_type(handler.request_streaming, handler.response_streaming))
+    return rewrap(handler, lambda b: _unary(b, rpc, start), lambda b: _streaming(b, rpc, start))
+
+
 async def wrap_service(
     continuation: Continuation,
     details: grpc.HandlerCallDetails,
@@ -61,16 +94,9 @@ async def wrap_service(
     *,
     skip_health: bool = False,
 ) -> grpc.RpcMethodHandler | None:
-    """The handler ``continuation`` finds, wrapped so ``start`` scopes each call.
-
-    ``skip_health`` leaves ``grpc.health.v1`` unwrapped: Consul checks every instance every
-    second, and a span or a log line per check would drown the real calls.
-    """
+    """The handler ``continuation`` finds, wrapped as :func:`wrap_handler` does (interceptor form)."""
     handler = await continuation(details)
-    if handler is None or (skip_health and details.method.startswith(HEALTH_PREFIX)):
-        return handler
-    rpc = rpcs.get(details.method, call_type(handler.request_streaming, handler.response_streaming))
-    return rewrap(handler, lambda b: _unary(b, rpc, start), lambda b: _streaming(b, rpc, start))
+    return wrap_handler(details.method, handler, rpcs, start, skip_health=skip_health)
 
 
 Behaviour = Callable[..., Any]

@@ -19,7 +19,7 @@ from mesh.deadline import remaining
 from mesh.rpc import Rpc, RpcCache
 from mesh.server import HostedService, MeshServer, ServerTelemetry
 from mesh.server.deadline import DeadlineInterceptor
-from mesh.server.wrap import Context, Continuation, wrap_service
+from mesh.server.wrap import Context, Continuation, wrap_handler
 
 SERVICE = "test.Stack"
 Events = list[tuple[str, object]]
@@ -43,7 +43,12 @@ class Recording(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
-        return await wrap_service(continuation, handler_call_details, self._rpcs, self._start)
+        return self.wrap_handler(handler_call_details.method, await continuation(handler_call_details))
+
+    def wrap_handler(
+        self, method: str, handler: grpc.RpcMethodHandler | None
+    ) -> grpc.RpcMethodHandler | None:
+        return wrap_handler(method, handler, self._rpcs, self._start)
 
 
 class LookupToNotFound(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -55,7 +60,11 @@ class LookupToNotFound(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
+        return self.wrap_handler(handler_call_details.method, await continuation(handler_call_details))
+
+    def wrap_handler(
+        self, method: str, handler: grpc.RpcMethodHandler | None
+    ) -> grpc.RpcMethodHandler | None:
         behaviour: Callable[[bytes, Any], Awaitable[bytes]] = handler.unary_unary
         events = self._events
 
@@ -153,3 +162,40 @@ async def test_telemetry_records_the_code_the_status_layer_gives(
     ended = [(name, code) for name, code in events if name.endswith(" done")]
     assert ended == [(f"{name} done", grpc.StatusCode.NOT_FOUND) for name in ("log", "metrics", "tracing")]
     assert ("tracing", False) in events  # no deadline sent, none published
+
+
+class CountingWraps(Recording):
+    """A recording layer that also counts how often it is asked to wrap a handler."""
+
+    def __init__(self, name: str, events: Events) -> None:
+        super().__init__(name, events)
+        self.wraps = 0
+
+    def wrap_handler(
+        self, method: str, handler: grpc.RpcMethodHandler | None
+    ) -> grpc.RpcMethodHandler | None:
+        self.wraps += 1
+        return super().wrap_handler(method, handler)
+
+
+async def test_the_stack_wraps_each_method_once_not_on_every_call() -> None:
+    events: Events = []
+    metrics = CountingWraps("metrics", events)
+    server = MeshServer(
+        ServerSettings("stack", 0),
+        [HostedService(SERVICE, register)],
+        telemetry=ServerTelemetry(metrics=metrics),
+    )
+    port = await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        find = channel.unary_unary(f"/{SERVICE}/Find")
+        assert await find(b"one", timeout=5) == b"one"
+        wrapped_after_one_call = metrics.wraps
+        for _ in range(5):
+            assert await find(b"again", timeout=5) == b"again"
+        assert metrics.wraps == wrapped_after_one_call
+        assert [name for name, _ in events].count("metrics") == 6  # yet every call was seen
+    finally:
+        await channel.close()
+        await server.stop(0)
