@@ -170,7 +170,8 @@ async def test_policy_timeout_applies_when_the_caller_gives_none(backends: Any) 
     async with channel_to([server], {"timeout": 0.7}) as channel:
         await reserve(channel)(inv.ReserveStockRequest())
     seen = server.deadlines[0]
-    assert seen is not None and 0.5 < seen <= 0.7
+    # A hair over, as above: the timeout travels rounded up and the server counts from its clock.
+    assert seen is not None and 0.5 < seen <= 0.705
 
 
 async def test_open_endpoint_breaker_is_skipped_then_service_fails_fast(backends: Any) -> None:

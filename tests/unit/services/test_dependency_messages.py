@@ -38,10 +38,9 @@ async def test_the_detail_is_logged_with_the_request_id(caplog: pytest.LogCaptur
     async def handler(request: Any, context: Any) -> Any:
         raise DependencyUnavailable("user service", DETAIL)
 
-    async def continuation(details: Any) -> grpc.RpcMethodHandler:
-        return grpc.unary_unary_rpc_method_handler(handler)
-
-    wrapped = await StatusInterceptor().intercept_service(continuation, None)  # type: ignore[arg-type]
+    wrapped = StatusInterceptor().wrap_handler(
+        "/shop.Test/Call", grpc.unary_unary_rpc_method_handler(handler)
+    )
     caplog.set_level(logging.WARNING)
     with pytest.raises(RuntimeError, match=r"^user service is unavailable$"):
         await wrapped.unary_unary(b"", _Context())
