@@ -13,6 +13,10 @@ Variants are built by the same functions as bench/interceptors.py: ``bare`` (the
 channel), ``chain`` (retry policy, timeout, inherited deadline, client metrics and the
 resilience collector), ``traced`` (the chain plus client tracing, every call sampled, spans
 to the SDK's batch processor and an exporter that drops them) and ``raw`` (plain grpc.aio).
+Two more spread the calls over three echo servers, as bench/mesh_overhead.py's (b) does:
+``bare_3`` (the mesh channel, its picker choosing among three endpoints) and
+``grpc_round_robin`` (grpc.aio with grpc's own round_robin over the same three, an ``ipv4:``
+target list), so the picker's cost is counted in instructions, not only in noisy throughput.
 
     .venv/bin/python bench/call_instructions.py           # about 6 minutes
     .venv/bin/python bench/call_instructions.py --quick   # bare and traced only, under 3 minutes
@@ -28,7 +32,9 @@ Start-up under valgrind is most of each run, so ``--quick`` saves time by measur
 variants (200 and 1,000 calls); the counts per call agree with a full run within ~1.5 %.
 
 Needs ``valgrind`` (Debian package). The last line printed is one JSON object:
-``instructions_per_call`` per variant and ``relative_to_bare`` (variant / bare). What it
+``instructions_per_call`` per variant and ``relative_to_bare`` (variant / bare); with the
+three-endpoint variants also ``bare_3_vs_grpc_round_robin`` (instructions, lower is better)
+and ``picker_instructions_per_call`` (bare_3 - bare). What it
 cannot tell: how instructions turn into throughput when the server shares the two cores
 (bench/interceptors.py measures that).
 """
@@ -53,12 +59,16 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from mesh_overhead import CONCURRENCY, METHOD, start_servers  # noqa: E402
 
-VARIANTS = ("raw", "bare", "chain", "traced")
+VARIANTS = ("raw", "bare", "chain", "traced", "grpc_round_robin", "bare_3")
+THREE_ENDPOINTS = ("grpc_round_robin", "bare_3")
 REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
-async def client(variant: str, calls: int, port: int) -> None:
-    """Make ``calls`` calls through ``variant`` at concurrency 64 (run under callgrind)."""
+async def client(variant: str, calls: int, ports: list[int]) -> None:
+    """Make ``calls`` calls through ``variant`` at concurrency 64 (run under callgrind).
+
+    ``ports`` are the echo servers' (0: --in-process); single-endpoint variants use the first.
+    """
     import grpc.aio
     from interceptors import CHAIN_POLICY, metrics_observers, traced_observers
 
@@ -67,20 +77,26 @@ async def client(variant: str, calls: int, port: int) -> None:
     from mesh.registry.static import StaticDiscovery
     from mesh.resilience import parse_policy
 
-    target = f"127.0.0.1:{port or 1}"
-    discovery = StaticDiscovery({variant: [target]})
+    targets = [f"127.0.0.1:{port or 1 + index}" for index, port in enumerate(ports)]
+    if variant not in THREE_ENDPOINTS:
+        targets = targets[:1]
+    discovery = StaticDiscovery({variant: targets})
     provider = None
     channel: Any
     if variant == "raw":
-        channel = grpc.aio.insecure_channel(target)
-    elif variant == "bare":
+        channel = grpc.aio.insecure_channel(targets[0])
+    elif variant == "grpc_round_robin":
+        channel = grpc.aio.insecure_channel(
+            "ipv4:" + ",".join(targets), options=[("grpc.lb_policy_name", "round_robin")]
+        )
+    elif variant in ("bare", "bare_3"):
         channel = mesh_channel(variant, discovery)
     else:
         observers = metrics_observers()
         if variant == "traced":
             observers, provider = traced_observers()
         channel = mesh_channel(variant, discovery, policy=parse_policy(CHAIN_POLICY), observers=observers)
-    if port == 0:  # --in-process: the mesh's own Python path over a channel that answers at once
+    if ports[0] == 0:  # --in-process: the mesh's own Python path over a channel that answers at once
         channel._pool._channel_factory = lambda instance: _AnsweringChannel()
     call = channel.unary_unary(METHOD, _registered_method=True)
     for _ in range(100):
@@ -127,7 +143,7 @@ class _AnsweringChannel:
         pass
 
 
-def instructions(variant: str, calls: int, port: int) -> int:
+def instructions(variant: str, calls: int, ports: list[int]) -> int:
     """Instructions the client process executed for ``calls`` calls, start-up included."""
     command = [
         "valgrind",
@@ -138,7 +154,7 @@ def instructions(variant: str, calls: int, port: int) -> int:
         "--client",
         variant,
         str(calls),
-        str(port),
+        ",".join(map(str, ports)),
     ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=1800, check=False)
     found = REFS.search(done.stderr)
@@ -148,11 +164,12 @@ def instructions(variant: str, calls: int, port: int) -> int:
 
 
 def bench(low: int, high: int, variants: list[str], in_process: bool = False) -> dict[str, Any]:
-    processes, ports = ([], [0]) if in_process else start_servers(1)
+    servers = 3 if set(variants) & set(THREE_ENDPOINTS) else 1
+    processes, ports = ([], [0] * servers) if in_process else start_servers(servers)
     try:
         per_call: dict[str, float] = {}
         for variant in variants:
-            counts = [instructions(variant, calls, ports[0]) for calls in (low, high)]
+            counts = [instructions(variant, calls, ports) for calls in (low, high)]
             per_call[variant] = (counts[1] - counts[0]) / (high - low)
             print(f"{variant}: {per_call[variant]:,.0f} instructions per call", file=sys.stderr)
     finally:
@@ -160,9 +177,15 @@ def bench(low: int, high: int, variants: list[str], in_process: bool = False) ->
             process.send_signal(signal.SIGTERM)
             process.wait(10)
     bare = per_call.get("bare")
+    three: dict[str, Any] = {}
+    if "bare_3" in per_call and "grpc_round_robin" in per_call:
+        three["bare_3_vs_grpc_round_robin"] = round(per_call["bare_3"] / per_call["grpc_round_robin"], 3)
+    if "bare_3" in per_call and bare:
+        three["picker_instructions_per_call"] = round(per_call["bare_3"] - bare)  # three vs one
     return {
         "instructions_per_call": {name: round(n) for name, n in per_call.items()},
         "relative_to_bare": {name: round(n / bare, 3) for name, n in per_call.items()} if bare else None,
+        **three,
         "calls": [low, high],
         "concurrency": CONCURRENCY,
         "python": sys.version.split()[0],
@@ -183,15 +206,15 @@ def main() -> None:
         help="no server: per-endpoint channels answer at once, so only the mesh's own Python path "
         "is counted (deterministic; raw is not applicable)",
     )
-    parser.add_argument("--client", nargs=3, metavar=("VARIANT", "CALLS", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--client", nargs=3, metavar=("VARIANT", "CALLS", "PORTS"), help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.client:
-        variant, calls, port = options.client
-        asyncio.run(client(variant, int(calls), int(port)))
+        variant, calls, ports = options.client
+        asyncio.run(client(variant, int(calls), [int(port) for port in ports.split(",")]))
         return
     chosen = options.variants or ("bare,traced" if options.quick else ",".join(VARIANTS))
     if options.in_process and not options.variants:
-        chosen = chosen.replace("raw,", "")
+        chosen = chosen.replace("raw,", "").replace("grpc_round_robin,", "")
     variants = [v for v in chosen.split(",") if v]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
