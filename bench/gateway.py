@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 import grpc.aio  # noqa: E402
 
+from bench.otlp_sink import OtlpSink  # noqa: E402
 from mesh.health import wait_serving  # noqa: E402
 from mesh.identity import generate_keypair  # noqa: E402
 from services.launcher import wait_ready  # noqa: E402
@@ -84,6 +85,50 @@ func main() {
 }
 """
 
+# The cheap backend: GetProduct answered from memory, so the gateway in front is the bottleneck.
+# The same product the demo catalog serves for TEA-SENCHA, so both variants carry one payload.
+GO_BACKEND = """package main
+
+import (
+	"context"
+	"flag"
+	"log"
+	"net"
+
+	"github.com/golang/protobuf/ptypes/timestamp"
+	"google.golang.org/grpc"
+
+	"gw/money"
+	"gw/pb"
+)
+
+type catalog struct {
+	pb.UnimplementedInventoryServiceServer
+}
+
+func (*catalog) GetProduct(ctx context.Context, request *pb.GetProductRequest) (*pb.GetProductResponse, error) {
+	return &pb.GetProductResponse{Product: &pb.Product{
+		Sku:        request.Sku,
+		Name:       "Sencha green tea, 100 g",
+		Price:      &money.Money{CurrencyCode: "EUR", Units: 12, Nanos: 500000000},
+		Stock:      100,
+		UpdateTime: &timestamp.Timestamp{Seconds: 1767225600},
+	}}, nil
+}
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:50054", "")
+	flag.Parse()
+	listener, err := net.Listen("tcp", *listen)
+	if err != nil {
+		log.Fatal(err)
+	}
+	server := grpc.NewServer()
+	pb.RegisterInventoryServiceServer(server, &catalog{})
+	log.Fatal(server.Serve(listener))
+}
+"""
+
 
 def free_port() -> int:
     import socket
@@ -102,12 +147,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 def build_grpc_gateway() -> tuple[Path | None, str]:
-    """The peer binary (built once, cached), or None and the reason it could not be built."""
+    """The peer binary (built once, cached, with the cheap backend beside it: ``cheap_backend()``),
+    or None and the reason it could not be built."""
     binary = CACHE / "grpc-gateway-peer"
     proto = ROOT / "protos/shop/inventory/v1/inventory.proto"
     stamp = CACHE / "source.stamp"
-    source_key = proto.read_text() + GO_MAIN
-    if binary.exists() and stamp.exists() and stamp.read_text() == source_key:
+    source_key = proto.read_text() + GO_MAIN + GO_BACKEND
+    if binary.exists() and cheap_backend().exists() and stamp.exists() and stamp.read_text() == source_key:
         return binary, "cached"
     for tool in ("go", "protoc", "protoc-gen-go", "protoc-gen-grpc-gateway"):
         if shutil.which(tool) is None:
@@ -139,6 +185,8 @@ def build_grpc_gateway() -> tuple[Path | None, str]:
     src = work / "src"
     (src / "gw").mkdir(parents=True)
     (src / "gw/main.go").write_text(GO_MAIN)
+    (src / "gw/backend").mkdir()
+    (src / "gw/backend/main.go").write_text(GO_BACKEND)
     mapping = "Mgoogle/protobuf/timestamp.proto=github.com/golang/protobuf/ptypes/timestamp"
     includes = ["-I", str(protos), "-I", str(ROOT / "third_party/googleapis"), "-I", "/usr/include"]
     steps = [
@@ -161,6 +209,7 @@ def build_grpc_gateway() -> tuple[Path | None, str]:
             str(protos / "shop/inventory/v1/inventory.proto"),
         ],
         ["go", "build", "-o", str(binary), "gw"],
+        ["go", "build", "-o", str(cheap_backend()), "gw/backend"],
     ]
     env = dict(
         os.environ, GOPATH=f"{work}:/usr/share/gocode", GO111MODULE="off", GOCACHE=str(CACHE / "gocache")
@@ -172,6 +221,11 @@ def build_grpc_gateway() -> tuple[Path | None, str]:
             return None, f"{' '.join(step[:2])} failed: {(done.stderr or done.stdout).strip()[:500]}"
     stamp.write_text(source_key)
     return binary, "built"
+
+
+def cheap_backend() -> Path:
+    """Where the Go GetProduct-from-memory backend is built (beside the peer)."""
+    return CACHE / "cheap-inventory"
 
 
 # -- processes -----------------------------------------------------------------------------
@@ -279,58 +333,105 @@ async def measure(
     return result
 
 
+def start_gateway(
+    processes: Processes, base: dict[str, str], upstream: str, name: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    gateway = processes.start(
+        [sys.executable, "-m", "gateway"],
+        dict(
+            base,
+            GATEWAY_PORT=str(port),
+            GATEWAY_UPSTREAM_INVENTORY=upstream,
+            GATEWAY_RATE_LIMIT_PER_SECOND="0",
+        ),
+        name,
+    )
+    wait_ready(f"http://127.0.0.1:{port}/healthz", gateway, 20.0)
+    return gateway, port
+
+
+def start_grpc_gateway(
+    processes: Processes, peer: Path, backend: str, name: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    go = processes.start(
+        [str(peer), "-listen", f"127.0.0.1:{port}", "-backend", backend],
+        dict(os.environ, GOMAXPROCS=os.environ.get("GOMAXPROCS", "2")),
+        name,
+    )
+    wait_ready(f"http://127.0.0.1:{port}{PATH}", go, 20.0)
+    return go, port
+
+
 async def bench(rounds: int, seconds: float, warmup: float, with_peer: bool) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     processes = Processes(workdir)
     peer, peer_note = build_grpc_gateway() if with_peer else (None, "skipped (--no-peer)")
     print(f"grpc-gateway peer: {peer_note}", file=sys.stderr)
+    sink = await OtlpSink(caller="inventory").start()  # recording off: exports are dropped
     try:
         _, public = generate_keypair(workdir / "keys")
         base = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "GATEWAY_", "OTEL_"))}
         base.update(PYTHONPATH=str(ROOT), MESH_JWT_PUBLIC_KEY_FILE=str(public), MESH_LOG_LEVEL="WARNING")
         base.update(MESH_INSECURE="1")  # no Consul agent here: plaintext inside the mesh, as before
-        inventory_port, gateway_port, peer_port = free_port(), free_port(), free_port()
+        inventory_port = free_port()
+        # The backend as it runs in the shop: every call traced (OTLP to the sink), counted, and
+        # logged at INFO (one JSON line per call).
         inventory = processes.start(
             [sys.executable, "-m", "services.inventory"],
             dict(
                 base,
                 MESH_PORT=str(inventory_port),
                 MESH_DATA_DIR=str(workdir / "data"),
+                MESH_LOG_LEVEL="INFO",
                 INVENTORY_SEED_DEMO="1",
+                OTEL_TRACES_EXPORTER="otlp",
+                OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink.port}",
             ),
             "inventory",
         )
         wait_serving(f"127.0.0.1:{inventory_port}", 30, inventory)
-        gateway = processes.start(
-            [sys.executable, "-m", "gateway"],
-            dict(
-                base,
-                GATEWAY_PORT=str(gateway_port),
-                GATEWAY_UPSTREAM_INVENTORY=f"127.0.0.1:{inventory_port}",
-                GATEWAY_RATE_LIMIT_PER_SECOND="1000000000",
-                GATEWAY_RATE_LIMIT_BURST="1000000000",
-            ),
-            "gateway",
-        )
-        wait_ready(f"http://127.0.0.1:{gateway_port}/healthz", gateway, 20.0)
-        pids = {"gateway": gateway.pid, "backend": inventory.pid}
+        gateway, gateway_port = start_gateway(processes, base, f"127.0.0.1:{inventory_port}", "gateway")
         variants: dict[str, tuple[list[Callable[[], Awaitable[None]]], dict[str, int]]] = {}
-        load = HttpLoad(gateway_port)
-        variants["rest_gateway"] = ([await load.connect() for _ in range(CONCURRENCY)], pids)
+        loads = [HttpLoad(gateway_port)]
+        variants["rest_gateway"] = (
+            [await loads[-1].connect() for _ in range(CONCURRENCY)],
+            {"gateway": gateway.pid, "backend": inventory.pid},
+        )
         grpc_call, channel = await grpc_caller(f"127.0.0.1:{inventory_port}")
         variants["grpc_direct"] = ([grpc_call] * CONCURRENCY, {"backend": inventory.pid})
-        peer_load: HttpLoad | None = None
         if peer is not None:
-            go = processes.start(
-                [str(peer), "-listen", f"127.0.0.1:{peer_port}", "-backend", f"127.0.0.1:{inventory_port}"],
-                dict(os.environ, GOMAXPROCS=os.environ.get("GOMAXPROCS", "2")),
-                "grpc-gateway",
-            )
-            wait_ready(f"http://127.0.0.1:{peer_port}{PATH}", go, 20.0)
-            peer_load = HttpLoad(peer_port)
+            go, go_port = start_grpc_gateway(processes, peer, f"127.0.0.1:{inventory_port}", "grpc-gateway")
+            loads.append(HttpLoad(go_port))
             variants["rest_grpc_gateway"] = (
-                [await peer_load.connect() for _ in range(CONCURRENCY)],
+                [await loads[-1].connect() for _ in range(CONCURRENCY)],
                 {"grpc_gateway": go.pid, "backend": inventory.pid},
+            )
+            # The same two gateways in front of a backend that answers from memory (Go), so
+            # the gateway, not the backend, sets the pace.
+            cheap_port = free_port()
+            cheap = processes.start(
+                [str(cheap_backend()), "-listen", f"127.0.0.1:{cheap_port}"],
+                dict(os.environ, GOMAXPROCS=os.environ.get("GOMAXPROCS", "2")),
+                "cheap-inventory",
+            )
+            wait_serving(f"127.0.0.1:{cheap_port}", 20, cheap)
+            cheap_gateway, cheap_gateway_port = start_gateway(
+                processes, base, f"127.0.0.1:{cheap_port}", "gateway-cheap"
+            )
+            loads.append(HttpLoad(cheap_gateway_port))
+            variants["rest_gateway_cheap_backend"] = (
+                [await loads[-1].connect() for _ in range(CONCURRENCY)],
+                {"gateway": cheap_gateway.pid, "backend": cheap.pid},
+            )
+            cheap_go, cheap_go_port = start_grpc_gateway(
+                processes, peer, f"127.0.0.1:{cheap_port}", "grpc-gateway-cheap"
+            )
+            loads.append(HttpLoad(cheap_go_port))
+            variants["rest_grpc_gateway_cheap_backend"] = (
+                [await loads[-1].connect() for _ in range(CONCURRENCY)],
+                {"grpc_gateway": cheap_go.pid, "backend": cheap.pid},
             )
         for name, (calls, _) in variants.items():  # connect and warm every path
             for call in calls[:8]:
@@ -351,47 +452,75 @@ async def bench(rounds: int, seconds: float, warmup: float, with_peer: bool) -> 
                 file=sys.stderr,
             )
         await channel.close()
-        errors = load.errors + (peer_load.errors if peer_load else 0)
-
-        def rps(name: str) -> list[float]:
-            return [r["rps"] for r in results[name]]
-
-        vs_direct = [a / b for a, b in zip(rps("rest_gateway"), rps("grpc_direct"), strict=True)]
-        summary: dict[str, Any] = {
-            "ratio_vs_direct": round(statistics.median(vs_direct), 3),
-            "ratio_vs_grpc_gateway": None,
-        }
-        if "rest_grpc_gateway" in results:
-            vs_peer = [a / b for a, b in zip(rps("rest_gateway"), rps("rest_grpc_gateway"), strict=True)]
-            summary["ratio_vs_grpc_gateway"] = round(statistics.median(vs_peer), 3)
-            summary["ratios_per_round_vs_grpc_gateway"] = [round(x, 3) for x in vs_peer]
-        else:
-            summary["grpc_gateway_reason"] = peer_note
-        summary.update(
-            {
-                "ratios_per_round_vs_direct": [round(x, 3) for x in vs_direct],
-                "requests_per_second": {n: round(statistics.median(rps(n))) for n in results},
-                "cpu_us_per_request": {
-                    name: {
-                        key.removesuffix("_cpu_us"): round(statistics.median(r[key] for r in runs), 1)
-                        for key in runs[0]
-                        if key.endswith("_cpu_us")
-                    }
-                    for name, runs in results.items()
-                },
-                "http_errors": errors,
-                "call": f"GET {PATH} (InventoryService.GetProduct)",
-                "concurrency": CONCURRENCY,
-                "rounds": rounds,
-                "seconds_per_run": seconds,
-                "cpus": os.cpu_count(),
-                "grpc_gateway_peer": peer_note,
-            }
-        )
-        return summary
+        return summarize(results, sum(load.errors for load in loads), peer_note, rounds, seconds)
     finally:
         processes.stop()
+        await sink.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def summarize(
+    results: dict[str, list[dict[str, float]]], errors: int, peer_note: str, rounds: int, seconds: float
+) -> dict[str, Any]:
+    """The JSON line: ratios (median of per-round ratios), then CPU per request (median)."""
+
+    def rps(name: str) -> list[float]:
+        return [r["rps"] for r in results[name]]
+
+    def ratios(ours: str, theirs: str) -> list[float]:
+        return [a / b for a, b in zip(rps(ours), rps(theirs), strict=True)]
+
+    def cpu(variant: str, process: str) -> float | None:
+        runs = results.get(variant)
+        return round(statistics.median(r[f"{process}_cpu_us"] for r in runs), 1) if runs else None
+
+    vs_direct = ratios("rest_gateway", "grpc_direct")
+    summary: dict[str, Any] = {
+        "ratio_vs_direct": round(statistics.median(vs_direct), 3),
+        "ratio_vs_grpc_gateway": None,
+        "backend_cpu_us_per_request": cpu("rest_gateway", "backend"),
+    }
+    if "rest_grpc_gateway" in results:
+        vs_peer = ratios("rest_gateway", "rest_grpc_gateway")
+        cheap = ratios("rest_gateway_cheap_backend", "rest_grpc_gateway_cheap_backend")
+        ours = cpu("rest_gateway_cheap_backend", "gateway")
+        theirs = cpu("rest_grpc_gateway_cheap_backend", "grpc_gateway")
+        summary.update(
+            {
+                "ratio_vs_grpc_gateway": round(statistics.median(vs_peer), 3),
+                "ratio_vs_grpc_gateway_cheap_backend": round(statistics.median(cheap), 3),
+                "gateway_cpu_us_per_request": ours,
+                "grpc_gateway_cpu_us_per_request": theirs,
+                "gateway_cpu_vs_grpc_gateway": round(ours / theirs, 3) if ours and theirs else None,
+                "ratios_per_round_vs_grpc_gateway": [round(x, 3) for x in vs_peer],
+                "ratios_per_round_vs_grpc_gateway_cheap_backend": [round(x, 3) for x in cheap],
+            }
+        )
+    else:
+        summary["grpc_gateway_reason"] = peer_note
+    summary.update(
+        {
+            "ratios_per_round_vs_direct": [round(x, 3) for x in vs_direct],
+            "requests_per_second": {n: round(statistics.median(rps(n))) for n in results},
+            "cpu_us_per_request": {
+                name: {
+                    key.removesuffix("_cpu_us"): round(statistics.median(r[key] for r in runs), 1)
+                    for key in runs[0]
+                    if key.endswith("_cpu_us")
+                }
+                for name, runs in results.items()
+            },
+            "http_errors": errors,
+            "call": f"GET {PATH} (InventoryService.GetProduct)",
+            "backend_telemetry": "traced (OTLP, every call), metrics, RPC log at INFO",
+            "concurrency": CONCURRENCY,
+            "rounds": rounds,
+            "seconds_per_run": seconds,
+            "cpus": os.cpu_count(),
+            "grpc_gateway_peer": peer_note,
+        }
+    )
+    return summary
 
 
 def main() -> None:
