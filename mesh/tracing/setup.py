@@ -78,9 +78,9 @@ def _exporter(settings: TracingSettings) -> SpanExporter:
     if settings.exporter == "console":
         return ConsoleSpanExporter(service_name=settings.service_name)
     # Imported here: the OTLP exporter pulls in its own gRPC channel machinery.
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from mesh.tracing.otlp import BytesOtlpSpanExporter
 
-    return OTLPSpanExporter(endpoint=settings.endpoint, insecure=settings.insecure)
+    return BytesOtlpSpanExporter(endpoint=settings.endpoint, insecure=settings.insecure)
 
 
 def tracer_provider(settings: TracingSettings) -> TracerProvider | None:
