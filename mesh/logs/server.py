@@ -22,6 +22,7 @@ from mesh.rpc import Rpc, RpcCache
 from mesh.server.wrap import Context, Continuation, wrap_handler
 
 RPC_LOGGER = "mesh.rpc"
+_LINE = 0  # the records' lineno: there is one place that logs
 
 
 class _LoggedCall:
@@ -47,7 +48,11 @@ class _LoggedCall:
             "peer": self._context.peer(),
         }
         fields.update(trace_ids())
-        self._log.log(level, "%s/%s %s", self._rpc.service, self._rpc.method, code.name, extra=fields)
+        # Made and handled here rather than through Logger.log, which would walk the stack to
+        # find its caller (always this line) for every call's line.
+        log = self._log
+        args = (self._rpc.service, self._rpc.method, code.name)
+        log.handle(log.makeRecord(log.name, level, __file__, _LINE, "%s/%s %s", args, None, "done", fields))
 
 
 class _Silent:
