@@ -9,7 +9,6 @@ deadline already gone) sends nothing and so counts nothing here; the resilience 
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import grpc
@@ -17,8 +16,6 @@ import grpc
 from mesh.metrics.families import MethodMetrics, RpcFamilies
 from mesh.observer import CallObservation, Metadata
 from mesh.rpc import rpc_of
-
-_perf = time.perf_counter
 
 
 class _Observation:
@@ -29,10 +26,7 @@ class _Observation:
         self._began = 0.0  # 0: no attempt open
 
     def attempt_start(self, attempt: int, target: str, metadata: Metadata) -> Metadata:
-        metrics = self._metrics
-        metrics.started.inc()
-        metrics.in_flight.inc()
-        self._began = _perf()
+        self._began = self._metrics.begin()
         return metadata
 
     def attempt_end(self, code: grpc.StatusCode) -> None:
@@ -62,7 +56,7 @@ class _ChannelMetrics:
         self._families = families
 
     def for_method(self, path: str, call_type: str) -> _MethodMetrics:
-        return _MethodMetrics(MethodMetrics(self._families, rpc_of(path, call_type)))
+        return _MethodMetrics(self._families.method(rpc_of(path, call_type)))
 
 
 class ClientMetrics:

@@ -42,10 +42,8 @@ def registered() -> dict[str, tuple[str, frozenset[str]]]:
     registry = CollectorRegistry()
     found: dict[str, tuple[str, frozenset[str]]] = {}
     for side in ("server", "client"):
-        families = rpc_families(registry, side)
-        for metric in (families.started, families.handled, families.seconds, families.in_flight):
-            kind = metric._type
-            found[exposed_name(metric._name, kind)] = (kind, frozenset(metric._labelnames))
+        for family in rpc_families(registry, side).describe():
+            found[exposed_name(family.name, family.type)] = (family.type, frozenset(family._labelnames))  # type: ignore[attr-defined]
     for family in ResilienceCollector().describe():
         found[exposed_name(family.name, family.type)] = (family.type, frozenset(family._labelnames))  # type: ignore[attr-defined]
     return found
