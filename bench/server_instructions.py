@@ -21,6 +21,9 @@ some layers. Cumulative, innermost first:
   intentions   + IntentionGuard: the full stack of a service under mTLS
   bare_sync    not a step: grpc.server() (the sync, thread-pool server) with the same constant
                answer, compared with bare (its layer cost is bare_sync - bare)
+  bare_uvloop, tracing_uvloop
+               not steps: bare and tracing with the server on uvloop's event loop instead of
+               asyncio's (layer cost against bare and tracing)
 
 For each variant the server runs under ``valgrind --tool=callgrind`` twice; a client in this
 process (not under valgrind; a MeshChannel, timeout 10 s, as the gateway calls) makes
@@ -92,6 +95,8 @@ class Variant:
     log_level: str = "INFO"
     tracing: bool = False
     tls: bool = False
+    uvloop: bool = False  # the server's event loop is uvloop's, not asyncio's
+    against: str = ""  # not a step of the chain: its cost is reported against this variant
     note: str = ""
 
 
@@ -115,11 +120,19 @@ def _chain() -> list[Variant]:
         if layer:
             layers.add(layer)
         chain.append(Variant(name, frozenset(layers), note=note, **options))
-    # Not a step of the chain: the sync server's own cost, to compare with bare.
+    # Not steps of the chain: the sync server's own cost, to compare with bare; and the same
+    # servers on uvloop's event loop instead of asyncio's (bare, and the traced stack).
     chain.append(
         Variant(
             "bare_sync", frozenset(), plain=True, trivial=True, sync=True, note="grpc.server(), thread pool"
         )
+    )
+    chain.append(
+        Variant("bare_uvloop", frozenset(), plain=True, trivial=True, uvloop=True, note="bare on uvloop")
+    )
+    traced = next(v for v in chain if v.name == "tracing")
+    chain.append(
+        Variant("tracing_uvloop", traced.layers, tracing=True, uvloop=True, note="tracing's stack on uvloop")
     )
     return chain
 
@@ -237,7 +250,13 @@ def serve(variant: Variant) -> None:
     app.serve = serve_peeled  # type: ignore[assignment]
     settings = app.service_settings_from_env(SERVER, os.environ)
     app.configure_logging(SERVER, settings.log_level)
-    asyncio.run(app.run(settings, ROOT / "services/inventory/migrations", built))
+    running = app.run(settings, ROOT / "services/inventory/migrations", built)
+    if variant.uvloop:
+        import uvloop
+
+        uvloop.run(running)
+    else:
+        asyncio.run(running)
 
 
 class _Profiling:
@@ -676,17 +695,17 @@ def report(
     print(f"\n{'variant':<12} {'instr/call':>11} {'layer':>10}  {'native cpu us':>13}  what", file=sys.stderr)
     layer: dict[str, float] = {}
     previous = None
-    bare = results.get("bare", {}).get("per_call")
     for v in chain:
         count = results[v.name]["per_call"]
-        if v.sync:
-            layer[v.name] = count - bare if bare is not None else count  # against bare, not the chain
+        if v.against:
+            base = results.get(v.against, {}).get("per_call")
+            layer[v.name] = count - base if base is not None else count  # not against the chain
         else:
             layer[v.name] = count - previous if previous is not None else count
         cpu = native.get(v.name, {}).get("cpu_us_per_call")
         cpu_text = f"{cpu:13.0f}" if cpu is not None else f"{'':13}"
         print(f"{v.name:<12} {count:11,.0f} {layer[v.name]:+10,.0f}  {cpu_text}  {v.note}", file=sys.stderr)
-        previous = count if not v.sync else previous
+        previous = count if not v.against else previous
     for v in chain:
         print(f"\n{v.name}: instructions per call by object", file=sys.stderr)
         for name, cost in results[v.name]["objects"].items():
