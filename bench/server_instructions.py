@@ -124,15 +124,36 @@ def _chain() -> list[Variant]:
     # servers on uvloop's event loop instead of asyncio's (bare, and the traced stack).
     chain.append(
         Variant(
-            "bare_sync", frozenset(), plain=True, trivial=True, sync=True, note="grpc.server(), thread pool"
+            "bare_sync",
+            frozenset(),
+            plain=True,
+            trivial=True,
+            sync=True,
+            against="bare",
+            note="grpc.server(), thread pool",
         )
     )
     chain.append(
-        Variant("bare_uvloop", frozenset(), plain=True, trivial=True, uvloop=True, note="bare on uvloop")
+        Variant(
+            "bare_uvloop",
+            frozenset(),
+            plain=True,
+            trivial=True,
+            uvloop=True,
+            against="bare",
+            note="bare, uvloop",
+        )
     )
     traced = next(v for v in chain if v.name == "tracing")
     chain.append(
-        Variant("tracing_uvloop", traced.layers, tracing=True, uvloop=True, note="tracing's stack on uvloop")
+        Variant(
+            "tracing_uvloop",
+            traced.layers,
+            tracing=True,
+            uvloop=True,
+            against="tracing",
+            note="tracing, uvloop",
+        )
     )
     return chain
 
