@@ -24,7 +24,11 @@ demo SKU through the gateway first; cancellations are counted and reported anywa
     .venv/bin/python bench/orders.py           # a few minutes
 
 The last line printed is one JSON object with ``orders_per_s`` (the SQLite figure),
-``orders_per_s_sqlite``, ``orders_per_s_postgresql`` and ``relay_lag_p99_ms``.
+``orders_per_s_sqlite``, ``orders_per_s_postgresql``, ``relay_lag_p99_ms`` and
+``cpu_ms_per_order`` (per backend too, with ``cpu_ms_per_order_by_process_<backend>``): the
+CPU every shop process, RabbitMQ and PostgreSQL spent in the throughput phase (from /proc) per
+confirmed order. The relay and the event consumers run inside their services and are counted
+with them.
 """
 
 from __future__ import annotations
@@ -83,6 +87,46 @@ TERMINAL = ("ORDER_STATUS_CONFIRMED", "ORDER_STATUS_CANCELLED")
 KEYS = ("jwt",)  # the user key; services and the gateway are mesh identities, not keys
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` from /proc (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def shared_server_cpu() -> dict[str, float]:
+    """CPU seconds of the machine's RabbitMQ (beam.smp) and PostgreSQL (every ``postgres``
+    process: a backend per connection), read from /proc, per PID so a difference can skip
+    processes that came or went. Whole processes: other work on this machine would count too
+    (none runs during a bench); under SQLite PostgreSQL's share is its idle housekeeping.
+    """
+    found: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            name = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        server = {"beam.smp": "rabbitmq", "postgres": "postgresql"}.get(name)
+        if server is not None:
+            found[f"{server}:{entry.name}"] = cpu_seconds(int(entry.name))
+    return found
+
+
+def cpu_per_order(before: dict[str, float], after: dict[str, float], confirmed: int) -> dict[str, float]:
+    """Milliseconds of CPU per confirmed order between two snapshots, by process (servers
+    summed over their PIDs present in both)."""
+    spent: dict[str, float] = {}
+    for key, seconds in after.items():
+        if key in before:
+            name = key.split(":", 1)[0]
+            spent[name] = spent.get(name, 0.0) + seconds - before[key]
+    return {name: round(seconds * 1000 / max(confirmed, 1), 2) for name, seconds in spent.items()}
+
+
 def free_port() -> int:
     import socket
 
@@ -115,13 +159,21 @@ class Shop:
     namespace: str
     amqp_url: str
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    by_name: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     gateway_port: int = 0
 
     def _start(self, args: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
         with open(self.workdir / f"{name}.log", "ab") as log:
             process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.started.append(process)
+        self.by_name[name] = process
         return process
+
+    def cpu_snapshot(self) -> dict[str, float]:
+        """CPU seconds so far of each shop process, of RabbitMQ and of PostgreSQL (see cpu_of)."""
+        snapshot = {name: cpu_seconds(process.pid) for name, process in self.by_name.items()}
+        snapshot.update(shared_server_cpu())
+        return snapshot
 
     def _base_env(self) -> dict[str, str]:
         keys = self.workdir / "keys"
@@ -596,7 +648,13 @@ async def measure(backend: str, shop: Shop, options: argparse.Namespace) -> dict
         )
         for token in tokens[:2]:  # warm every path once (connections, first-use caches)
             await place_and_follow(client, token)
+        before = shop.cpu_snapshot()
         result = await throughput(client, tokens, options.concurrency, options.count, options.seconds)
+        by_process = cpu_per_order(before, shop.cpu_snapshot(), result["confirmed"])
+        # The shop's own processes (relay and consumers inside their services) and the broker
+        # and database they use; not the load generator (this process).
+        result["cpu_ms_per_order"] = round(sum(by_process.values()), 2)
+        result["cpu_ms_per_order_by_process"] = by_process
         print(f"{backend}: throughput {json.dumps(result)}", file=sys.stderr)
         await drained(shop.urls["order"])
         lag = await relay_lag(
@@ -664,10 +722,15 @@ def main() -> None:
     summary: dict[str, Any] = {}
     first = next(iter(per_backend))
     summary["orders_per_s"] = per_backend[first]["throughput"]["orders_per_s"]
+    summary["cpu_ms_per_order"] = per_backend[first]["throughput"]["cpu_ms_per_order"]
     for backend, result in per_backend.items():
         summary[f"orders_per_s_{backend}"] = result["throughput"]["orders_per_s"]
         summary[f"create_p50_ms_{backend}"] = result["throughput"]["create_p50_ms"]
         summary[f"create_p99_ms_{backend}"] = result["throughput"]["create_p99_ms"]
+        summary[f"cpu_ms_per_order_{backend}"] = result["throughput"]["cpu_ms_per_order"]
+        summary[f"cpu_ms_per_order_by_process_{backend}"] = result["throughput"][
+            "cpu_ms_per_order_by_process"
+        ]
         summary[f"relay_lag_p99_ms_{backend}"] = result["relay"]["relay_lag_p99_ms"]
         summary[f"relay_alone_lag_p99_ms_{backend}"] = result["relay_alone"]["relay_alone_lag_p99_ms"]
     summary["relay_lag_p99_ms"] = per_backend[first]["relay"]["relay_lag_p99_ms"]
