@@ -5,9 +5,8 @@ too: the same algorithms, keys, leeway (``MESH_JWT_LEEWAY_SECONDS``), maximum li
 refusal of the mesh's reserved roles, so a token is valid at the edge exactly when it is valid
 behind it. Only end users' tokens exist: a token claiming the ``service`` or ``gateway`` role
 is refused whatever key signed it (services and the gateway are proved by their mesh identity,
-never by a token). A verified token is cached by its exact text until it expires, so a busy
-client costs one signature check, not one per request; validity is re-checked on every hit by
-the verifier itself (``still_valid``).
+never by a token). The verifier keeps a verified token by its exact text and re-checks its
+times on every use, so a busy client costs one signature check, not one per request.
 
 :class:`ClientForwarder` is the other direction: the gateway tells upstream services who the
 client is (its TCP peer address); services believe it because the call comes from the
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
@@ -28,7 +26,7 @@ import grpc
 from gateway.errors import GatewayError, www_authenticate
 from mesh.connect.peer import peer_metadata
 from mesh.identity import FORWARDED_CLIENT, InvalidToken, JwtSettings, Principal
-from mesh.verifier import JwtVerifier, VerifiedToken
+from mesh.verifier import JwtVerifier
 
 # RFC 6750 b64token: what a bearer credential may contain at all.
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *")
@@ -55,7 +53,7 @@ def unauthenticated(realm: str, message: str, token_sent: bool) -> GatewayError:
 
 
 class JwtAuth:
-    """Bearer JWT verification with a bounded cache of verified tokens."""
+    """Bearer JWT verification (verified tokens kept by the verifier, bounded)."""
 
     def __init__(
         self,
@@ -64,10 +62,8 @@ class JwtAuth:
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._verifier = JwtVerifier(settings, clock)
+        self._verifier = JwtVerifier(settings, clock, cache_size)
         self._realm = realm
-        self._cache: OrderedDict[str, VerifiedToken] = OrderedDict()
-        self._cache_size = cache_size
 
     def authenticate(self, authorization: str | None) -> Principal | None:
         if authorization is None:
@@ -75,23 +71,10 @@ class JwtAuth:
         match = _BEARER.fullmatch(authorization)
         if match is None:
             raise unauthenticated(self._realm, "authorization must be 'Bearer <token>'", True)
-        token = match.group(1)
-        cached = self._cache.get(token)
-        if cached is not None:
-            try:
-                self._verifier.still_valid(cached)
-            except InvalidToken as error:
-                del self._cache[token]
-                raise unauthenticated(self._realm, str(error), True) from None
-            return cached.principal
         try:
-            verified = self._verifier.check(token)
+            return self._verifier.check(match.group(1)).principal
         except InvalidToken as error:  # a reserved role (service, gateway) included
             raise unauthenticated(self._realm, f"invalid token: {error}", True) from None
-        self._cache[token] = verified
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return verified.principal
 
 
 class ClientForwarder:
