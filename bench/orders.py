@@ -161,6 +161,7 @@ class Shop:
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
     by_name: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     gateway_port: int = 0
+    profile: str = ""  # a service run under cProfile (--profile)
 
     def _start(self, args: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
         with open(self.workdir / f"{name}.log", "ab") as log:
@@ -221,7 +222,10 @@ class Shop:
         processes = {}
         for name in SERVICES:  # the participants first: the order service resumes sagas at start
             env = dict(base, MESH_PORT=str(ports[name]), **extra.get(name, {}))
-            processes[name] = self._start([sys.executable, "-m", f"services.{name}"], env, name)
+            profiled = (
+                ["-m", "cProfile", "-o", str(self.workdir / f"{name}.prof")] if name == self.profile else []
+            )
+            processes[name] = self._start([sys.executable, *profiled, "-m", f"services.{name}"], env, name)
             if name == "shipping":
                 for participant in PARTICIPANTS:
                     self._ready(participant, ports[participant], processes[participant])
@@ -669,6 +673,18 @@ async def measure(backend: str, shop: Shop, options: argparse.Namespace) -> dict
     return {"throughput": result, "relay": lag, "relay_alone": alone}
 
 
+def print_profile(backend: str, path: Path) -> None:
+    """The profiled service's top functions (its event-loop thread: cProfile sees no other)."""
+    import pstats
+
+    if not path.exists():
+        print(f"{backend}: no profile at {path} (the service did not exit cleanly)", file=sys.stderr)
+        return
+    for order in ("tottime", "cumulative"):
+        print(f"--- {backend}: {path.stem} by {order} ---", file=sys.stderr)
+        pstats.Stats(str(path), stream=sys.stderr).sort_stats(order).print_stats(30)
+
+
 async def run(backends: list[str], options: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Start every backend's shop at once (their start-ups overlap), then measure one at a time."""
     amqp_url = os.environ.get("SHOP_AMQP_URL", DEFAULT_AMQP_URL)
@@ -678,7 +694,7 @@ async def run(backends: list[str], options: argparse.Namespace) -> dict[str, dic
             workdir = Path(tempfile.mkdtemp(prefix=f"bench-orders-{backend}-"))
             stack.callback(shutil.rmtree, workdir, True)
             urls = stack.enter_context(databases(backend, workdir))
-            shop = Shop(workdir, urls, f"bench-{uuid.uuid4().hex[:10]}", amqp_url)
+            shop = Shop(workdir, urls, f"bench-{uuid.uuid4().hex[:10]}", amqp_url, profile=options.profile)
             stack.push_async_callback(delete_broker_objects, shop.amqp_url, shop.namespace)
             stack.callback(shop.stop)
             shops[backend] = shop
@@ -694,6 +710,8 @@ async def run(backends: list[str], options: argparse.Namespace) -> dict[str, dic
                     print(f"--- {backend} {name} log tail ---\n{shop.log_tail(name)}", file=sys.stderr)
                 raise
             shop.stop()  # the next backend runs without this one's processes
+            if shop.profile:
+                print_profile(backend, shop.workdir / f"{shop.profile}.prof")
         return results
 
 
@@ -712,6 +730,12 @@ def main() -> None:
         "--rate", type=float, default=50.0, help="orders/s in the relay lag phase (2 events each)"
     )
     parser.add_argument("--lag-seconds", type=float, default=None)
+    parser.add_argument(
+        "--profile",
+        default="",
+        choices=("", *SERVICES),
+        help="run this service under cProfile and print its top functions (slows it down)",
+    )
     options = parser.parse_args()
     options.concurrency = options.concurrency or 16
     options.count = options.count or (300 if options.quick else 5000)
