@@ -97,6 +97,8 @@ import (
 
 	"github.com/golang/protobuf/ptypes/timestamp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"gw/money"
 	"gw/pb"
@@ -125,6 +127,7 @@ func main() {
 	}
 	server := grpc.NewServer()
 	pb.RegisterInventoryServiceServer(server, &catalog{})
+	healthpb.RegisterHealthServer(server, health.NewServer()) // SERVING: what the bench waits for
 	log.Fatal(server.Serve(listener))
 }
 """
