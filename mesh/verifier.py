@@ -89,6 +89,8 @@ class JwtVerifier:
 
         A token verified before is only re-checked for time (:meth:`still_valid`).
         """
+        if len(token) > MAX_TOKEN_BYTES:  # before the lookup: a huge text is not even hashed
+            raise InvalidToken("token too large")
         verified = self._verified.get(token)
         if verified is not None:
             try:
@@ -104,8 +106,6 @@ class JwtVerifier:
         return verified
 
     def _check_signed(self, token: str) -> VerifiedToken:
-        if len(token) > MAX_TOKEN_BYTES:
-            raise InvalidToken("token too large")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as error:

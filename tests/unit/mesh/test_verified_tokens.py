@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.identity import InvalidToken, JwtSettings
+from mesh.identity import MAX_TOKEN_BYTES, InvalidToken, JwtSettings
 from mesh.verifier import JwtVerifier, VerifiedToken
 from tests.support.tokens import KID, KeyPair
 from tests.unit.gateway.forge import claims, now_plus, signed
@@ -53,3 +53,10 @@ def test_refused_tokens_are_not_kept_and_the_cache_is_bounded(jwt_keys: KeyPair)
     check.verify(second)  # pushes the first out
     check.verify(first)
     assert check.signed_checks == 5
+
+
+def test_a_huge_token_is_refused_before_any_lookup_or_check(jwt_keys: KeyPair) -> None:
+    check = verifier(jwt_keys, [float(now_plus(0))])
+    with pytest.raises(InvalidToken, match="too large"):
+        check.verify("a" * (MAX_TOKEN_BYTES + 1))
+    assert check.signed_checks == 0
