@@ -128,15 +128,3 @@ def rpc_families(registry: CollectorRegistry, side: str) -> RpcFamilies:
     families = RpcFamilies(side)
     registry.register(families)
     return families
-
-
-class MethodCache:
-    """Per-interceptor ``Rpc -> MethodMetrics`` (the families keep one per method already)."""
-
-    __slots__ = ("_families",)
-
-    def __init__(self, families: RpcFamilies) -> None:
-        self._families = families
-
-    def get(self, rpc: Rpc) -> MethodMetrics:
-        return self._families.method(rpc)

@@ -2,7 +2,7 @@
 
 Counts every call including health checks (go-grpc-prometheus does too: Consul's probes show
 up as ``grpc.health.v1.Health/Check``, which is itself a useful liveness signal). The labelled
-children of a method are resolved once and kept (:class:`~mesh.metrics.families.MethodCache`).
+numbers of a method are made once and kept (:meth:`~mesh.metrics.families.RpcFamilies.method`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import grpc
 import grpc.aio
 
-from mesh.metrics.families import MethodCache, MethodMetrics, RpcFamilies
+from mesh.metrics.families import MethodMetrics, RpcFamilies
 from mesh.rpc import Rpc, RpcCache
 from mesh.server.wrap import Context, Continuation, wrap_handler
 
@@ -30,11 +30,11 @@ class MetricsServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
     """Counts and times every call the server handles."""
 
     def __init__(self, families: RpcFamilies) -> None:
-        self._methods = MethodCache(families)
+        self._families = families
         self._rpcs = RpcCache()
 
     def _start(self, rpc: Rpc, context: Context) -> _ServerCall:
-        return _ServerCall(self._methods.get(rpc))
+        return _ServerCall(self._families.method(rpc))
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
