@@ -354,13 +354,18 @@ def start_gateway(
     return gateway, port
 
 
+def go_env() -> dict[str, str]:
+    """The environment of a Go process here: both cores unless GOMAXPROCS says otherwise."""
+    return dict(os.environ, GOMAXPROCS=os.environ.get("GOMAXPROCS", "2"))
+
+
 def start_grpc_gateway(
     processes: Processes, peer: Path, backend: str, name: str
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     go = processes.start(
         [str(peer), "-listen", f"127.0.0.1:{port}", "-backend", backend],
-        dict(os.environ, GOMAXPROCS=os.environ.get("GOMAXPROCS", "2")),
+        go_env(),
         name,
     )
     wait_ready(f"http://127.0.0.1:{port}{PATH}", go, 20.0)
@@ -397,43 +402,41 @@ async def bench(rounds: int, seconds: float, warmup: float, with_peer: bool) -> 
         wait_serving(f"127.0.0.1:{inventory_port}", 30, inventory)
         gateway, gateway_port = start_gateway(processes, base, f"127.0.0.1:{inventory_port}", "gateway")
         variants: dict[str, tuple[list[Callable[[], Awaitable[None]]], dict[str, int]]] = {}
-        loads = [HttpLoad(gateway_port)]
-        variants["rest_gateway"] = (
-            [await loads[-1].connect() for _ in range(CONCURRENCY)],
-            {"gateway": gateway.pid, "backend": inventory.pid},
-        )
+        loads: list[HttpLoad] = []
+
+        async def http_variant(name: str, port: int, pids: dict[str, int]) -> None:
+            loads.append(HttpLoad(port))
+            variants[name] = ([await loads[-1].connect() for _ in range(CONCURRENCY)], pids)
+
+        await http_variant("rest_gateway", gateway_port, {"gateway": gateway.pid, "backend": inventory.pid})
         grpc_call, channel = await grpc_caller(f"127.0.0.1:{inventory_port}")
         variants["grpc_direct"] = ([grpc_call] * CONCURRENCY, {"backend": inventory.pid})
         if peer is not None:
             go, go_port = start_grpc_gateway(processes, peer, f"127.0.0.1:{inventory_port}", "grpc-gateway")
-            loads.append(HttpLoad(go_port))
-            variants["rest_grpc_gateway"] = (
-                [await loads[-1].connect() for _ in range(CONCURRENCY)],
-                {"grpc_gateway": go.pid, "backend": inventory.pid},
+            await http_variant(
+                "rest_grpc_gateway", go_port, {"grpc_gateway": go.pid, "backend": inventory.pid}
             )
             # The same two gateways in front of a backend that answers from memory (Go), so
             # the gateway, not the backend, sets the pace.
             cheap_port = free_port()
             cheap = processes.start(
-                [str(cheap_backend()), "-listen", f"127.0.0.1:{cheap_port}"],
-                dict(os.environ, GOMAXPROCS=os.environ.get("GOMAXPROCS", "2")),
-                "cheap-inventory",
+                [str(cheap_backend()), "-listen", f"127.0.0.1:{cheap_port}"], go_env(), "cheap-inventory"
             )
             wait_serving(f"127.0.0.1:{cheap_port}", 20, cheap)
             cheap_gateway, cheap_gateway_port = start_gateway(
                 processes, base, f"127.0.0.1:{cheap_port}", "gateway-cheap"
             )
-            loads.append(HttpLoad(cheap_gateway_port))
-            variants["rest_gateway_cheap_backend"] = (
-                [await loads[-1].connect() for _ in range(CONCURRENCY)],
+            await http_variant(
+                "rest_gateway_cheap_backend",
+                cheap_gateway_port,
                 {"gateway": cheap_gateway.pid, "backend": cheap.pid},
             )
             cheap_go, cheap_go_port = start_grpc_gateway(
                 processes, peer, f"127.0.0.1:{cheap_port}", "grpc-gateway-cheap"
             )
-            loads.append(HttpLoad(cheap_go_port))
-            variants["rest_grpc_gateway_cheap_backend"] = (
-                [await loads[-1].connect() for _ in range(CONCURRENCY)],
+            await http_variant(
+                "rest_grpc_gateway_cheap_backend",
+                cheap_go_port,
                 {"grpc_gateway": cheap_go.pid, "backend": cheap.pid},
             )
         # One request on every connection first: our gateway closes a connection that starts

@@ -70,7 +70,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -120,41 +120,16 @@ def _chain() -> list[Variant]:
         if layer:
             layers.add(layer)
         chain.append(Variant(name, frozenset(layers), note=note, **options))
-    # Not steps of the chain: the sync server's own cost, to compare with bare; and the same
-    # servers on uvloop's event loop instead of asyncio's (bare, and the traced stack).
-    chain.append(
-        Variant(
-            "bare_sync",
-            frozenset(),
-            plain=True,
-            trivial=True,
-            sync=True,
-            against="bare",
-            note="grpc.server(), thread pool",
-        )
-    )
-    chain.append(
-        Variant(
-            "bare_uvloop",
-            frozenset(),
-            plain=True,
-            trivial=True,
-            uvloop=True,
-            against="bare",
-            note="bare, uvloop",
-        )
-    )
-    traced = next(v for v in chain if v.name == "tracing")
-    chain.append(
-        Variant(
-            "tracing_uvloop",
-            traced.layers,
-            tracing=True,
-            uvloop=True,
-            against="tracing",
-            note="tracing, uvloop",
-        )
-    )
+    # Not steps of the chain, each costed against its twin: the sync server's own cost, and
+    # the same servers on uvloop's event loop instead of asyncio's (bare, the traced stack).
+    twin = {v.name: v for v in chain}
+    chain += [
+        replace(twin["bare"], name="bare_sync", sync=True, against="bare", note="grpc.server(), thread pool"),
+        replace(twin["bare"], name="bare_uvloop", uvloop=True, against="bare", note="bare, uvloop"),
+        replace(
+            twin["tracing"], name="tracing_uvloop", uvloop=True, against="tracing", note="tracing, uvloop"
+        ),
+    ]
     return chain
 
 
