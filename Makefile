@@ -10,7 +10,7 @@ BUF := .tools/node_modules/.bin/buf
 CONSUL := .tools/bin/consul
 PYTEST_WORKERS ?= 2
 
-.PHONY: run cluster test lint gen gen-check breaking tools host-tools clean help
+.PHONY: run cluster test lint gen gen-check breaking tools host-tools xds-protos clean help
 
 help:
 	@echo "make run    - install what is missing, start the shop, Ctrl-C to stop"
@@ -30,11 +30,23 @@ $(BUF):
 	test -f .tools/package.json || echo '{"private": true}' > .tools/package.json
 	npm install --prefix .tools --no-audit --no-fund --silent @bufbuild/buf@$(BUF_VERSION)
 
+# Node's gRPC with its xDS plugin, for the Node client of `mesh xds` (examples/xds, tests).
+GRPC_JS_XDS := .tools/node_modules/@grpc/grpc-js-xds/package.json
+
+$(GRPC_JS_XDS): $(BUF)
+	npm install --prefix .tools --no-audit --no-fund --silent @grpc/grpc-js@1.14.7 @grpc/grpc-js-xds@1.14.1 @grpc/proto-loader@0.7.15
+
 # Consul from Debian bullseye's package (bookworm has none), unpacked under .tools/.
 $(CONSUL):
 	tools/install-consul.sh
 
-tools: $(VENV)/.installed $(BUF) $(CONSUL)
+# The Envoy v3 API modules for `mesh xds`, beside the venv and not in it (see the script).
+XDS_PROTOS := .tools/xds-protos
+
+xds-protos: $(VENV)/.installed
+	@tools/install-xds-protos.sh $(PY) $(XDS_PROTOS) >/dev/null
+
+tools: $(VENV)/.installed $(BUF) $(CONSUL) $(GRPC_JS_XDS) xds-protos
 
 gen: $(VENV)/.installed
 	$(PY) tools/gen.py
