@@ -44,10 +44,22 @@ The file (every key optional; built-in defaults in brackets)::
     [services.payment.methods.Capture.retry]   # a method: timeout and retry only
     max_attempts = 1
 
+    [services.inventory.balancer]       # read by ``mesh xds`` only (docs/xds.md), not the channel
+    kind = "ring_hash"                  # p2c | p2c_ewma | round_robin | ring_hash |
+                                        # weighted_round_robin | least_request [p2c]
+    hash_header = "x-user-id"           # ring_hash only, and required by it
+    [services.inventory.fault]          # gRFC A33 faults ``mesh xds`` asks grpc clients to inject
+    abort_percent = 10.0                # of calls failed at once with abort_code [0]
+    abort_code = "UNAVAILABLE"          # a status code name other than OK [UNAVAILABLE]
+    delay_percent = 50.0                # of calls held back delay_seconds first [0]
+    delay_seconds = 0.5                 # required when delay_percent > 0
+
 Precedence is per key: method > service > defaults > built-in. A layer that sets
 ``consecutive_failures`` replaces the window keys below it, and the other way round. A
 method is named bare (``Capture``) or by full path (``"/shop.payment.v1.PaymentService/Capture"``).
 Breakers and budgets exist per endpoint and per service, so a method cannot set them.
+``balancer`` (also in [defaults]) and ``fault`` (a service only) are whole sections: a
+layer that writes one replaces the section below it rather than merging key by key.
 
 ``idempotent = true`` says a method's (or every method of a service's) calls are safe to
 send again, so its retries and per-attempt timeouts can act on a method whose proto sets
@@ -69,6 +81,7 @@ must be between 1 and 5, got 9``.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -78,10 +91,11 @@ from typing import Any
 from mesh.errors import ConfigError
 from mesh.resilience.breaker_config import BreakerConfig
 from mesh.resilience.budget import BudgetConfig
+from mesh.resilience.codes import code_names
 from mesh.resilience.policy_env import apply_env, key_path
 from mesh.resilience.policy_layers import IDEMPOTENT, Entry, Flat, LayerLoader, overlay
 from mesh.resilience.retry import RetryPolicy
-from mesh.resilience.validate import require_positive
+from mesh.resilience.validate import FieldError, require_number, require_positive
 
 FILE_VARIABLE = "MESH_POLICY_FILE"
 NO_RETRIES = RetryPolicy(max_attempts=1)  # the default: retries only where configured
@@ -101,14 +115,90 @@ class CallPolicy:
             require_positive("timeout", self.timeout)
 
 
+BALANCER_KINDS = ("p2c", "p2c_ewma", "round_robin", "ring_hash", "weighted_round_robin", "least_request")
+RING_HASH = "ring_hash"
+# A gRPC metadata key a client can hash on: lower case, not binary (``-bin`` values are never
+# hashed), not a pseudo-header, not one of gRPC's reserved ``grpc-`` keys.
+_HASH_HEADER = re.compile(r"[a-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class BalancerConfig:
+    """How ``mesh xds`` tells grpc clients to balance over a service's endpoints.
+
+    Only the control plane reads it; the mesh channel keeps the balancer its program
+    chose. ``hash_header`` names the request header ``ring_hash`` hashes on, so calls
+    carrying the same value keep reaching the same endpoint while the set is stable.
+    """
+
+    kind: str = "p2c"
+    hash_header: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in BALANCER_KINDS:
+            raise FieldError("kind", f"must be one of {', '.join(BALANCER_KINDS)}, got {self.kind!r}")
+        if self.kind == RING_HASH and self.hash_header is None:
+            raise FieldError("hash_header", "is required when kind is ring_hash (the header to hash on)")
+        if self.hash_header is None:
+            return
+        if self.kind != RING_HASH:
+            raise FieldError("hash_header", f"is read only when kind is ring_hash, not {self.kind}")
+        header = self.hash_header
+        if not isinstance(header, str) or not _HASH_HEADER.fullmatch(header):
+            raise FieldError("hash_header", f"must be a lower-case metadata key, got {header!r}")
+        if header.endswith("-bin") or header.startswith("grpc-"):
+            raise FieldError("hash_header", f"cannot hash a binary or grpc- header, got {header!r}")
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Faults grpc clients inject into calls to one service (gRFC A33), for chaos tests.
+
+    ``abort_percent`` of calls fail at once with ``abort_code``; ``delay_percent`` of calls
+    wait ``delay_seconds`` before being sent. Percentages are 0..100; 0 turns a fault off.
+    Only ``mesh xds`` reads it: the mesh channel never injects faults.
+    """
+
+    abort_percent: float = 0.0
+    abort_code: str = "UNAVAILABLE"
+    delay_percent: float = 0.0
+    delay_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("abort_percent", "delay_percent"):
+            value = require_number(name, getattr(self, name))
+            if not 0 <= value <= 100:
+                raise FieldError(name, f"must be within 0..100, got {getattr(self, name)}")
+        if not isinstance(self.abort_code, str) or self.abort_code.strip().upper() == "OK":
+            raise FieldError("abort_code", f"must name an error status code, got {self.abort_code!r}")
+        (code,) = code_names("abort_code", [self.abort_code])
+        object.__setattr__(self, "abort_code", code)
+        if self.delay_seconds is not None:
+            require_positive("delay_seconds", self.delay_seconds)
+            if self.delay_percent == 0:
+                raise FieldError("delay_percent", "must be > 0 for delay_seconds to apply")
+        elif self.delay_percent > 0:
+            raise FieldError("delay_seconds", "is required when delay_percent > 0")
+
+    @property
+    def active(self) -> bool:
+        """Whether any call is to be aborted or delayed at all."""
+        return self.abort_percent > 0 or self.delay_percent > 0
+
+
 @dataclass(frozen=True)
 class ServicePolicy:
-    """Everything about calls to one target service; ``call`` applies to unlisted methods."""
+    """Everything about calls to one target service; ``call`` applies to unlisted methods.
+
+    ``balancer`` and ``fault`` are read only by the xDS control plane (``mesh xds``).
+    """
 
     call: CallPolicy = field(default_factory=CallPolicy)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     methods: Mapping[str, CallPolicy] = field(default_factory=lambda: MappingProxyType({}))
+    balancer: BalancerConfig = field(default_factory=BalancerConfig)
+    fault: FaultConfig = field(default_factory=FaultConfig)
 
     def for_method(self, method: str) -> CallPolicy:
         """The policy of ``method`` (full path or bare name), else the service's."""
@@ -236,4 +326,6 @@ def _build_service(
 ) -> ServicePolicy:
     call = _build_call(loader, flat, where)
     breaker, budget = loader.build_breaker(flat, where), loader.build_budget(flat, where)
-    return ServicePolicy(call, breaker, budget, MappingProxyType(methods))
+    balancer = loader.build_section(flat, where, "balancer", BalancerConfig)
+    fault = loader.build_section(flat, where, "fault", FaultConfig)
+    return ServicePolicy(call, breaker, budget, MappingProxyType(methods), balancer, fault)

@@ -9,9 +9,9 @@ once, in the dataclasses, and the file only adds where a value came from.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from mesh.errors import ConfigError
 from mesh.resilience.backoff import Backoff
@@ -21,7 +21,8 @@ from mesh.resilience.policy_env import key_path
 from mesh.resilience.retry import RetryPolicy
 from mesh.resilience.validate import FieldError
 
-INT, FLOAT, CODES = "int", "float", "codes"
+T = TypeVar("T")
+INT, FLOAT, CODES, STR = "int", "float", "codes", "str"
 IDEMPOTENT = "idempotent"  # a service's or method's calls are safe to repeat (not in [defaults])
 SECTIONS: dict[str, dict[str, str]] = {
     "retry": {
@@ -46,6 +47,15 @@ SECTIONS: dict[str, dict[str, str]] = {
     },
     "budget": {"ratio": FLOAT, "min_retries_per_second": FLOAT, "ttl": FLOAT},
 }
+# Read only by the xDS control plane (``mesh xds``), never by the mesh channel: how grpc
+# clients balance over a service, and faults (gRFC A33) to inject for chaos tests. A layer
+# that writes any key of one of these sections replaces that whole section below it, so a
+# service choosing round_robin does not inherit the defaults' ring_hash header.
+XDS_SECTIONS: dict[str, dict[str, str]] = {
+    "balancer": {"kind": STR, "hash_header": STR},
+    "fault": {"abort_percent": FLOAT, "abort_code": STR, "delay_percent": FLOAT, "delay_seconds": FLOAT},
+}
+SERVICE_ONLY = frozenset({"fault"})  # a fault is injected into one service's calls: not in [defaults]
 CONSECUTIVE = "breaker.consecutive_failures"
 WINDOW_KEYS = frozenset(
     f"breaker.{key}"
@@ -80,8 +90,13 @@ Flat = Mapping[str, Entry]
 
 
 def overlay(base: Flat, layer: Flat) -> dict[str, Entry]:
-    """``layer`` over ``base`` per key; the two breaker forms replace each other whole."""
+    """``layer`` over ``base`` per key; the two breaker forms, and each xDS section, replace
+    what is below them whole."""
     merged = dict(base)
+    for section in XDS_SECTIONS:
+        prefix = f"{section}."
+        if any(key.startswith(prefix) for key in layer):
+            merged = {key: entry for key, entry in merged.items() if not key.startswith(prefix)}
     if CONSECUTIVE in layer:
         for key in WINDOW_KEYS:
             merged.pop(key, None)
@@ -118,6 +133,8 @@ class LayerLoader:
     def layer(self, table: Mapping[str, Any], where: tuple[str, ...], *, method: bool) -> dict[str, Entry]:
         """One layer's values, flattened; unknown keys and misplaced sections are errors."""
         sections = ("retry",) if method else tuple(SECTIONS)
+        defaults = where == ("defaults",)
+        xds = () if method else tuple(key for key in XDS_SECTIONS if not (defaults and key in SERVICE_ONLY))
         flat: dict[str, Entry] = {}
         for key, value in table.items():
             path = key_path((*where, key))
@@ -127,8 +144,8 @@ class LayerLoader:
                 if not isinstance(value, bool):
                     raise self.error(path, f"must be true or false, got {value!r}")
                 flat[key] = Entry(value, where, path)
-            elif key in sections:
-                kinds = SECTIONS[key]
+            elif key in sections or key in xds:
+                kinds = SECTIONS[key] if key in SECTIONS else XDS_SECTIONS[key]
                 for sub, sub_value in self.table(value, path).items():
                     sub_path = key_path((*where, key, sub))
                     if sub not in kinds:
@@ -138,14 +155,18 @@ class LayerLoader:
                     )
             elif method and key in SECTIONS:
                 raise self.error(path, f"{key} is kept per endpoint and service, not per method")
+            elif method and key in XDS_SECTIONS:
+                raise self.error(path, f"{key} applies to a whole service, not per method")
+            elif key in XDS_SECTIONS:
+                raise self.error(path, f"{key} is set per service: write it under services.<name>.{key}")
             elif key == IDEMPOTENT:
                 raise self.error(
                     path, "says one service's or method's calls are safe to repeat: set it there"
                 )
-            else:
+            else:  # every key this layer may hold, the xDS-only sections (docs/xds.md) included
                 top = ("timeout",) if where == ("defaults",) else ("timeout", IDEMPOTENT)
                 nested = () if method or where == ("defaults",) else ("methods",)
-                allowed = ", ".join((*top, *sections, *nested))
+                allowed = ", ".join((*top, *sections, *xds, *nested))
                 raise self.error(path, f"unknown key (expected one of: {allowed})")
         if CONSECUTIVE in flat and WINDOW_KEYS & flat.keys():
             mixed = ", ".join(sorted(key.split(".")[1] for key in WINDOW_KEYS & flat.keys()))
@@ -206,6 +227,13 @@ class LayerLoader:
         }
         with self.located(flat, where, {name: f"budget.{name}" for name in SECTIONS["budget"]}):
             return BudgetConfig(**values)
+
+    def build_section(self, flat: Flat, where: tuple[str, ...], section: str, build: Callable[..., T]) -> T:
+        """``build(**values)`` with the merged values of one xDS section, errors at their key."""
+        prefix = f"{section}."
+        values = {key[len(prefix) :]: entry.value for key, entry in flat.items() if key.startswith(prefix)}
+        with self.located(flat, where, {name: f"{prefix}{name}" for name in XDS_SECTIONS[section]}):
+            return build(**values)
 
     def _convert(self, kind: str, value: object, path: str) -> object:
         if kind == FLOAT:

@@ -211,11 +211,11 @@ INVALID = [
     ("[services.a]\ntimeout = true", "services.a.timeout: must be a number, got True"),
     (
         "[services.a]\nretries = 2",
-        "services.a.retries: unknown key (expected one of: timeout, idempotent, retry, breaker, budget, methods)",
+        "services.a.retries: unknown key (expected one of: timeout, idempotent, retry, breaker, budget, balancer, fault, methods)",
     ),
     (
         "[defaults]\nmethods = {}",
-        "defaults.methods: unknown key (expected one of: timeout, retry, breaker, budget)",
+        "defaults.methods: unknown key (expected one of: timeout, retry, breaker, budget, balancer)",
     ),
     ("[services.a.breaker]\nwindow_size = 0", "services.a.breaker.window_size: must be >= 1, got 0"),
     ("[services.a.breaker]\nminimum_calls = -3", "services.a.breaker.minimum_calls: must be >= 1"),
