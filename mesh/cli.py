@@ -8,6 +8,7 @@ mesh channel in this process would pick; ``mesh sagas`` lists sagas that are not
 through the application's module named by ``MESH_SAGAS_MODULE`` (``services.order.saga.cli``
 for the shop). ``mesh scale SERVICE N``, ``mesh restart SERVICE`` and ``mesh instances`` ask a
 running supervisor (``make run``'s launcher) through its control endpoint (mesh/control.py).
+``mesh xds`` runs the xDS control plane that lets plain gRPC clients use the mesh (mesh/xds/).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from mesh.control import ControlAnswer, ControlUnavailable, control_file_path, r
 from mesh.errors import ConfigError
 from mesh.identity import generate_keypair
 from mesh.status import run_status
+from mesh.xds.settings import add_arguments as add_xds_arguments
 
 
 def keygen(options: argparse.Namespace) -> int:
@@ -90,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     restart = commands.add_parser("restart", help="restart a service's instances one at a time, drained")
     restart.add_argument("service")
     listed = commands.add_parser("instances", help="the instances a running supervisor keeps")
+    xds = commands.add_parser(
+        "xds", help="serve xDS (ADS) from Consul to plain gRPC clients; write their bootstrap file"
+    )
+    add_xds_arguments(xds)
+    xds.set_defaults(run=run_xds)
     for command in (scale, restart, listed):
         command.add_argument(
             "--control",
@@ -127,6 +134,13 @@ def control(options: argparse.Namespace, method: str, path: str, body: dict[str,
         print(f"mesh {options.command}: {answer.error}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_xds(options: argparse.Namespace) -> int:
+    """``mesh xds``; its module (and the Envoy protos) load only for this command."""
+    from mesh.xds.main import run_command
+
+    return run_command(options)
 
 
 def show_sagas(options: argparse.Namespace) -> int:
