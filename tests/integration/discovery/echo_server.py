@@ -4,7 +4,9 @@ Run as ``python -m tests.integration.discovery.echo_server`` with ``MESH_PORT`` 
 ``CONSUL_HTTP_ADDR`` set; it serves through :class:`mesh.server.MeshServer` with a
 :class:`mesh.registry.consul.ConsulRegistrar` hook, so start, registration and the shutdown
 order (deregister -> NOT_SERVING -> drain -> stop) are the real ones. ``ECHO_DELAY_MS``
-slows every call down, for balancer tests.
+slows every call down, for balancer tests; ``ECHO_FAIL_CODE`` (a status code name) makes
+every ``Echo`` answer that status while the health check stays passing: an instance that is
+up to Consul and failing its callers, which only a client's own observations can eject.
 
 Like a service, it runs under mTLS unless ``MESH_INSECURE=1``: it takes the certificate of
 its ``ECHO_NAME`` from the agent at ``CONSUL_HTTP_ADDR``, requires client certificates and asks
@@ -36,13 +38,15 @@ CHAT = f"/{SERVICE}/Chat"
 FAIL = f"/{SERVICE}/Fail"
 
 
-def handlers(label: str, delay: float = 0.0) -> grpc.GenericRpcHandler:
+def handlers(label: str, delay: float = 0.0, fail_code: str = "") -> grpc.GenericRpcHandler:
     """The Echo service's handlers; every response starts with ``label``."""
     prefix = label.encode() + b"|"
 
     async def echo(request: bytes, context: Any) -> bytes:
         if delay:
             await asyncio.sleep(delay)
+        if fail_code:
+            await context.abort(getattr(grpc.StatusCode, fail_code), f"{label} fails every Echo")
         return prefix + request
 
     async def count(request: bytes, context: Any) -> AsyncIterator[bytes]:
@@ -85,6 +89,7 @@ async def run() -> None:
     settings = server_settings_from_env(os.environ, os.environ.get("ECHO_NAME", "echo"), 0)
     security = security_settings_from_env(os.environ)
     delay = int(os.environ.get("ECHO_DELAY_MS", "0")) / 1000
+    fail_code = os.environ.get("ECHO_FAIL_CODE", "")
     configure_logging(settings.service_name)
     consul_address = os.environ["CONSUL_HTTP_ADDR"]
     workload = await connect_workload(settings.service_name, consul_address, security)
@@ -95,7 +100,7 @@ async def run() -> None:
     )
 
     def register(server: grpc.aio.Server) -> None:
-        server.add_generic_rpc_handlers((handlers(f"{settings.port}", delay),))
+        server.add_generic_rpc_handlers((handlers(f"{settings.port}", delay, fail_code),))
 
     try:
         await serve(settings, [HostedService(SERVICE, register)], hooks=[registrar], security=workload)
