@@ -2,7 +2,9 @@
 
 Read-only and independent of any running mesh process: it asks the agent for every service
 (or the ones named), every instance with its checks, and derives the endpoints a MeshChannel
-would spread calls over (the passing ones, after an optional tag subset).
+would spread calls over (the passing ones, after an optional tag subset). When an ``xds``
+control plane is registered, it also lists the xDS clients each one serves and the version of
+each resource type every client has ACKed or NACKed (:mod:`mesh.xds.admin_client`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ from mesh.balancer.subset import subset
 from mesh.errors import RegistryUnavailable
 from mesh.registry.base import ServiceInstance
 from mesh.registry.consul_api import ConsulApi, HealthEntry
+from mesh.xds.admin_client import (
+    XDS_SERVICE,
+    ControlPlaneClients,
+    control_plane_clients,
+    render_control_planes,
+)
 
 CONSUL_SELF = "consul"  # the agent's own service entry; not a mesh service
 
@@ -42,6 +50,7 @@ class MeshStatus:
 
     consul: str
     services: tuple[ServiceStatus, ...]
+    control_planes: tuple[ControlPlaneClients, ...] = ()
 
 
 async def collect_status(
@@ -61,7 +70,8 @@ async def collect_status(
             ordered = tuple(sorted(entries, key=lambda e: (e.instance.target, e.instance.id)))
             passing = tuple(e.instance for e in ordered if e.status == "passing")
             result.append(ServiceStatus(name, ordered, subset(passing, tags)))
-        return MeshStatus(consul_address, tuple(result))
+        planes = [e.instance for s in result if s.name == XDS_SERVICE for e in s.instances]
+        return MeshStatus(consul_address, tuple(result), await control_plane_clients(planes))
     finally:
         if api is None:
             await client.close()
@@ -85,6 +95,7 @@ def render_status(status: MeshStatus) -> str:
                     lines.append(f"            {check_id}: {check_status} {output.strip()[:120]}")
         picked = ", ".join(e.target for e in service.endpoints) or "none (calls fail: no healthy endpoint)"
         lines.append(f"  would call: {picked}")
+    lines.extend(render_control_planes(status.control_planes))
     return "\n".join(lines)
 
 
@@ -110,6 +121,10 @@ def status_as_dict(status: MeshStatus) -> dict[str, Any]:
                 "endpoints": [endpoint.target for endpoint in service.endpoints],
             }
             for service in status.services
+        ],
+        "xds": [
+            {"control_plane": p.target, "admin": p.admin, "clients": list(p.clients), "error": p.error}
+            for p in status.control_planes
         ],
     }
 

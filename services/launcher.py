@@ -65,6 +65,8 @@ DEFAULT_CONSUL = "127.0.0.1:8500"
 TOKEN_VARIABLES = ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE")
 PR_SET_PDEATHSIG = 1
 GATEWAY_PORT = 8080
+XDS_PORT = 18000
+XDS_BOOTSTRAP = RUN_DIR / "xds-bootstrap.json"
 
 
 @dataclass
@@ -204,9 +206,15 @@ def _terminate_with_parent() -> None:
 
 
 def spawn(
-    module: str, env: dict[str, str], log_name: str, *, log_dir: Path = LOG_DIR, host: Sequence[str] = ()
+    module: str,
+    env: dict[str, str],
+    log_name: str,
+    *,
+    log_dir: Path = LOG_DIR,
+    host: Sequence[str] = (),
+    args: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
-    """Start ``python -m module`` in its own session, tied to the launcher's life.
+    """Start ``python -m module [args]`` in its own session, tied to the launcher's life.
 
     Its JSON logs go to ``<log_dir>/<log_name>.log`` (``.run/logs``) so the terminal keeps only
     what a person needs to try the shop. ``host`` prefixes the command to run it on another
@@ -217,7 +225,7 @@ def spawn(
         # Own session: a terminal's Ctrl-C reaches only the launcher, which then sends each
         # child exactly one SIGTERM (a second signal would make a child skip its drain).
         return subprocess.Popen(
-            [*host, sys.executable, "-m", module],
+            [*host, sys.executable, "-m", module, *args],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -401,6 +409,57 @@ def start_gateway(env: dict[str, str], mesh: Mesh, services: dict[str, int], chi
     return port
 
 
+def start_xds(env: dict[str, str], mesh: Mesh, children: list[Child], mtls: bool) -> int:
+    """Start ``mesh xds``, the control plane for xDS clients; wait until it serves.
+
+    It reads the catalog as the ``xds`` identity and writes the bootstrap file local clients
+    name in ``GRPC_XDS_BOOTSTRAP``. Under mTLS it also keeps the ``cli`` identity's
+    certificate files fresh for them (the bootstrap's file-watcher provider reads them), so a
+    plain grpcio or Node client reaches the shop as ``cli``, as grpcurl does.
+    """
+    port = int(env.get("MESH_XDS_PORT", XDS_PORT))
+    bootstrap = xds_bootstrap_path(env)
+    xds_env = dict(mesh.child_env(env, "xds"), MESH_XDS_PORT=str(port))
+    args = ["--bootstrap-out", str(bootstrap)]
+    if mtls and "cli" in mesh.token_files:
+        args += ["--client-identity", "cli", "--client-token-file", str(mesh.token_files["cli"])]
+        args += ["--client-certs", str(bootstrap.parent / "xds-certs")]
+    respawn = partial(spawn, "mesh.xds", xds_env, f"xds-{port}", args=args)
+    ready = partial(_wait_xds, f"127.0.0.1:{port}", LOG_DIR / f"xds-{port}.log", bootstrap)
+    bootstrap.unlink(missing_ok=True)  # a file left by an earlier run is no sign of readiness
+    process = respawn()
+    children.append(Child("xds", port, process, respawn, ready))
+    ready(process)
+    print(
+        f"  {'xds':<10} 127.0.0.1:{port}  pid {process.pid}  SERVING  (bootstrap {shown(bootstrap)})",
+        flush=True,
+    )
+    return port
+
+
+def _wait_xds(address: str, log: Path, bootstrap: Path, process: subprocess.Popen[bytes]) -> None:
+    """Serving, and the bootstrap written (it is written right after the server starts)."""
+    _wait_serving(address, log, process)
+    deadline = time.monotonic() + 30
+    while not bootstrap.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise start_failure(address, process, RuntimeError(f"no bootstrap file {shown(bootstrap)}"), log)
+        time.sleep(0.05)  # poll interval
+
+
+def xds_bootstrap_path(env: Mapping[str, str]) -> Path:
+    """Where ``mesh xds`` writes the bootstrap for local clients: ``MESH_XDS_BOOTSTRAP``, else .run/."""
+    return Path(env.get("MESH_XDS_BOOTSTRAP", "") or XDS_BOOTSTRAP)
+
+
+def xds_lines(bootstrap: Path = XDS_BOOTSTRAP) -> list[str]:
+    """The xDS client lines printed at start and shown in the README: no tsunagu import in either."""
+    return [
+        f"GRPC_XDS_BOOTSTRAP={shown(bootstrap)} .venv/bin/python examples/xds/list_products.py",
+        f"GRPC_XDS_BOOTSTRAP={shown(bootstrap)} NODE_PATH=.tools/node_modules node examples/xds/list_products.js",
+    ]
+
+
 def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
     wait_ready(url, process, timeout=120)
 
@@ -526,11 +585,17 @@ def main() -> int:
         )
         ports = {c.name: c.port for c in reversed(children)}  # the first instance of each
         gateway_port = start_gateway(env, mesh, ports, children)
+        start_xds(env, mesh, children, security.mtls)
         cli_token = shown(mesh.token_files["cli"]) if "cli" in mesh.token_files else ""
         lines = ["source .venv/bin/activate", *try_lines(ports, mtls=security.mtls, cli_token=cli_token)]
         print("\ntry gRPC (in another terminal):\n" + "\n".join(f"  {line}" for line in lines), flush=True)
         rest = curl_lines(gateway_port)
         print("\ntry REST through the gateway:\n" + "\n".join(f"  {line}" for line in rest), flush=True)
+        print(
+            "\ntry xDS (any gRPC client, no tsunagu import):\n"
+            + "\n".join(f"  {line}" for line in xds_lines(xds_bootstrap_path(env))),
+            flush=True,
+        )
         status = ".venv/bin/mesh status"
         if mesh.token_files:  # with ACLs on, an anonymous query sees no service: read as "cli"
             status = f"CONSUL_HTTP_TOKEN_FILE={shown(mesh.token_files['cli'])} {status}"

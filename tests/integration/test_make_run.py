@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from services.common.settings import DEFAULT_PORTS
-from services.launcher import GATEWAY_PORT, TOKEN_DIR, curl_lines, try_lines
+from services.launcher import GATEWAY_PORT, TOKEN_DIR, XDS_BOOTSTRAP, curl_lines, try_lines, xds_lines
 from services.mesh_policy import IDENTITIES
 from tests.support.bus import Bus, bus_namespace
 from tests.support.processes import ROOT, free_port
@@ -49,6 +49,9 @@ def test_readme_shows_the_lines_the_launcher_prints() -> None:
     rest_block = readme_block("Try it with curl")
     for line in curl_lines(GATEWAY_PORT):
         assert line in rest_block
+    xds_block = readme_block("Any gRPC client through xDS")
+    for line in xds_lines():
+        assert line in xds_block
 
 
 def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> str:
@@ -130,6 +133,8 @@ def test_launcher_starts_the_shop_and_the_readme_lines_work(
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
     env.update({f"{name.upper()}_PORT": str(port) for name, port in ports.items()})
     env["GATEWAY_PORT"] = str(gateway_port)
+    env["MESH_XDS_PORT"] = str(free_port())
+    env["MESH_XDS_BOOTSTRAP"] = str(tmp_path / "xds-bootstrap.json")
     env["CONSUL_HTTP_ADDR"] = f"127.0.0.1:{free_port()}"  # nothing there: the launcher starts its own agent
     env.update(
         MESH_DATA_DIR=str(tmp_path / "data"),
@@ -175,6 +180,15 @@ def test_launcher_starts_the_shop_and_the_readme_lines_work(
         )
         assert status.returncode == 0, status.stderr
         assert_every_instance_passing(json.loads(status.stdout))
+        # The xDS lines: a plain grpcio client and a Node one reach inventory through mesh xds.
+        xds_block = readme_block("Any gRPC client through xDS").replace(
+            str(XDS_BOOTSTRAP.relative_to(ROOT)), env["MESH_XDS_BOOTSTRAP"]
+        )
+        xds_run = run_block(
+            xds_block.replace("mesh status", f"mesh status --consul {env['CONSUL_HTTP_ADDR']}"), shell_env
+        )
+        assert xds_run.count("CUP-KYUSU") == 2, xds_run  # the first sku: once from Python, once from Node
+        assert "client(s) connected" in xds_run
         rest_run = run_block(rest_block + AWAIT_INVOICE_AND_NOTIFICATIONS, shell_env)
         assert '"userId":' in rest_run
         assert '"status":"ORDER_STATUS_CONFIRMED"' in rest_run.replace(" ", "")

@@ -3,12 +3,14 @@
 What a client of the control plane sees on the wire: endpoints as Consul has them, changed
 when an instance fails its check or leaves; the last state kept when Consul goes away; the
 ``xds`` service registered (and withdrawn on SIGTERM) with its admin port; ``/clients``
-showing what each stream ACKed; client certificate files and TLS clusters under mTLS.
+showing what each stream ACKed, as ``mesh status`` reports it; client certificate files and TLS
+clusters under mTLS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import stat
@@ -22,6 +24,7 @@ import pytest
 
 from mesh.registry.acl import ConsulAcl, service_policy_rules
 from mesh.registry.dev_agent import ConsulDevAgent, find_consul
+from mesh.status import run_status
 from mesh.xds import __main__ as entry
 from mesh.xds.model import CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER
 from tests.integration.xds.conftest import AdsProbe, deregister, endpoints, register, set_check, unpack
@@ -102,6 +105,18 @@ async def test_endpoints_follow_consul_health_and_clients_show_what_they_acked(
     assert state["responses"] == 3 and state["sent_resources"] == ["inventory"]
     health = plane.admin("/healthz")
     assert health["ready"] and health["clients"] == 1 and health["mtls"] is False
+
+    # `mesh status` finds the control plane through Consul and shows the client's ACKs.
+    out = io.StringIO()
+    assert await asyncio.to_thread(run_status, consul_agent.http_addr, out=out) == 0
+    shown = out.getvalue()
+    assert f"xds control plane 127.0.0.1:{plane.port}" in shown and "1 client(s) connected" in shown
+    assert f"EDS  acked {third.version_info[:12]}  [inventory]" in shown, shown
+    as_json = io.StringIO()
+    assert await asyncio.to_thread(run_status, consul_agent.http_addr, as_json=True, out=as_json) == 0
+    (listed,) = json.loads(as_json.getvalue())["xds"]
+    connected = [c for c in listed["clients"] if c["connected"]]
+    assert connected[0]["types"][CLUSTER_LOAD_ASSIGNMENT]["acked_version"] == third.version_info
 
 
 async def test_a_service_unknown_to_consul_is_absent_until_it_registers(
