@@ -150,6 +150,26 @@ async def test_a_retry_policy_turns_a_flaky_instance_into_zero_failed_calls(
     assert set(labels(calls)) == {s.label.decode() for s in healthy}
 
 
+async def test_a_fault_in_the_policy_is_injected_by_the_clients_themselves(
+    consul: ConsulAgent, start_echo: StartEcho, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[services.echo.fault]\nabort_percent = 50.0\nabort_code = "RESOURCE_EXHAUSTED"\n')
+    control_plane.policy_file = policy
+    servers = echoes(start_echo, 2)
+    await passing(consul, servers)
+    control_plane.start()
+
+    run = client(control_plane, tmp_path, "node", "--workers", "2", "--calls", "400")
+    await asyncio.to_thread(run.wait)
+
+    calls = run.calls()
+    aborted = failures(calls)
+    assert {c.code for c in aborted} == {"RESOURCE_EXHAUSTED"}, aborted[:3]
+    assert 120 <= len(aborted) <= 280, len(aborted)  # about half, injected before any server saw them
+    assert set(labels(calls)) == {s.label.decode() for s in servers}
+
+
 async def test_a_config_the_client_nacks_leaves_it_on_the_previous_one_and_the_error_is_logged(
     consul: ConsulAgent, start_echo: StartEcho, control_plane: ControlPlane, tmp_path: Path
 ) -> None:
