@@ -54,6 +54,7 @@ import grpc.aio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.mesh_overhead import CONCURRENCY, measure  # noqa: E402
 from mesh.channel import mesh_channel  # noqa: E402
 from mesh.registry.dev_agent import ConsulDevAgent, find_consul  # noqa: E402
 from mesh.registry.static import StaticDiscovery  # noqa: E402
@@ -62,7 +63,6 @@ from tests.integration.discovery.echo_server import ECHO  # noqa: E402
 from tests.support.processes import free_port  # noqa: E402
 from tests.support.xds import ControlPlane  # noqa: E402
 
-CONCURRENCY = 64
 FREEZE_RATE = 200.0  # calls per second, open loop
 FREEZE_TIMEOUT = 3.0  # longer than Consul needs to see the freeze (interval + timeout)
 QUIET_AFTER = 1.0  # seconds of load after Consul marks the instance critical
@@ -96,27 +96,6 @@ async def wait_passing(consul: ConsulDevAgent, ports: set[int], within: float = 
         if time.monotonic() > deadline:
             raise TimeoutError(f"echo instances {sorted(ports)} not passing after {within}s")
         await asyncio.sleep(0.05)
-
-
-async def measure(call: Call, seconds: float, warmup: float) -> tuple[float, float]:
-    """Calls per second and client CPU microseconds per call over ``seconds``."""
-    count = 0
-    running = True
-
-    async def worker() -> None:
-        nonlocal count
-        while running:
-            await call(b"x")
-            count += 1
-
-    workers = [asyncio.ensure_future(worker()) for _ in range(CONCURRENCY)]
-    await asyncio.sleep(warmup)
-    start_count, start, start_cpu = count, time.perf_counter(), time.process_time()
-    await asyncio.sleep(seconds)
-    calls, elapsed, cpu = count - start_count, time.perf_counter() - start, time.process_time() - start_cpu
-    running = False
-    await asyncio.gather(*workers)
-    return calls / elapsed, cpu / max(calls, 1) * 1e6
 
 
 async def throughput(targets: list[str], rounds: int, seconds: float, warmup: float) -> dict[str, Any]:

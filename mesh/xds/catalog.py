@@ -238,6 +238,12 @@ class CatalogFollower:
             log.warning("publishing the catalog without a first health answer for %s", ", ".join(missing))
             self._publish()
 
+    def _query_wait(self) -> float:
+        """A blocking query's wait: the usual one, cut short while removals are on hold."""
+        if self._holding():
+            return max(0.0, min(self.wait, self._hold_until - self._clock()))
+        return self.wait
+
     async def _sleep_after(self, failures: int) -> None:
         await asyncio.sleep(self._backoff.delay(min(failures - 1, 30)))
 
@@ -245,9 +251,7 @@ class CatalogFollower:
         index: str | None = None
         failures = 0
         while True:
-            wait = self.wait
-            if self._holding():
-                wait = max(0.0, min(wait, self._hold_until - self._clock()))
+            wait = self._query_wait()
             try:
                 new_index, listed = await self._reader.services(index=index, wait=wait, stale=self.stale)
             except Exception as error:  # RegistryUnavailable, or an answer we could not parse
@@ -301,9 +305,7 @@ class CatalogFollower:
         index: str | None = None
         failures = 0
         while True:
-            wait = self.wait
-            if self._holding():
-                wait = max(0.0, min(wait, self._hold_until - self._clock()))
+            wait = self._query_wait()
             try:
                 new_index, service = await self._reader.health(name, index=index, wait=wait, stale=self.stale)
             except Exception as error:

@@ -53,6 +53,14 @@ async def passing(consul: ConsulAgent, servers: list[EchoProcess]) -> None:
     await wait_passing(consul, "echo", {s.target for s in servers}, within=20)
 
 
+def with_policy(plane: ControlPlane, tmp_path: Path, text: str) -> Path:
+    """The control plane will read this policy file (written now; a test may rewrite it)."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text(text)
+    plane.policy_file = policy
+    return policy
+
+
 async def test_python_and_node_clients_spread_calls_over_the_passing_instances(
     consul: ConsulAgent, start_echo: StartEcho, control_plane: ControlPlane, tmp_path: Path
 ) -> None:
@@ -128,13 +136,13 @@ async def test_an_instance_answering_unavailable_is_ejected_by_outlier_detection
 async def test_a_retry_policy_turns_a_flaky_instance_into_zero_failed_calls(
     consul: ConsulAgent, start_echo: StartEcho, control_plane: ControlPlane, tmp_path: Path
 ) -> None:
-    policy = tmp_path / "policy.toml"
-    policy.write_text(
+    with_policy(
+        control_plane,
+        tmp_path,
         "[services.echo]\nidempotent = true\n"
         '[services.echo.retry]\nmax_attempts = 3\nretryable_codes = ["UNAVAILABLE"]\n'
-        "initial_backoff = 0.01\nmax_backoff = 0.05\n"
+        "initial_backoff = 0.01\nmax_backoff = 0.05\n",
     )
-    control_plane.policy_file = policy
     healthy = echoes(start_echo, 2)
     flaky = echoes(start_echo, 1, ECHO_FAIL_CODE="UNAVAILABLE")[0]
     await passing(consul, [*healthy, flaky])
@@ -153,9 +161,11 @@ async def test_a_retry_policy_turns_a_flaky_instance_into_zero_failed_calls(
 async def test_a_fault_in_the_policy_is_injected_by_the_clients_themselves(
     consul: ConsulAgent, start_echo: StartEcho, control_plane: ControlPlane, tmp_path: Path
 ) -> None:
-    policy = tmp_path / "policy.toml"
-    policy.write_text('[services.echo.fault]\nabort_percent = 50.0\nabort_code = "RESOURCE_EXHAUSTED"\n')
-    control_plane.policy_file = policy
+    with_policy(
+        control_plane,
+        tmp_path,
+        '[services.echo.fault]\nabort_percent = 50.0\nabort_code = "RESOURCE_EXHAUSTED"\n',
+    )
     servers = echoes(start_echo, 2)
     await passing(consul, servers)
     control_plane.start()
@@ -173,9 +183,7 @@ async def test_a_fault_in_the_policy_is_injected_by_the_clients_themselves(
 async def test_a_config_the_client_nacks_leaves_it_on_the_previous_one_and_the_error_is_logged(
     consul: ConsulAgent, start_echo: StartEcho, control_plane: ControlPlane, tmp_path: Path
 ) -> None:
-    policy = tmp_path / "policy.toml"
-    policy.write_text('[services.echo.balancer]\nkind = "round_robin"\n')
-    control_plane.policy_file = policy
+    policy = with_policy(control_plane, tmp_path, '[services.echo.balancer]\nkind = "round_robin"\n')
     servers = echoes(start_echo, 2)
     await passing(consul, servers)
     control_plane.start()
