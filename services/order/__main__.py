@@ -5,9 +5,11 @@ Its calls to user, inventory, payment and shipping go through the process's mesh
 otherwise), as the order service itself: its mesh identity (mTLS), never a token, so the
 participants' trusted callers (``MESH_TRUSTED_CALLERS``, default ``order``) recognise it.
 
-On start it resumes, in the background and as the order service, every saga left open by a
-previous run (or by a dead instance, once its lease expires). Its own settings (the saga
-lease and retry backoff, crash injection) are :class:`~services.order.settings.OrderSettings`.
+Its saga runner feeds the ``shop_saga_*`` metrics (:mod:`services.order.saga.metrics`),
+served with the mesh's on the metrics port. On start it resumes, in the background and as the
+order service, every saga left open by a previous run (or by a dead instance, once its lease
+expires). Its own settings (the saga lease and retry backoff, crash injection) are
+:class:`~services.order.settings.OrderSettings`.
 
 Its calls to the participants get a built-in policy (:data:`UPSTREAM_POLICY`) below whatever
 MESH_POLICY_FILE and MESH_POLICY__* set: each attempt 1.5 s, 3 attempts, UNAVAILABLE and
@@ -36,6 +38,7 @@ from services.common.messaging.relay import OutboxRelay
 from services.order.clients import Upstreams
 from services.order.orders import Orders
 from services.order.saga.faults import checkpoint_for
+from services.order.saga.metrics import SagaMetrics
 from services.order.servicer import OrderServicer
 from services.order.settings import OrderSettings, order_settings_from_env
 from services.order.store import OrderStore
@@ -76,7 +79,9 @@ async def build(context: ServiceContext, own: OrderSettings) -> Sequence[HostedS
         relay.start()
         context.resources.push_async_callback(relay.close)  # before its database closes
     store = OrderStore(context.database, on_event=relay.wake if relay is not None else None)
-    orders = Orders(store, saga=own.saga, checkpoint=checkpoint_for(own.crash_at))
+    orders = Orders(
+        store, saga=own.saga, checkpoint=checkpoint_for(own.crash_at), metrics=SagaMetrics(context.registry)
+    )
     context.resources.push_async_callback(orders.close)  # before the channels it calls through
     orders.start_resuming(upstreams.for_service)
     servicer = OrderServicer(orders, upstreams, context.auth)

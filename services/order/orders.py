@@ -29,6 +29,7 @@ from services.order import domain
 from services.order.domain import Draft, Order, OrderStatus
 from services.order.participants import Lookups, Participants
 from services.order.saga.definition import ORDER_STEPS, SagaStep
+from services.order.saga.metrics import SagaMetrics
 from services.order.saga.orchestrator import Checkpoint
 from services.order.saga.runner import ParticipantsFactory, SagaRunner, SagaSettings
 from services.order.store import OrderStore
@@ -54,9 +55,11 @@ class Orders:
         watch_poll_seconds: float = 1.0,
         saga: SagaSettings | None = None,
         checkpoint: Checkpoint | None = None,
+        metrics: SagaMetrics | None = None,
     ) -> None:
+        """``metrics``: the process's saga metrics (``shop_saga_*``), fed by the saga runner."""
         self._store = store
-        self._runner = SagaRunner(store, steps, self._notify, saga, clock, checkpoint)
+        self._runner = SagaRunner(store, steps, self._notify, saga, clock, checkpoint, metrics=metrics)
         # Only orders someone watches here: an entry goes with its last watcher (see _versions).
         self._changed: dict[str, _Watchers] = {}
         self._watch_poll = watch_poll_seconds

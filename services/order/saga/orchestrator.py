@@ -31,10 +31,15 @@ from services.order.saga.definition import SagaStep
 
 Save = Callable[[Order], Awaitable[Order]]
 Checkpoint = Callable[[str, str], None]
+Compensated = Callable[[str, bool], None]  # (the compensation's name, whether it worked): metrics
 
 
 def _no_checkpoint(phase: str, name: str) -> None:
     """Boundaries are not observed unless a checkpoint is given."""
+
+
+def _not_counted(name: str, ok: bool) -> None:
+    """Compensations are not counted unless asked (the runner gives its saga metrics)."""
 
 
 class Orchestrator:
@@ -45,12 +50,14 @@ class Orchestrator:
         steps: Sequence[SagaStep],
         save: Save,
         clock: Callable[[], str] = utc_now,
-        checkpoint: Checkpoint = _no_checkpoint,
+        checkpoint: Checkpoint | None = None,
+        compensated: Compensated = _not_counted,
     ) -> None:
         self._steps = tuple(steps)
         self._save = save
         self._clock = clock
-        self._checkpoint = checkpoint
+        self._checkpoint = checkpoint or _no_checkpoint
+        self._compensated = compensated
 
     async def run(self, order: Order, participants: Participants) -> Order:
         """Carry a PENDING order on: the remaining forward steps, or its compensation."""
@@ -92,6 +99,7 @@ class Orchestrator:
             try:
                 detail = await step.revert(participants, order)  # to_compensate: undoable steps only
             except StepFailure as failure:
+                self._compensated(step.undo or step.name, False)
                 why = step_reason(
                     failure, order_id=order.order_id, request_id=order.request_id, step=step.name
                 )
@@ -99,6 +107,7 @@ class Orchestrator:
                 detail = f"compensation failed: {why.text}"
                 order = await self._save(domain.record(order, step, Outcome.FAILED, detail, self._clock()))
                 continue
+            self._compensated(step.undo or step.name, True)
             self._checkpoint("compensating", step.undo or step.name)
             order = await self._save(domain.record(order, step, Outcome.COMPENSATED, detail, self._clock()))
         if failures:

@@ -47,6 +47,7 @@ from services.order import domain
 from services.order.domain import Order
 from services.order.participants import Participants
 from services.order.saga.definition import SagaStep
+from services.order.saga.metrics import SagaMetrics
 from services.order.saga.orchestrator import Checkpoint, Orchestrator
 from services.order.saga.waiting import ParticipantNotReady, WaitingParticipants
 from services.order.store import OrderStore, StaleOrder
@@ -110,16 +111,18 @@ class SagaRunner:
         wall: Callable[[], float] = time.time,
         *,
         backoff: Backoff | None = None,
+        metrics: SagaMetrics | None = None,
     ) -> None:
-        """``backoff`` paces the retries of an unfinished saga (default: the settings' one)."""
+        """``backoff`` paces the retries of an unfinished saga (default: the settings' one);
+        ``metrics`` (the process's ``shop_saga_*``) hears what the sagas here do."""
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.settings = settings or SagaSettings()
         self._store = store
         self._on_saved = on_saved
         self._wall = wall
         self._backoff = backoff or self.settings.retry_backoff
-        kwargs = {} if checkpoint is None else {"checkpoint": checkpoint}
-        self._saga = Orchestrator(steps, self._save, clock, **kwargs)
+        self._metrics = metrics or SagaMetrics()  # unregistered: counts for no one
+        self._saga = Orchestrator(steps, self._save, clock, checkpoint, self._metrics.compensated)
         self._tasks: dict[str, asyncio.Task[Order | None]] = {}
         self._held: set[str] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -179,6 +182,7 @@ class SagaRunner:
 
     async def _save(self, order: Order) -> Order:
         saved = await self._store.save(order, self.owner)
+        self._metrics.saw(saved)
         self._on_saved(saved)
         return saved
 
@@ -200,7 +204,9 @@ class SagaRunner:
                         order_id, self.owner, self._wall(), self.settings.lease_seconds
                     ):
                         self._held.add(order_id)
+                        self._metrics.driving(order_id)
                         order = await self._store.get(order_id)
+                        self._metrics.saw(order)
                         if cancel_reason:
                             order = await self._saga.cancel(order, participants(), cancel_reason)
                         else:
@@ -232,6 +238,7 @@ class SagaRunner:
                 except Exception as error:  # the database or a bug: the saga must still end
                     log.warning("saga attempt failed", exc_info=True, extra={"order_id": order_id})
                     why = f"{type(error).__name__}: {error}"
+                self._metrics.retrying(order_id)
                 delay = self._backoff.delay(attempt)  # attempt: the retries before this one
                 attempt += 1
                 log.warning(
@@ -245,6 +252,7 @@ class SagaRunner:
                 )
                 await asyncio.sleep(delay)
         finally:
+            self._metrics.done(order_id)
             if order_id in self._held:
                 self._held.discard(order_id)
                 with contextlib.suppress(Exception):
