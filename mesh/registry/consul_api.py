@@ -41,6 +41,7 @@ class HealthEntry:
     instance: ServiceInstance
     status: str  # "passing", "warning" or "critical" (the worst of its checks)
     checks: tuple[tuple[str, str, str], ...]  # (check id, status, output)
+    node: str = ""  # the Consul node (agent) the instance registered with
 
 
 def parse_address(address: str) -> tuple[str, int, str]:
@@ -78,7 +79,8 @@ def health_entry(raw: Mapping[str, Any]) -> HealthEntry:
         (str(c.get("CheckID", "")), str(c.get("Status", "")), str(c.get("Output", "")))
         for c in raw.get("Checks") or ()
     )
-    return HealthEntry(instance=instance, status=_worst([c[1] for c in checks]), checks=checks)
+    node = str((raw.get("Node") or {}).get("Node", ""))
+    return HealthEntry(instance=instance, status=_worst([c[1] for c in checks]), checks=checks, node=node)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
