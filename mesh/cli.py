@@ -4,11 +4,14 @@
 ``mesh cert NAME`` (or ``--client NAME``) writes a certificate, key and CA bundle from Consul
 Connect's CA for tools such as grpcurl (the ACL token from ``CONSUL_HTTP_TOKEN(_FILE)``);
 ``mesh status`` shows what Consul knows: services, instances, health, and the endpoints a
-mesh channel in this process would pick; ``mesh sagas`` lists sagas that are not terminal,
-through the application's module named by ``MESH_SAGAS_MODULE`` (``services.order.saga.cli``
+mesh channel in this process would pick; ``mesh top`` shows every service's and every
+caller -> callee edge's rps, success rate and latency, open breakers and open sagas, scraped
+from each instance's ``metrics_port`` (mesh/observe/); ``mesh sagas`` lists sagas that are
+not terminal, through the application's module named by ``MESH_SAGAS_MODULE`` (``services.order.saga.cli``
 for the shop). ``mesh scale SERVICE N``, ``mesh restart SERVICE`` and ``mesh instances`` ask a
 running supervisor (``make run``'s launcher) through its control endpoint (mesh/control.py).
 ``mesh xds`` runs the xDS control plane that lets plain gRPC clients use the mesh (mesh/xds/).
+``mesh dashboard`` serves a live web page of the mesh and its recent traces (mesh/dashboard/).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from mesh.connect.ca import ConnectUnavailable
 from mesh.connect.cert_files import fetch_certificate, write_certificate
 from mesh.connect.settings import consul_token_from_env
 from mesh.control import ControlAnswer, ControlUnavailable, control_file_path, read_control_file, request
+from mesh.dashboard.settings import add_arguments as add_dashboard_arguments
 from mesh.errors import ConfigError
 from mesh.identity import generate_keypair
 from mesh.status import run_status
@@ -77,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--tag", action="append", default=[], help="only instances with this tag")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(run=show_status)
+    top = commands.add_parser(
+        "top", help="live per-service and per-edge rps, success rate and latency, scraped from every instance"
+    )
+    top.add_argument("--consul", default=os.environ.get("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500"))
+    top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    top.add_argument(
+        "--window", type=float, default=10.0, help="seconds the rates are taken over, at most (default 10)"
+    )
+    shots = top.add_mutually_exclusive_group()
+    shots.add_argument("--json", action="store_true", help="print one sample (after one interval) as JSON")
+    shots.add_argument("--once", action="store_true", help="print one sample (after one interval) and exit")
+    top.set_defaults(run=show_top)
     # Every argument but --module goes to the module, in order (main collects them): an
     # argparse.REMAINDER positional would refuse a leading option such as ``mesh sagas --json``.
     sagas = commands.add_parser(
@@ -97,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_xds_arguments(xds)
     xds.set_defaults(run=run_xds)
+    dashboard = commands.add_parser(
+        "dashboard", help="a live web page of the mesh: topology, golden signals, resilience, traces"
+    )
+    add_dashboard_arguments(dashboard)
+    dashboard.set_defaults(run=run_dashboard)
     for command in (scale, restart, listed):
         command.add_argument(
             "--control",
@@ -143,6 +164,13 @@ def run_xds(options: argparse.Namespace) -> int:
     return run_command(options)
 
 
+def run_dashboard(options: argparse.Namespace) -> int:
+    """``mesh dashboard``; aiohttp, gRPC and the collector load only for this command."""
+    from mesh.dashboard.main import run_command
+
+    return run_command(options)
+
+
 def show_sagas(options: argparse.Namespace) -> int:
     """Delegate to the application's saga module: the mesh itself knows no sagas."""
     if not options.module:
@@ -163,6 +191,28 @@ def show_status(options: argparse.Namespace) -> int:
         tags=tuple(options.tag),
         as_json=options.json,
         token=consul_token_from_env(os.environ),
+    )
+
+
+def show_top(options: argparse.Namespace) -> int:
+    """``mesh top``; the collector (and aiohttp) load only for this command."""
+    from mesh.observe.top import run_top
+
+    if options.interval <= 0 or options.window < 0:
+        print("mesh top: --interval must be > 0 and --window >= 0", file=sys.stderr)
+        return 2
+    try:
+        token = consul_token_from_env(os.environ)
+    except ConfigError as error:
+        print(f"mesh top: {error}", file=sys.stderr)
+        return 2
+    return run_top(
+        options.consul,
+        token=token,
+        interval=options.interval,
+        window=options.window,
+        as_json_output=options.json,
+        once=options.once,
     )
 
 
