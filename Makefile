@@ -10,7 +10,7 @@ BUF := .tools/node_modules/.bin/buf
 CONSUL := .tools/bin/consul
 PYTEST_WORKERS ?= 2
 
-.PHONY: run cluster test lint gen gen-check breaking tools host-tools xds-protos clean help
+.PHONY: run cluster test lint gen gen-check breaking tools host-tools xds-protos chromium prometheus-tools clean help
 
 help:
 	@echo "make run    - install what is missing, start the shop, Ctrl-C to stop"
@@ -67,7 +67,15 @@ cluster: tools gen host-tools
 	@tools/ensure-rabbitmq.sh || echo "make cluster: NO RabbitMQ broker at 127.0.0.1:5672 (see above); order events wait in the outbox until one answers"
 	$(PY) -m services.cluster
 
-test: tools host-tools
+# The dashboard's browser test needs Debian's chromium; the Prometheus tests Debian's prometheus
+# and promtool (installed without starting a system service).
+chromium:
+	@tools/ensure-chromium.sh >/dev/null
+
+prometheus-tools:
+	@tools/ensure-prometheus.sh >/dev/null
+
+test: tools host-tools chromium prometheus-tools
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q
 
 lint: tools

@@ -644,6 +644,7 @@ async def bench(options: argparse.Namespace) -> dict[str, Any]:
     single_env.update(
         GATEWAY_PORT=str(free_port()),
         MESH_XDS_PORT=str(free_port()),
+        MESH_DASHBOARD_PORT=str(free_port()),
         MESH_XDS_BOOTSTRAP=str(workdir / "single-xds-bootstrap.json"),
         CONSUL_HTTP_ADDR=f"127.0.0.1:{free_port()}",  # nothing there: the launcher starts its agent
         MESH_DATA_DIR=str(workdir / "single-data"),

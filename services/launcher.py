@@ -66,6 +66,7 @@ TOKEN_VARIABLES = ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE")
 PR_SET_PDEATHSIG = 1
 GATEWAY_PORT = 8080
 XDS_PORT = 18000
+DASHBOARD_PORT = 8081
 XDS_BOOTSTRAP = RUN_DIR / "xds-bootstrap.json"
 
 
@@ -409,6 +410,37 @@ def start_gateway(env: dict[str, str], mesh: Mesh, services: dict[str, int], chi
     return port
 
 
+def start_dashboard(env: dict[str, str], mesh: Mesh, children: list[Child]) -> int:
+    """Start ``mesh dashboard`` before the services, and point every later child's traces at it.
+
+    The dashboard reads only what the mesh exposes (Consul, each instance's /metrics, OTLP),
+    as the ``dashboard`` identity (read on services and nodes). Its OTLP receiver's port is
+    chosen here so the services and the gateway, started after it, export their spans there
+    (``OTEL_EXPORTER_OTLP_ENDPOINT``), unless the environment already names an exporter.
+    """
+    port = int(env.get("MESH_DASHBOARD_PORT", DASHBOARD_PORT))
+    otlp_port = int(env.get("MESH_DASHBOARD_OTLP_PORT", "0")) or free_port()
+    dashboard_env = dict(
+        mesh.child_env(env, "dashboard"),
+        MESH_DASHBOARD_PORT=str(port),
+        MESH_DASHBOARD_OTLP_PORT=str(otlp_port),
+        MESH_DASHBOARD_REGISTER="1",  # found in Consul as `dashboard`, with its OTLP port in meta
+    )
+    respawn = partial(spawn, "mesh.dashboard", dashboard_env, f"dashboard-{port}")
+    ready = partial(_wait_ready, f"http://127.0.0.1:{port}/healthz")
+    process = respawn()
+    children.append(Child("dashboard", port, process, respawn, ready))
+    ready(process)
+    if not any(key in env for key in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{otlp_port}"
+        env.setdefault("OTEL_BSP_SCHEDULE_DELAY", "1000")  # spans on the page within a second
+    print(
+        f"  {'dashboard':<10} http://127.0.0.1:{port}/  pid {process.pid}  (traces: OTLP 127.0.0.1:{otlp_port})",
+        flush=True,
+    )
+    return port
+
+
 def start_xds(env: dict[str, str], mesh: Mesh, children: list[Child], mtls: bool) -> int:
     """Start ``mesh xds``, the control plane for xDS clients; wait until it serves.
 
@@ -580,6 +612,7 @@ def main() -> int:
         print(broker_line(env), flush=True)  # SHOP_AMQP_URL / SHOP_EVENTS_NAMESPACE reach every child
         mesh = start_consul(env, children, security.consul_token)
         env["CONSUL_HTTP_ADDR"] = mesh.consul
+        dashboard_port = start_dashboard(env, mesh, children)  # first: the services' traces go to it
         start_services(
             env, mesh, children, {name: topology.count(name) for name in START_ORDER}, security.mtls
         )
@@ -600,6 +633,11 @@ def main() -> int:
         if mesh.token_files:  # with ACLs on, an anonymous query sees no service: read as "cli"
             status = f"CONSUL_HTTP_TOKEN_FILE={shown(mesh.token_files['cli'])} {status}"
         print(f"\nwhat Consul knows: {status}", flush=True)
+        print(
+            f"see it live: http://127.0.0.1:{dashboard_port}/ · {status.replace('status', 'top')}"
+            " · Prometheus: deploy/prometheus/prometheus.yml",
+            flush=True,
+        )
         print(f"logs (one JSON line per RPC): {LOG_DIR.relative_to(ROOT)}/", flush=True)
         print(
             "\nan instance that dies is restarted (after 1 s, 2 s, 4 s … 30 s); a crash loop is given up on"

@@ -9,7 +9,8 @@ intentions allow exactly the calls the shop makes and deny everything else with 
 - ``gateway``, the REST edge, calls every service on its clients' behalf;
 - ``cli`` is the identity tools present (grpcurl with ``mesh cert --client cli``): every service;
   ``mesh xds`` also hands it to local xDS clients (plain grpcio, Node) as their certificate files;
-- ``xds``, the control plane, registers itself and reads the catalog: it calls no one.
+- ``xds``, the control plane, registers itself and reads the catalog: it calls no one;
+- ``dashboard`` reads the catalog and every instance's metrics (plain HTTP): it calls no one.
 
 :func:`apply` writes this into an agent with a management token and leaves each identity's
 token in ``<directory>/<identity>`` (mode 0600), the file a process gets as
@@ -28,7 +29,7 @@ from pathlib import Path
 from mesh.registry.acl import ConsulAcl, service_policy_rules
 
 SERVICES = ("user", "order", "payment", "inventory", "shipping")
-IDENTITIES = (*SERVICES, "gateway", "cli", "xds")
+IDENTITIES = (*SERVICES, "gateway", "cli", "xds", "dashboard")
 POLICY_PREFIX = "mesh-identity-"
 
 

@@ -94,6 +94,7 @@ def launcher_env(tmp_path: Path, jwt_keys: KeyPair) -> tuple[dict[str, str], dic
     env.update({f"{name.upper()}_PORT": str(port) for name, port in ports.items()})
     env["GATEWAY_PORT"] = str(free_port())
     env["MESH_XDS_PORT"] = str(free_port())
+    env["MESH_DASHBOARD_PORT"] = str(free_port())
     env["MESH_XDS_BOOTSTRAP"] = str(tmp_path / "xds-bootstrap.json")
     env["CONSUL_HTTP_ADDR"] = f"127.0.0.1:{free_port()}"  # nothing there: the launcher starts its own agent
     env.update(

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,8 @@ def test_launcher_starts_the_shop_and_the_readme_lines_work(
     env.update({f"{name.upper()}_PORT": str(port) for name, port in ports.items()})
     env["GATEWAY_PORT"] = str(gateway_port)
     env["MESH_XDS_PORT"] = str(free_port())
+    dashboard_port = free_port()
+    env["MESH_DASHBOARD_PORT"] = str(dashboard_port)
     env["MESH_XDS_BOOTSTRAP"] = str(tmp_path / "xds-bootstrap.json")
     env["CONSUL_HTTP_ADDR"] = f"127.0.0.1:{free_port()}"  # nothing there: the launcher starts its own agent
     env.update(
@@ -153,6 +156,9 @@ def test_launcher_starts_the_shop_and_the_readme_lines_work(
         assert "admin@example.com" in printed
         assert "mTLS is OFF" not in printed  # mTLS on, as `make run` runs it
         assert "ACLs on, default deny" in printed
+        assert f"dashboard  http://127.0.0.1:{dashboard_port}/" in printed
+        with urllib.request.urlopen(f"http://127.0.0.1:{dashboard_port}/", timeout=10) as page:
+            assert b"<html" in page.read().lower()
         for identity in IDENTITIES:  # one token per identity, readable by its owner only
             assert stat.S_IMODE((TOKEN_DIR / identity).stat().st_mode) == 0o600
         grpc_block = readme_block("Try it with grpcurl")

@@ -68,7 +68,17 @@ def authorized(agent: ConsulDevAgent, token: str, source: str, target: str) -> b
 
 
 def test_the_shop_policy_names_every_identity_and_the_calls_the_shop_makes() -> None:
-    assert IDENTITIES == ("user", "order", "payment", "inventory", "shipping", "gateway", "cli", "xds")
+    assert IDENTITIES == (
+        "user",
+        "order",
+        "payment",
+        "inventory",
+        "shipping",
+        "gateway",
+        "cli",
+        "xds",
+        "dashboard",
+    )
     assert SHOP.deny == (("*", "*"),)
     assert {d for s, d in SHOP.allow if s == "order"} == {"inventory", "payment", "shipping", "user"}
     assert {d for s, d in SHOP.allow if s == "gateway"} == set(SERVICES)
