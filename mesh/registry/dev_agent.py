@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -62,8 +63,16 @@ def find_consul(project_root: Path) -> str:
     return installed.stdout.strip().splitlines()[-1]
 
 
+# Ports handed out to processes we start: below Linux's ephemeral range (32768-60999 by
+# default), where the source ports of outgoing connections come from. A port picked there
+# can be taken by any process's next connection before the server binds it (a launcher's
+# instance failed to start so: "Failed to bind to address"); tests keep 10000-29999 to
+# themselves (tests/support/processes.py).
+CHOSEN_PORTS = (30000, 32768)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago (see CHOSEN_PORTS)."""
     return free_ports(1)[0]
 
 
@@ -77,19 +86,24 @@ def free_ports(count: int) -> list[int]:
     held: list[socket.socket] = []
     ports: list[int] = []
     try:
-        while len(ports) < count:
+        for _ in range(count * 200):
+            if len(ports) == count:
+                return ports
+            port = CHOSEN_PORTS[0] + secrets.randbelow(CHOSEN_PORTS[1] - CHOSEN_PORTS[0])
+            if port in ports:
+                continue
             tcp = socket.socket()
-            held.append(tcp)
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            held.append(udp)
+            held += (tcp, udp)
             try:
+                tcp.bind(("127.0.0.1", port))
                 udp.bind(("127.0.0.1", port))
             except OSError:
                 continue
             ports.append(port)
-        return ports
+        if len(ports) == count:
+            return ports
+        raise RuntimeError(f"no {count} free ports in {CHOSEN_PORTS[0]}-{CHOSEN_PORTS[1] - 1}")
     finally:
         for probe in held:
             probe.close()
