@@ -85,6 +85,9 @@ class MeshObserver:
             return dataclasses.replace(self._last, consul_error=message)
         entries = [entry for rows in services.values() for entry in rows]
         scraped = await asyncio.gather(*(self._scrape(entry) for entry in entries))
+        # Health is asked again after the scrapes: a frozen instance's scrape waits out its
+        # timeout, and the verdict Consul gave meanwhile is the one to show.
+        services, scraped = await self._fresher_health(services, scraped)
         now = self._clock()
         samples = [self._rated(view, scrape, now) for view, scrape in scraped]
         present = {(view.service, view.instance_id) for view, _ in scraped}
@@ -92,6 +95,26 @@ class MeshObserver:
             del self._history[gone]
         self._last = fold(time.time(), services, samples, self._protos)
         return self._last
+
+    async def _fresher_health(
+        self, services: dict[str, list[HealthEntry]], scraped: list[tuple[InstanceView, Scrape | None]]
+    ) -> tuple[dict[str, list[HealthEntry]], list[tuple[InstanceView, Scrape | None]]]:
+        """``services`` and the scraped views with each instance's health as Consul says now."""
+        try:
+            fresh = await self._services()
+        except RegistryUnavailable:
+            return services, scraped  # the first answer of this sample stands
+        now = {(e.instance.name, e.instance.id): e for rows in fresh.values() for e in rows}
+        updated = {
+            name: [now.get((e.instance.name, e.instance.id), e) for e in rows]
+            for name, rows in services.items()
+        }
+        views = [
+            (dataclasses.replace(view, health=now[key].status) if key in now else view, scrape)
+            for view, scrape in scraped
+            for key in [(view.service, view.instance_id)]
+        ]
+        return updated, views
 
     async def close(self) -> None:
         session, self._session = self._session, None

@@ -87,6 +87,7 @@ def registration_hooks(settings: ServiceSettings) -> list[LifecycleHook]:
         ConsulRegistrar(
             settings.consul_address,
             check_interval=settings.check_interval_seconds,
+            check_timeout=settings.check_timeout_seconds,
             token=settings.security.consul_token,
         )
     ]

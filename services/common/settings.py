@@ -114,6 +114,9 @@ class ServiceSettings:
     # a cluster without a leader still serves the last known endpoints; see ConsulDiscovery).
     consul_stale: bool = False
     check_interval_seconds: float = 1.0
+    # How long Consul's check waits for an answer: a frozen instance is critical after at most
+    # one interval plus this.
+    check_timeout_seconds: float = 1.0
     # /metrics port (0: any free port, published in Consul meta as metrics_port); OTEL_* tracing.
     metrics_port: int = 0
     tracing: TracingSettings = field(default_factory=TracingSettings)
@@ -153,6 +156,7 @@ def service_settings_from_env(name: str, environ: Mapping[str, str]) -> ServiceS
         static_discovery=static_discovery_from_env(environ),
         consul_stale=consul_stale_from_env(environ),
         check_interval_seconds=env_float(environ, "MESH_CHECK_INTERVAL_SECONDS", 1.0),
+        check_timeout_seconds=env_float(environ, "MESH_CHECK_TIMEOUT_SECONDS", 1.0),
         metrics_port=env_int(environ, "MESH_METRICS_PORT", 0),
         tracing=tracing_settings_from_env(environ, name),
         policy=policy_from_env(environ),
