@@ -51,11 +51,14 @@ class AdminServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            async with asyncio.timeout(self._read_timeout):
-                request_line = await reader.readline()
-                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    pass  # headers: nothing here needs them
-            status, body = self.answer(request_line.decode("latin-1"))
+            try:
+                async with asyncio.timeout(self._read_timeout):
+                    request_line = await reader.readline()
+                    while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                        pass  # headers: nothing here needs them
+                status, body = self.answer(request_line.decode("latin-1"))
+            except ValueError:  # a line past the stream's 64 KiB limit
+                status, body = 400, {"error": "request line or header too long"}
             payload = json.dumps(body, indent=2).encode() + b"\n"
             head = (
                 f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: application/json\r\n"

@@ -99,6 +99,7 @@ class ClientState:
     node_locality: dict[str, str] = field(default_factory=dict)
     user_agent: str = ""
     types: dict[str, TypeState] = field(default_factory=dict)
+    unknown_requests: int = 0  # requests for type URLs the server does not serve (ignored)
 
     def type_state(self, type_url: str) -> TypeState:
         state = self.types.get(type_url)
@@ -121,6 +122,7 @@ class ClientState:
                 "user_agent": self.user_agent,
             },
             "types": {url: state.as_dict() for url, state in sorted(self.types.items())},
+            "unknown_requests": self.unknown_requests,
         }
 
 

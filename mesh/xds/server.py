@@ -38,12 +38,15 @@ from google.protobuf import any_pb2, json_format
 from google.protobuf.message import Message
 
 from mesh.xds.clients import ClientRegistry, ClientState, Nack, TypeState
-from mesh.xds.model import CLUSTER, LISTENER
+from mesh.xds.model import CLUSTER, LISTENER, RESOURCE_TYPES
 
 log = logging.getLogger(__name__)
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 WILDCARD_TYPES = frozenset({LISTENER, CLUSTER})  # an empty name list subscribes to every resource
+# A client's NACK text is kept and logged up to this length: it is the client's own words, and
+# a stream must not be able to fill the log or the admin endpoint with them.
+MAX_ERROR_CHARS = 1024
 
 Resources = Mapping[str, Mapping[str, Message]]  # type URL -> resource name -> message
 
@@ -186,6 +189,17 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         """Apply one request to the stream's state: node, verdict on the last response, subscription."""
         if request.HasField("node"):
             _note_node(client, request.node)
+        if request.type_url not in RESOURCE_TYPES:
+            # Nothing of it is served; no state is kept for it, so made-up type URLs cost nothing.
+            client.unknown_requests += 1
+            if client.unknown_requests == 1:
+                log.warning(
+                    "xds client %s asked for a type this control plane does not serve: %.200s",
+                    client.node_id or client.peer,
+                    request.type_url,
+                    extra={"event": "xds_unknown_type", "peer": client.peer},
+                )
+            return
         state = client.type_state(request.type_url)
         nonce = request.response_nonce
         if nonce and nonce != state.sent_nonce:
@@ -202,7 +216,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         self, client: ClientState, state: TypeState, request: discovery_pb2.DiscoveryRequest
     ) -> None:
         if request.HasField("error_detail"):
-            message = request.error_detail.message
+            message = request.error_detail.message[:MAX_ERROR_CHARS]
             state.nack = Nack(state.sent_version, request.response_nonce, message, time.time())
             log.warning(
                 "xds client %s rejected %s version %s: %s",

@@ -20,7 +20,13 @@ from google.rpc import status_pb2
 
 from mesh.xds.clients import ClientRegistry
 from mesh.xds.model import CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER
-from mesh.xds.server import AggregatedDiscoveryService, ResourceCache, add_to_server, content_version
+from mesh.xds.server import (
+    MAX_ERROR_CHARS,
+    AggregatedDiscoveryService,
+    ResourceCache,
+    add_to_server,
+    content_version,
+)
 from tests.support.waiting import wait_until
 
 READ_WITHIN = 5.0
@@ -231,6 +237,27 @@ async def test_a_nack_is_recorded_with_its_error_and_the_previous_version_stays_
     await wait_until(lambda: state.acked_version == fixed.version_info, READ_WITHIN, "the fix ACKed")
     shown = ads.clients.as_list()[0]["types"][CLUSTER]
     assert shown["nack"]["message"] == "bad cluster: timeout" and shown["acked_version"] == fixed.version_info
+
+
+async def test_a_hostile_client_cannot_grow_the_state_or_the_log(
+    ads: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = ads.stream("hostile-node")
+    for number in range(50):  # made-up type URLs: no state kept, one warning per stream
+        await stream.request(f"type.googleapis.com/made.up.Type{number}")
+    await stream.request(CLUSTER)
+    first = await stream.read()  # still served
+    assert first.type_url == CLUSTER
+    client = ads.clients.all()[0]
+    await wait_until(lambda: client.unknown_requests == 50, READ_WITHIN, "every made-up request counted")
+    assert set(client.types) == {CLUSTER}
+    assert sum(getattr(r, "event", "") == "xds_unknown_type" for r in caplog.records) == 1
+    ads.cache.update(resources({"inventory": (1001,)}))
+    rejected = await stream.read()
+    await stream.request(CLUSTER, nonce=rejected.nonce, error="x" * 100_000)  # a huge NACK text
+    state = client.types[CLUSTER]
+    await wait_until(lambda: state.nack is not None, READ_WITHIN, "the NACK recorded")
+    assert state.nack is not None and state.nack.message == "x" * MAX_ERROR_CHARS
 
 
 async def test_a_request_with_a_stale_nonce_is_ignored(ads: Harness) -> None:

@@ -6,6 +6,8 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+
 from mesh.xds.admin import AdminServer
 
 
@@ -40,3 +42,25 @@ def test_a_failing_route_is_a_500_and_a_malformed_line_a_400() -> None:
     admin = AdminServer({"/boom": lambda: 1 / 0})
     assert admin.answer("GET /boom HTTP/1.1\r\n")[0] == 500
     assert admin.answer("garbage\r\n")[0] == 400
+
+
+async def test_an_endless_line_is_a_400_and_the_endpoint_keeps_serving(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    admin = AdminServer({"/healthz": lambda: {"status": "ok"}})
+    port = await admin.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /" + b"a" * 200_000)  # no end of line, past the 64 KiB limit
+        await writer.drain()
+        try:
+            raw = await asyncio.wait_for(reader.read(), 5)
+        except ConnectionResetError:  # answered and closed with the rest of our bytes unread
+            raw = b"HTTP/1.1 400 Bad Request (reset)"
+        writer.close()
+        assert raw.startswith(b"HTTP/1.1 400 Bad Request")
+        assert await get(port, "/healthz") == (200, {"status": "ok"})
+        # Refused as a bad request, not as an exception escaping the connection handler.
+        assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.records
+    finally:
+        await admin.close()
