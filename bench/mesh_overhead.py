@@ -105,6 +105,28 @@ async def measure(call: Call, seconds: float, warmup: float) -> tuple[float, flo
     return calls / elapsed, cpu / max(calls, 1) * 1e6
 
 
+async def interleaved(
+    calls: dict[str, Call], rounds: int, seconds: float, warmup: float
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Each variant measured once per round, the order rotated every round so the machine's
+    drift hits every variant alike; calls/s and client CPU µs per call, per variant and round."""
+    rates: dict[str, list[float]] = {name: [] for name in calls}
+    cpus: dict[str, list[float]] = {name: [] for name in calls}
+    order = list(calls)
+    for round_no in range(rounds):
+        shift = round_no % len(order)
+        for name in order[shift:] + order[:shift]:
+            rate, cpu = await measure(calls[name], seconds, warmup)
+            rates[name].append(rate)
+            cpus[name].append(cpu)
+        print(
+            f"round {round_no + 1}/{rounds}: "
+            + "  ".join(f"{n}={rates[n][-1]:.0f}/s ({cpus[n][-1]:.0f}us cpu)" for n in order),
+            file=sys.stderr,
+        )
+    return rates, cpus
+
+
 async def bench(rounds: int, seconds: float, warmup: float) -> dict[str, Any]:
     processes, ports = start_servers(3)
     try:
@@ -126,20 +148,7 @@ async def bench(rounds: int, seconds: float, warmup: float) -> dict[str, Any]:
                 await call(b"x")
             print(f"warm: {name}", file=sys.stderr)
 
-        rates: dict[str, list[float]] = {name: [] for name in calls}
-        cpus: dict[str, list[float]] = {name: [] for name in calls}
-        order = list(calls)
-        for round_no in range(rounds):
-            shift = round_no % len(order)
-            for name in order[shift:] + order[:shift]:
-                rate, cpu = await measure(calls[name], seconds, warmup)
-                rates[name].append(rate)
-                cpus[name].append(cpu)
-            print(
-                f"round {round_no + 1}/{rounds}: "
-                + "  ".join(f"{n}={rates[n][-1]:.0f}/s ({cpus[n][-1]:.0f}us cpu)" for n in order),
-                file=sys.stderr,
-            )
+        rates, cpus = await interleaved(calls, rounds, seconds, warmup)
         vs_raw = [m / r for m, r in zip(rates["mesh_1"], rates["raw"], strict=True)]
         vs_rr = [m / r for m, r in zip(rates["mesh_3"], rates["grpc_round_robin"], strict=True)]
         for channel in variants.values():

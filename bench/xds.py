@@ -54,7 +54,7 @@ import grpc.aio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.mesh_overhead import CONCURRENCY, measure  # noqa: E402
+from bench.mesh_overhead import CONCURRENCY, interleaved  # noqa: E402
 from mesh.channel import mesh_channel  # noqa: E402
 from mesh.registry.dev_agent import ConsulDevAgent, find_consul  # noqa: E402
 from mesh.registry.static import StaticDiscovery  # noqa: E402
@@ -110,20 +110,7 @@ async def throughput(targets: list[str], rounds: int, seconds: float, warmup: fl
     for name, call in calls.items():  # every connection up before measuring
         answered = {(await call(b"w", timeout=20)).split(b"|")[0] for _ in range(60)}
         print(f"warm: {name} reached {len(answered)} instances", file=sys.stderr)
-    rates: dict[str, list[float]] = {name: [] for name in calls}
-    cpus: dict[str, list[float]] = {name: [] for name in calls}
-    order = list(calls)
-    for round_no in range(rounds):
-        shift = round_no % len(order)
-        for name in order[shift:] + order[:shift]:
-            rate, cpu = await measure(calls[name], seconds, warmup)
-            rates[name].append(rate)
-            cpus[name].append(cpu)
-        print(
-            f"round {round_no + 1}/{rounds}: "
-            + "  ".join(f"{n}={rates[n][-1]:.0f}/s ({cpus[n][-1]:.0f}us cpu)" for n in order),
-            file=sys.stderr,
-        )
+    rates, cpus = await interleaved(calls, rounds, seconds, warmup)
     for channel in channels.values():
         await channel.close()
     vs_mesh = [x / m for x, m in zip(rates["xds"], rates["mesh_channel"], strict=True)]
