@@ -163,10 +163,17 @@ class CallerClients:
         return await method(request, timeout=timeout, metadata=self.metadata)
 
     def _unavailable(self, service: str, error: grpc.aio.AioRpcError) -> DomainError | DependencyUnavailable:
-        """A lookup's failure: the caller's deadline when that is what ran out, else an outage."""
+        """A lookup's failure: the caller's deadline when that is what ran out, else an outage.
+
+        An UNAVAILABLE counts as the caller's deadline too once that deadline has passed: the
+        channel retries an unavailable endpoint elsewhere while time is left, so one that
+        surfaces with none left (a connection still being made, no endpoint ready within the
+        caller's 5 ms) is the caller's budget, not an outage to report, or to count in the
+        gateway's breaker against everyone.
+        """
         code = error.code()
         if (
-            code is grpc.StatusCode.DEADLINE_EXCEEDED
+            code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
             and self.deadline is not None
             and self.deadline.expired()
         ):

@@ -35,7 +35,8 @@ def rpc_error(code: grpc.StatusCode, details: str = "") -> grpc.aio.AioRpcError:
 
 
 class FakeChannel:
-    """Answers each method path with a canned reply (or error) and records every call."""
+    """Answers each method path with a canned reply (or error, or a function giving one) and
+    records every call."""
 
     def __init__(self, name: str, log: list[tuple[str, Any, float, Any]], replies: dict[str, Any]) -> None:
         self.name, self.log, self.replies = name, log, replies
@@ -44,6 +45,8 @@ class FakeChannel:
         async def call(request: Any, **options: Any) -> Any:  # the stubs pass timeout= and metadata=
             self.log.append((path.rsplit("/", 1)[1], request, options["timeout"], options["metadata"]))
             reply = self.replies.get(path.rsplit("/", 1)[1])
+            if callable(reply):
+                reply = reply()
             if isinstance(reply, Exception):
                 raise reply
             return reply
@@ -119,11 +122,26 @@ async def test_the_callers_own_deadline_is_deadline_exceeded_not_an_outage(looku
     with pytest.raises(CallerDeadlineExceeded) as raised:
         await (calls.check_user("u-1") if lookup == "check_user" else calls.catalog(["TEA"]))
     assert raised.value.code is grpc.StatusCode.DEADLINE_EXCEEDED and log == []
-    late = rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-    calls, _ = clients(None, GetUser=late, GetProduct=late)
-    calls.deadline = Deadline.after(-0.01)  # it passed while the upstream was being asked
-    with pytest.raises(CallerDeadlineExceeded):
-        await (calls.check_user("u-1") if lookup == "check_user" else calls.catalog(["TEA"]))
+    for code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+        held: list[CallerClients] = []
+
+        def late(code: grpc.StatusCode = code, held: list[CallerClients] = held) -> grpc.aio.AioRpcError:
+            held[0].deadline = Deadline.after(-0.01)  # it passed while the upstream was being asked
+            return rpc_error(code, "no answer within the caller's time")
+
+        calls, log = clients(None, GetUser=late, GetProduct=late)
+        calls.deadline = Deadline.after(5.0)
+        held.append(calls)
+        with pytest.raises(CallerDeadlineExceeded):
+            await (calls.check_user("u-1") if lookup == "check_user" else calls.catalog(["TEA"]))
+        assert len(log) == 1, code  # the call was made: the deadline ran out during it
+
+
+async def test_an_unavailable_upstream_with_time_left_is_an_outage() -> None:
+    calls, _ = clients(None, GetUser=rpc_error(grpc.StatusCode.UNAVAILABLE, "connection refused"))
+    calls.deadline = Deadline.after(5.0)
+    with pytest.raises(DependencyUnavailable):
+        await calls.check_user("u-1")
 
 
 async def test_an_upstream_too_slow_for_the_default_timeout_is_an_outage() -> None:
