@@ -145,6 +145,7 @@ def serve(variant: Variant) -> None:
     import grpc
     import grpc.aio
 
+    import mesh.app as mesh_app
     import services.common.app as app
     from mesh.connect.guard import IntentionGuard
     from mesh.logs.server import RpcLogServerInterceptor
@@ -243,7 +244,7 @@ def serve(variant: Variant) -> None:
         if profiling is not None:
             profiling.close()
 
-    app.serve = serve_peeled  # type: ignore[assignment]
+    mesh_app.serve = serve_peeled  # type: ignore[assignment]
     settings = app.service_settings_from_env(SERVER, os.environ)
     app.configure_logging(SERVER, settings.log_level)
     running = app.run(settings, ROOT / "services/inventory/migrations", built)

@@ -25,25 +25,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from mesh.config import (
-    ServerSettings,
-    UpstreamSettings,
-    env_float,
-    env_int,
-    env_list,
-    env_str,
-    server_settings_from_env,
-    upstream_settings_from_env,
-)
-from mesh.connect.settings import SecuritySettings, security_settings_from_env
+from mesh.app import AppSettings, app_settings_from_env
+from mesh.config import env_list, env_str
 from mesh.errors import ConfigError
 from mesh.identity import JwtSettings, jwt_settings_from_env
-from mesh.registry import consul_stale_from_env
-from mesh.resilience import PolicySettings, policy_from_env
-from mesh.tracing.setup import TracingSettings, tracing_settings_from_env
 
 DEFAULT_PORTS = {
     "user": 50051,
@@ -94,51 +82,20 @@ def messaging_settings_from_env(environ: Mapping[str, str]) -> MessagingSettings
     )
 
 
-@dataclass(frozen=True)
-class ServiceSettings:
-    """Everything one shop service process needs to start."""
+@dataclass(frozen=True, kw_only=True)
+class ServiceSettings(AppSettings):
+    """Everything one shop service process needs to start: a mesh service's settings
+    (:class:`mesh.app.AppSettings`) and what the shop adds, its database, users' tokens,
+    events and trusted callers."""
 
-    server: ServerSettings
     database_url: str = field(repr=False)
     jwt: JwtSettings
-    upstreams: UpstreamSettings
-    log_level: str = "INFO"
-    # Consul's HTTP address; empty means no registry (static upstream targets, no registration).
-    consul_address: str = ""
-    # MESH_DISCOVERY=static: find the others at MESH_UPSTREAM_<NAME> even with Consul configured,
-    # which then still registers this instance and issues its certificate. For a platform whose
-    # own discovery (DNS, a fixed address) stands in front of the mesh, and for tests that put a
-    # proxy between two services.
-    static_discovery: bool = False
-    # MESH_CONSUL_STALE=1: discovery reads Consul with stale consistency (any server answers,
-    # a cluster without a leader still serves the last known endpoints; see ConsulDiscovery).
-    consul_stale: bool = False
-    check_interval_seconds: float = 1.0
-    # How long Consul's check waits for an answer: a frozen instance is critical after at most
-    # one interval plus this.
-    check_timeout_seconds: float = 1.0
-    # /metrics port (0: any free port, published in Consul meta as metrics_port); OTEL_* tracing.
-    metrics_port: int = 0
-    tracing: TracingSettings = field(default_factory=TracingSettings)
-    # Timeouts, retries, breakers and budgets of outgoing calls (MESH_POLICY_FILE + overrides).
-    policy: PolicySettings = field(default_factory=PolicySettings)
     # The event bus: RabbitMQ's URL (credentials never logged) and the namespace its exchange
     # and queues are named from ("<namespace>.events", "<namespace>.billing"...), so tests can
     # share one broker without hearing each other.
     messaging: MessagingSettings = field(default_factory=MessagingSettings)
-    # mTLS from Consul Connect (default) or the loud plaintext switch (MESH_INSECURE=1).
-    security: SecuritySettings = field(default_factory=SecuritySettings)
     # Callers whose identity alone (no user token) makes them a service principal.
     trusted_callers: tuple[str, ...] = DEFAULT_TRUSTED_CALLERS
-
-    @property
-    def name(self) -> str:
-        return self.server.service_name
-
-    @property
-    def discovery_address(self) -> str:
-        """The Consul address to discover the others through; empty for the static targets."""
-        return "" if self.static_discovery else self.consul_address
 
 
 def service_settings_from_env(name: str, environ: Mapping[str, str]) -> ServiceSettings:
@@ -146,32 +103,14 @@ def service_settings_from_env(name: str, environ: Mapping[str, str]) -> ServiceS
     data_dir = Path(env_str(environ, "MESH_DATA_DIR", "data"))
     database_url = env_str(environ, f"{name.upper()}_DATABASE_URL", str(data_dir / f"{name}.sqlite3"))
     upstream_defaults = {svc: f"127.0.0.1:{port}" for svc, port in DEFAULT_PORTS.items() if svc != name}
+    app = app_settings_from_env(name, environ, port=DEFAULT_PORTS[name], upstreams=upstream_defaults)
     return ServiceSettings(
-        server=server_settings_from_env(environ, name, DEFAULT_PORTS[name]),
+        **{f.name: getattr(app, f.name) for f in fields(app)},
         database_url=database_url,
         jwt=jwt_settings_from_env(environ),
-        upstreams=upstream_settings_from_env(environ, upstream_defaults),
-        log_level=env_str(environ, "MESH_LOG_LEVEL", "INFO"),
-        consul_address=env_str(environ, "CONSUL_HTTP_ADDR", ""),
-        static_discovery=static_discovery_from_env(environ),
-        consul_stale=consul_stale_from_env(environ),
-        check_interval_seconds=env_float(environ, "MESH_CHECK_INTERVAL_SECONDS", 1.0),
-        check_timeout_seconds=env_float(environ, "MESH_CHECK_TIMEOUT_SECONDS", 1.0),
-        metrics_port=env_int(environ, "MESH_METRICS_PORT", 0),
-        tracing=tracing_settings_from_env(environ, name),
-        policy=policy_from_env(environ),
         messaging=messaging_settings_from_env(environ),
-        security=security_settings_from_env(environ),
         trusted_callers=trusted_callers_from_env(environ),
     )
-
-
-def static_discovery_from_env(environ: Mapping[str, str]) -> bool:
-    """``MESH_DISCOVERY``: ``consul`` (the default: Consul when CONSUL_HTTP_ADDR is set) or ``static``."""
-    mode = env_str(environ, "MESH_DISCOVERY", "consul").strip().lower()
-    if mode not in ("consul", "static"):
-        raise ConfigError(f"MESH_DISCOVERY must be 'consul' or 'static', got {mode!r}")
-    return mode == "static"
 
 
 def trusted_callers_from_env(environ: Mapping[str, str]) -> tuple[str, ...]:

@@ -362,6 +362,7 @@ async def test_the_gateway_builds_its_discovery_with_the_stale_setting(
 async def test_a_service_builds_its_discovery_with_the_stale_setting(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    import mesh.app
     from services.common import app
     from services.common.settings import service_settings_from_env
 
@@ -374,7 +375,7 @@ async def test_a_service_builds_its_discovery_with_the_stale_setting(
     async def build(context: Any) -> Any:
         raise AssertionError("the spy stops the start before any service is built")
 
-    monkeypatch.setattr(app, "make_discovery", spy)
+    monkeypatch.setattr(mesh.app, "make_discovery", spy)
     environ = {
         "MESH_CONSUL_STALE": "1",
         "MESH_INSECURE": "1",
