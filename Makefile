@@ -17,7 +17,7 @@ help:
 	@echo "make cluster - the shop across hosts (network namespaces, a 3-server Consul cluster; root)"
 	@echo "make test   - install what is missing, run the whole test suite"
 	@echo "make lint   - ruff, mypy --strict (mesh, gateway, services), buf lint"
-	@echo "make gen    - regenerate shop/ from protos/"
+	@echo "make gen    - regenerate shop/ from protos/ (and the guide's example)"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,11 +48,16 @@ xds-protos: $(VENV)/.installed
 
 tools: $(VENV)/.installed $(BUF) $(CONSUL) $(GRPC_JS_XDS) xds-protos
 
+# The shop's contracts, and the guide's example (docs/guide.md) generated the same way.
+EXAMPLE_PROTOS := --protos examples/quotes/protos --out examples/quotes/gen
+
 gen: $(VENV)/.installed
 	$(PY) tools/gen.py
+	$(PY) tools/gen.py $(EXAMPLE_PROTOS)
 
 gen-check: $(VENV)/.installed
 	$(PY) tools/gen.py --check
+	$(PY) tools/gen.py --check $(EXAMPLE_PROTOS)
 
 # No broker is no reason not to start: order events then wait in the outbox until one answers.
 run: tools gen
