@@ -9,6 +9,11 @@ exponential backoff, and given up on only after a crash loop (services/superviso
 dead instance never stops the shop. Operators change the running shop with ``mesh scale`` and
 ``mesh restart`` through its control endpoint (services/fleet.py, services/control.py).
 
+A topology file's ``[apps.<name>]`` tables (services/topology_apps.py) are a team's own
+services: each gets its identity and intentions, starts after the shop's services, is
+supervised like them, and has its proto modules and public methods added to the gateway's, so
+its http rules are REST routes at once (docs/guide.md).
+
 Identities mean something only with Consul ACLs on (without them the agent hands a Connect
 certificate for any name to any local process). So the Consul dev agent the launcher starts
 enforces ACLs with default deny, and the launcher applies the shop's mesh policy
@@ -41,6 +46,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from gateway.settings import DEFAULT_PROTO_MODULES, DEFAULT_PUBLIC_METHODS
+from mesh.config import env_list
 from mesh.connect.settings import INSECURE_WARNING, security_settings_from_env
 from mesh.control import control_file_path
 from mesh.errors import ConfigError
@@ -55,6 +62,7 @@ from services.control import ControlServer
 from services.fleet import Fleet
 from services.supervisor import Slot, Supervisor
 from services.topology import DEFAULT_TOPOLOGY, SERVICES, TopologyError, load_topology
+from services.topology_apps import App
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
@@ -236,16 +244,22 @@ def spawn(
         )
 
 
-def start_consul(env: dict[str, str], children: list[Child], bootstrap_token: str = "") -> Mesh:
+def start_consul(
+    env: dict[str, str],
+    children: list[Child],
+    bootstrap_token: str = "",
+    policy: mesh_policy.MeshPolicy = mesh_policy.SHOP,
+) -> Mesh:
     """Use the Consul agent at CONSUL_HTTP_ADDR, or start a dev agent there and own it.
 
-    Either way the shop's mesh policy is applied to it (tokens under .run/tokens, intentions).
-    ``bootstrap_token`` is the operator's management token for an agent already running.
+    Either way the mesh policy (the shop's, plus any apps') is applied to it (tokens under
+    .run/tokens, intentions). ``bootstrap_token`` is the operator's management token for an
+    agent already running.
     """
     address = env.get("CONSUL_HTTP_ADDR", DEFAULT_CONSUL)
     if consul_answers(address):
         print(f"  {'consul':<10} {address}  (already running)", flush=True)
-        return use_running_consul(address, bootstrap_token)
+        return use_running_consul(address, bootstrap_token, policy)
     port = int(address.rsplit(":", 1)[1]) if ":" in address else 8500
     RUN_DIR.mkdir(exist_ok=True)
     # ACLs on, default deny: the master token stays in this process (and the agent).
@@ -258,7 +272,7 @@ def start_consul(env: dict[str, str], children: list[Child], bootstrap_token: st
         # registrar re-registers (anti-entropy). Blocks a few seconds of the supervisor's loop.
         try:
             agent.start(new_session=True, preexec=_terminate_with_parent)
-            token_files.update(mesh_policy.apply(agent.http_addr, agent.master_token, TOKEN_DIR))
+            token_files.update(mesh_policy.apply(agent.http_addr, agent.master_token, TOKEN_DIR, policy))
         except (KeyboardInterrupt, ConsulAclError):  # no Child holds this agent yet
             agent.stop()
             raise
@@ -275,7 +289,9 @@ def start_consul(env: dict[str, str], children: list[Child], bootstrap_token: st
     return Mesh(f"127.0.0.1:{port}", agent.master_token, token_files)
 
 
-def use_running_consul(address: str, bootstrap_token: str) -> Mesh:
+def use_running_consul(
+    address: str, bootstrap_token: str, policy: mesh_policy.MeshPolicy = mesh_policy.SHOP
+) -> Mesh:
     """Apply the shop's mesh policy to an agent the launcher does not own, with the operator's token."""
     acl = ConsulAcl(address, bootstrap_token)
     if not acl.acl_enabled():
@@ -284,7 +300,7 @@ def use_running_consul(address: str, bootstrap_token: str) -> Mesh:
             "for any service name, so mesh identities prove nothing there !!!",
             flush=True,
         )
-        mesh_policy.apply_intentions(acl)
+        mesh_policy.apply_intentions(acl, policy)
         return Mesh(address, bootstrap_token, {})
     if not bootstrap_token:
         raise LaunchError(
@@ -299,7 +315,7 @@ def use_running_consul(address: str, bootstrap_token: str) -> Mesh:
             "(or CONSUL_HTTP_TOKEN_FILE): it needs a management token for that agent"
         )
     try:
-        token_files = mesh_policy.apply(address, bootstrap_token, TOKEN_DIR)
+        token_files = mesh_policy.apply(address, bootstrap_token, TOKEN_DIR, policy)
     except ConsulAclError as error:
         if error.status == 403:
             raise LaunchError(
@@ -325,22 +341,48 @@ def start_services(
         for instance in range(counts[name]):
             default = int(env.get(f"{name.upper()}_PORT", DEFAULT_PORTS[name]))
             children.append(start_instance(env, mesh, name, default if instance == 0 else free_port(), mtls))
-    for child in children[first:]:
+    await_started(mesh, children[first:])
+
+
+def start_apps(
+    env: dict[str, str], mesh: Mesh, children: list[Child], apps: Sequence[App], mtls: bool = True
+) -> None:
+    """Start the team's own services (a topology file's ``[apps]``) as the shop's are started."""
+    first = len(children)
+    for app in apps:
+        first_port = int(env.get(f"{app.name.upper().replace('-', '_')}_PORT", app.port))  # as INVENTORY_PORT
+        for instance in range(app.instances):
+            port = first_port if instance == 0 else free_port()
+            children.append(start_instance(env, mesh, app.name, port, mtls, app))
+    if apps:
+        await_started(mesh, children[first:])
+
+
+def await_started(mesh: Mesh, children: Sequence[Child]) -> None:
+    """Wait until each just-started instance serves, then until Consul has every one passing."""
+    for child in children:
         child.ready(child.process)
         health = f"  health 127.0.0.1:{child.health_port}" if child.health_port else ""
         print(
             f"  {child.name:<10} 127.0.0.1:{child.port}  pid {child.process.pid}  SERVING{health}", flush=True
         )
-    wait_passing(mesh.consul, children[first:], timeout=60, token=mesh.token)
+    wait_passing(mesh.consul, children, timeout=60, token=mesh.token)
 
 
-def start_instance(env: dict[str, str], mesh: Mesh, name: str, port: int, mtls: bool = True) -> Child:
-    """Spawn one instance of service ``name`` on ``port`` (and a free health port); no waiting."""
+def start_instance(
+    env: dict[str, str], mesh: Mesh, name: str, port: int, mtls: bool = True, app: App | None = None
+) -> Child:
+    """Spawn one instance of service ``name`` (``python -m services.<name>``, or an app's
+    module with its paths first on PYTHONPATH) on ``port`` and a free health port; no waiting."""
     health_port = free_port()
     child_env = dict(mesh.child_env(env, name), MESH_PORT=str(port), MESH_HEALTH_PORT=str(health_port))
     if name != "user":
         child_env.pop("MESH_JWT_PRIVATE_KEY_FILE", None)  # only the issuer signs user tokens
-    respawn = partial(spawn, f"services.{name}", child_env, f"{name}-{port}")
+    module = f"services.{name}"
+    if app is not None:
+        module = app.module
+        child_env["PYTHONPATH"] = python_path(child_env, app.pythonpath)
+    respawn = partial(spawn, module, child_env, f"{name}-{port}")
     probed = health_port if mtls else port
     ready = partial(_wait_serving, f"127.0.0.1:{probed}", LOG_DIR / f"{name}-{port}.log")
     return Child(name, port, respawn(), respawn, ready, health_port if mtls else 0)
@@ -392,14 +434,44 @@ def wait_passing(
     raise TimeoutError(f"not passing in Consul after {timeout}s: {sorted(wanted - passing)}")
 
 
-def start_gateway(env: dict[str, str], mesh: Mesh, services: dict[str, int], children: list[Child]) -> int:
-    """Start the REST gateway in front of the services; wait until /readyz answers 200."""
+def python_path(env: Mapping[str, str], first: Sequence[Path]) -> str:
+    """``PYTHONPATH`` with ``first`` ahead of what ``env`` already has."""
+    return os.pathsep.join(
+        [*(str(p) for p in first), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    )
+
+
+def gateway_app_env(env: Mapping[str, str], apps: Sequence[App]) -> dict[str, str]:
+    """What the gateway needs to serve the apps' REST routes: their proto modules (and where
+    to import them from) and their public methods, added to its own defaults."""
+    if not apps:
+        return {}
+    modules = env_list(env, "GATEWAY_PROTO_MODULES") or DEFAULT_PROTO_MODULES
+    public = env_list(env, "GATEWAY_PUBLIC_METHODS") or DEFAULT_PUBLIC_METHODS
+    return {
+        "GATEWAY_PROTO_MODULES": ",".join(
+            dict.fromkeys([*modules, *(m for app in apps for m in app.protos)])
+        ),
+        "GATEWAY_PUBLIC_METHODS": ",".join(
+            dict.fromkeys([*public, *(m for app in apps for m in app.public)])
+        ),
+        "PYTHONPATH": python_path(env, [path for app in apps for path in app.pythonpath]),
+    }
+
+
+def start_gateway(
+    env: dict[str, str], mesh: Mesh, services: dict[str, int], children: list[Child], apps: Sequence[App] = ()
+) -> int:
+    """Start the REST gateway in front of the services (and apps); wait until /readyz answers 200."""
     port = int(env.get("GATEWAY_PORT", GATEWAY_PORT))
     # The edge holds no signing key: it is the mesh identity "gateway", nothing more.
     gateway_env = {
         k: v for k, v in mesh.child_env(env, "gateway").items() if not k.endswith("PRIVATE_KEY_FILE")
     }
-    gateway_env.update({f"GATEWAY_UPSTREAM_{n.upper()}": f"127.0.0.1:{p}" for n, p in services.items()})
+    gateway_env.update(
+        {f"GATEWAY_UPSTREAM_{n.upper()}": f"127.0.0.1:{p}" for n, p in services.items() if n in SERVICES}
+    )
+    gateway_env.update(gateway_app_env(gateway_env, apps))
     gateway_env["GATEWAY_PORT"] = str(port)
     respawn = partial(spawn, "gateway", gateway_env, f"gateway-{port}")
     process = respawn()
@@ -610,14 +682,16 @@ def main() -> int:
         if security.insecure:
             print(f"\n  !!! {INSECURE_WARNING} !!!\n", flush=True)
         print(broker_line(env), flush=True)  # SHOP_AMQP_URL / SHOP_EVENTS_NAMESPACE reach every child
-        mesh = start_consul(env, children, security.consul_token)
+        policy = mesh_policy.with_apps(mesh_policy.SHOP, topology.apps)
+        mesh = start_consul(env, children, security.consul_token, policy)
         env["CONSUL_HTTP_ADDR"] = mesh.consul
         dashboard_port = start_dashboard(env, mesh, children)  # first: the services' traces go to it
         start_services(
             env, mesh, children, {name: topology.count(name) for name in START_ORDER}, security.mtls
         )
+        start_apps(env, mesh, children, topology.apps, security.mtls)
         ports = {c.name: c.port for c in reversed(children)}  # the first instance of each
-        gateway_port = start_gateway(env, mesh, ports, children)
+        gateway_port = start_gateway(env, mesh, ports, children, topology.apps)
         start_xds(env, mesh, children, security.mtls)
         cli_token = shown(mesh.token_files["cli"]) if "cli" in mesh.token_files else ""
         lines = ["source .venv/bin/activate", *try_lines(ports, mtls=security.mtls, cli_token=cli_token)]
@@ -644,14 +718,15 @@ def main() -> int:
         )
         say = partial(print, flush=True)
         supervisor = Supervisor(say=say)
+        apps = {app.name: app for app in topology.apps}
         for child in children:
             supervisor.watch(child, child.respawn, child.ready)
         fleet = Fleet(
             supervisor,
             children,
-            lambda name: start_instance(env, mesh, name, free_port(), security.mtls),
+            lambda name: start_instance(env, mesh, name, free_port(), security.mtls, apps.get(name)),
             partial(wait_passing, mesh.consul, timeout=60, token=mesh.token, quiet=True),
-            START_ORDER,
+            (*START_ORDER, *apps),
             say=say,
         )
         control = ControlServer(fleet, say=say)

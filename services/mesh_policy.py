@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mesh.registry.acl import ConsulAcl, service_policy_rules
+from services.topology_apps import App
 
 SERVICES = ("user", "order", "payment", "inventory", "shipping")
 IDENTITIES = (*SERVICES, "gateway", "cli", "xds", "dashboard")
@@ -55,6 +57,19 @@ SHOP = MeshPolicy(
         *(("cli", name) for name in SERVICES),
     ),
 )
+
+
+def with_apps(policy: MeshPolicy, apps: Sequence[App]) -> MeshPolicy:
+    """``policy`` plus the team's own services (a topology file's ``[apps]``): each its own
+    identity; the gateway and ``cli`` may call it, and it may call exactly its ``calls``."""
+    allow = list(policy.allow)
+    for app in apps:
+        allow += [("gateway", app.name), ("cli", app.name), *((app.name, callee) for callee in app.calls)]
+    return replace(
+        policy,
+        identities=(*policy.identities, *(app.name for app in apps)),
+        allow=tuple(dict.fromkeys(allow)),
+    )
 
 
 def token_secret(path: Path) -> str:

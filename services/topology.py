@@ -22,6 +22,8 @@ should fail at once with the file and the key to fix (``deploy/x.toml: services.
 'app9' is not under [hosts]``), not halfway through starting a cluster. The rules:
 
 - only known keys, at the top and in every table (a typo must not be silently ignored);
+- ``[apps.<name>]`` tables, the team's own services beside the shop, as
+  :func:`services.topology_apps.load_apps` checks them (single-host dev mode only);
 - at least one host, each with an IPv4 ``address``, no two hosts on one address (an address
   is where a host's instances bind and advertise: two hosts on one would collide);
 - exactly one gateway host (the REST edge is one process with one forwarded port);
@@ -48,6 +50,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, cast
 
+from services.topology_apps import App, AppError, load_apps
+
 ROOT = Path(__file__).resolve().parent.parent
 
 SERVICES = ("user", "inventory", "payment", "shipping", "order")
@@ -63,7 +67,7 @@ CLUSTER_SERVER_COUNTS = (3, 5)
 """Raft needs a majority: 3 servers survive losing 1, 5 survive losing 2; an even count adds a
 server without adding tolerance."""
 
-TOP_LEVEL_KEYS = frozenset({"consul", "hosts", "services"})
+TOP_LEVEL_KEYS = frozenset({"consul", "hosts", "services", "apps"})
 CONSUL_KEYS = frozenset({"mode", "servers"})
 HOST_KEYS = frozenset({"address", "gateway"})
 
@@ -107,6 +111,8 @@ class Topology:
     """Names of the hosts running Consul servers (empty in dev mode)."""
     instances: Mapping[str, Mapping[str, int]]
     """Service -> host name -> count, services in :data:`SERVICES` order, hosts in file order."""
+    apps: tuple[App, ...] = ()
+    """The team's own services run beside the shop (``[apps.<name>]``, services/topology_apps.py)."""
 
     def host(self, name: str) -> Host:
         """The host called ``name``; TopologyError when there is none."""
@@ -171,12 +177,19 @@ def load_topology(path: Path) -> Topology:
     hosts = _hosts(shown, _table(shown, "hosts", data))
     instances = _instances(shown, _table(shown, "services", data), hosts)
     mode, servers = _consul(shown, _table(shown, "consul", data), hosts)
+    try:
+        apps = load_apps(data.get("apps", {}), path.parent, SERVICES)
+    except AppError as error:
+        raise TopologyError(f"{shown}: {error}") from None
+    if apps and mode != "dev":
+        raise TopologyError(f'{shown}: apps: apps run under `make run` (consul.mode = "dev") only')
     return Topology(
         path=path,
         hosts=hosts,
         consul_mode=mode,
         consul_servers=servers,
         instances=instances,
+        apps=apps,
     )
 
 
