@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import signal
 import stat
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +27,7 @@ from services.common.settings import DEFAULT_PORTS
 from services.launcher import GATEWAY_PORT, TOKEN_DIR, XDS_BOOTSTRAP, curl_lines, try_lines, xds_lines
 from services.mesh_policy import IDENTITIES
 from tests.support.bus import Bus, bus_namespace
+from tests.support.launcher_run import read_until, run_block
 from tests.support.processes import ROOT, free_port
 from tests.support.tokens import KeyPair
 
@@ -55,26 +53,6 @@ def test_readme_shows_the_lines_the_launcher_prints() -> None:
         assert line in xds_block
 
 
-def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> str:
-    """Lines the process prints, up to the one containing ``marker`` (read on a thread)."""
-    assert process.stdout is not None
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout or ()], daemon=True).start()
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=0.5)
-        except queue.Empty:
-            if process.poll() is not None:
-                break
-            continue
-        seen.append(line)
-        if marker in line:
-            return "".join(seen)
-    raise AssertionError(f"launcher never printed {marker!r}:\n{''.join(seen)}")
-
-
 def assert_every_instance_passing(status: dict[str, Any]) -> None:
     """`mesh status --json`: all five services, two instances of inventory and payment, all passing."""
     services = {service["name"]: service for service in status["services"]}
@@ -83,20 +61,6 @@ def assert_every_instance_passing(status: dict[str, Any]) -> None:
     for name, count in expected.items():
         assert services[name]["passing"] == count
         assert len(services[name]["endpoints"]) == count
-
-
-def run_block(block: str, env: dict[str, str]) -> str:
-    """Run a README block with bash, stopping at the first failing line; returns stdout."""
-    shell = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", block],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert shell.returncode == 0, shell.stdout + shell.stderr
-    return shell.stdout
 
 
 # Invoices and notifications come from the event consumers a moment after CONFIRMED: poll.
