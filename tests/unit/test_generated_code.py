@@ -12,7 +12,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_check(root: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "gen.py"), "--check", "--root", str(root)],
+        [
+            sys.executable,
+            str(ROOT / "tools" / "gen.py"),
+            "--check",
+            "--protos",
+            str(root / "protos"),
+            "--out",
+            str(root),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -20,7 +28,7 @@ def run_check(root: Path) -> subprocess.CompletedProcess[str]:
 
 
 def copy_project(target: Path) -> Path:
-    for part in ("protos", "third_party", "shop"):
+    for part in ("protos", "shop"):
         shutil.copytree(ROOT / part, target / part)
     return target
 
