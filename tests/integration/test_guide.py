@@ -30,7 +30,7 @@ import pytest
 
 from services.common.settings import DEFAULT_PORTS
 from services.launcher import TOKEN_DIR
-from tests.support.launcher_run import read_until, run_block
+from tests.support.launcher_run import read_until, run_block, stop_launcher
 from tests.support.processes import ROOT, free_port
 from tests.support.tokens import KeyPair
 
@@ -246,12 +246,6 @@ def test_the_guides_service_runs_beside_the_shop_and_answers_as_the_guide_says(
         launcher.send_signal(signal.SIGINT)
         assert launcher.wait(60) == 0
     finally:
-        if launcher.poll() is None:  # stop it the way a user would, so it stops its children
-            launcher.send_signal(signal.SIGINT)
-            try:
-                launcher.wait(30)
-            except subprocess.TimeoutExpired:
-                launcher.kill()
-                launcher.wait()
+        stop_launcher(launcher)
     probe = subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{quotes_port}"], capture_output=True)
     assert probe.returncode != 0  # the app's instances were stopped with the shop

@@ -32,6 +32,7 @@ from tests.integration.test_launcher_supervision import (
     passing_instances,
 )
 from tests.support.gateway_load import Load, gateway_call
+from tests.support.launcher_run import stop_launcher
 from tests.support.processes import ROOT
 from tests.support.tokens import KeyPair
 from tests.support.topologies import single_host
@@ -131,13 +132,7 @@ def test_scale_and_rolling_restarts_under_load_fail_no_call(tmp_path: Path, jwt_
         assert launcher.poll() is None
         assert [line for line in output.lines if "giving up" in line or "exited (" in line] == []
     finally:
-        if launcher.poll() is None:
-            launcher.send_signal(signal.SIGTERM)
-            try:
-                launcher.wait(30)
-            except subprocess.TimeoutExpired:
-                launcher.kill()
-                launcher.wait()
+        stop_launcher(launcher, signal.SIGTERM)
     assert not control_file.exists()  # the launcher takes its control file with it
     assert [pid for pid in started if alive(pid)] == []
 

@@ -27,7 +27,7 @@ from services.common.settings import DEFAULT_PORTS
 from services.launcher import GATEWAY_PORT, TOKEN_DIR, XDS_BOOTSTRAP, curl_lines, try_lines, xds_lines
 from services.mesh_policy import IDENTITIES
 from tests.support.bus import Bus, bus_namespace
-from tests.support.launcher_run import read_until, run_block
+from tests.support.launcher_run import read_until, run_block, stop_launcher
 from tests.support.processes import ROOT, free_port
 from tests.support.tokens import KeyPair
 
@@ -175,13 +175,7 @@ def test_launcher_starts_the_shop_and_the_readme_lines_work(
         said, _ = launcher.communicate(timeout=30)
         assert launcher.returncode == 0, said
     finally:
-        if launcher.poll() is None:  # stop it the way a user would, so it stops its children
-            launcher.send_signal(signal.SIGINT)
-            try:
-                launcher.wait(30)
-            except subprocess.TimeoutExpired:
-                launcher.kill()
-                launcher.wait()
+        stop_launcher(launcher)
     for port in [*ports.values(), gateway_port]:  # every child stopped: nothing listens any more
         probe = subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"], capture_output=True)
         assert probe.returncode != 0

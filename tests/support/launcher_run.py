@@ -7,6 +7,7 @@ run as a person runs them, by bash, against a launcher started on free ports.
 from __future__ import annotations
 
 import queue
+import signal
 import subprocess
 import threading
 import time
@@ -46,3 +47,15 @@ def run_block(block: str, env: dict[str, str]) -> str:
     )
     assert shell.returncode == 0, shell.stdout + shell.stderr
     return shell.stdout
+
+
+def stop_launcher(launcher: subprocess.Popen[str], how: signal.Signals = signal.SIGINT) -> None:
+    """Stop a launcher still running the way a user would (Ctrl-C), so it stops its children;
+    killed only if it does not finish within 30 s."""
+    if launcher.poll() is None:
+        launcher.send_signal(how)
+        try:
+            launcher.wait(30)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            launcher.wait()
