@@ -17,7 +17,7 @@ import time
 import grpc
 import grpc.aio
 
-from mesh.logs.setup import trace_ids
+from mesh.logs.setup import direct_handler, trace_ids
 from mesh.rpc import Rpc, RpcCache
 from mesh.server.wrap import Context, Continuation, wrap_handler
 
@@ -48,9 +48,13 @@ class _LoggedCall:
             "peer": self._context.peer(),
         }
         fields.update(trace_ids())
+        log = self._log
+        handler = direct_handler(log, level)
+        if handler is not None:  # the same line, without a LogRecord (mesh.logs.setup)
+            handler.write(level, log.name, f"{self._rpc.service}/{self._rpc.method} {code.name}", fields)
+            return
         # Made and handled here rather than through Logger.log, which would walk the stack to
         # find its caller (always this line) for every call's line.
-        log = self._log
         args = (self._rpc.service, self._rpc.method, code.name)
         log.handle(log.makeRecord(log.name, level, __file__, _LINE, "%s/%s %s", args, None, "done", fields))
 
