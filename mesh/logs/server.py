@@ -19,7 +19,7 @@ import grpc.aio
 
 from mesh.logs.setup import direct_handler, trace_ids
 from mesh.rpc import Rpc, RpcCache
-from mesh.server.wrap import Context, Continuation, wrap_handler
+from mesh.server.wrap import Context, Continuation, Start, scope_of, wrap_handler
 
 RPC_LOGGER = "mesh.rpc"
 _LINE = 0  # the records' lineno: there is one place that logs
@@ -85,6 +85,10 @@ class RpcLogServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         return self.wrap_handler(handler_call_details.method, await continuation(handler_call_details))
+
+    def scope_for(self, method: str) -> Start | None:
+        """This layer's scope for a call of ``method`` (mesh.server.wrap.ScopeLayer)."""
+        return scope_of(method, self._start, skip_health=True)
 
     def wrap_handler(
         self, method: str, handler: grpc.RpcMethodHandler | None

@@ -18,7 +18,7 @@ import grpc.aio
 
 from mesh.deadline import Deadline, deadline_scope
 from mesh.rpc import Rpc, RpcCache
-from mesh.server.wrap import Context, Continuation, wrap_handler
+from mesh.server.wrap import Context, Continuation, Start, scope_of, wrap_handler
 
 
 def deadline_of(context: Context) -> Deadline | None:
@@ -53,6 +53,10 @@ class DeadlineInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # 
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         return self.wrap_handler(handler_call_details.method, await continuation(handler_call_details))
+
+    def scope_for(self, method: str) -> Start | None:
+        """This layer's scope for a call of ``method`` (mesh.server.wrap.ScopeLayer)."""
+        return scope_of(method, self._start)
 
     def wrap_handler(
         self, method: str, handler: grpc.RpcMethodHandler | None

@@ -17,7 +17,8 @@ from typing import Any
 
 import grpc
 
-from mesh.server.wrap import HandlerLayer
+from mesh.rpc import RpcCache
+from mesh.server.wrap import HandlerLayer, Start, wrap_scopes
 
 
 class LayeredRegistrar:
@@ -29,12 +30,26 @@ class LayeredRegistrar:
     def __init__(self, server: Any, layers: Sequence[HandlerLayer]) -> None:
         self._server = server
         self._layers = tuple(reversed(layers))  # innermost first: the order they wrap in
+        self._rpcs = RpcCache()
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
-        """``handler`` of ``method`` (``/pkg.Service/Method``) inside every layer."""
+        """``handler`` of ``method`` (``/pkg.Service/Method``) inside every layer.
+
+        Consecutive layers that only scope a call (deadline, tracing, metrics, the RPC log:
+        :class:`~mesh.server.wrap.ScopeLayer`) become one wrapper, not one each.
+        """
+        scopes: list[Start] = []  # innermost first, waiting to be applied together
         for layer in self._layers:
+            scope_for = getattr(layer, "scope_for", None)
+            if scope_for is not None:
+                start = scope_for(method)
+                if start is not None:
+                    scopes.append(start)
+                continue
+            handler = wrap_scopes(method, handler, self._rpcs, scopes[::-1])
+            scopes = []
             handler = layer.wrap_handler(method, handler)
-        return handler
+        return wrap_scopes(method, handler, self._rpcs, scopes[::-1])
 
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]

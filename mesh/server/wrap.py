@@ -14,7 +14,7 @@ exception (what grpc.aio answers then), or ``OK``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -65,6 +65,42 @@ class HandlerLayer(Protocol):
     def wrap_handler(
         self, method: str, handler: grpc.RpcMethodHandler | None
     ) -> grpc.RpcMethodHandler | None: ...
+
+
+class ScopeLayer(HandlerLayer, Protocol):
+    """A layer that only scopes each call (a start, then ``done`` with the code): several of
+    them in a row are applied as one wrapper (:func:`wrap_scopes`, :mod:`mesh.server.layered`)."""
+
+    def scope_for(self, method: str) -> Start | None:
+        """What starts this layer's scope for a call of ``method``; None: the layer skips it."""
+        ...
+
+
+def scope_of(method: str, start: Start, *, skip_health: bool = False) -> Start | None:
+    """``start``, unless ``skip_health`` leaves ``method`` alone (see :func:`wrap_handler`)."""
+    return None if skip_health and method.startswith(HEALTH_PREFIX) else start
+
+
+def wrap_scopes(
+    method: str, handler: grpc.RpcMethodHandler | None, rpcs: RpcCache, starts: Sequence[Start]
+) -> grpc.RpcMethodHandler | None:
+    """``handler`` with every ``start`` scoping each call, ``starts[0]`` outermost.
+
+    The same as :func:`wrap_handler` once per start, nested, in one coroutine: the scopes open
+    in order and close in reverse with the call's code, and one that fails to open closes those
+    already open. Four nested wrappers cost a coroutine, a ``status_of`` and an exception frame
+    each on every call (bench/server_instructions.py).
+    """
+    if handler is None or not starts:
+        return handler
+    rpc = rpcs.get(method, call_type(handler.request_streaming, handler.response_streaming))
+    if len(starts) == 1:
+        (start,) = starts
+        return rewrap(handler, lambda b: _unary(b, rpc, start), lambda b: _streaming(b, rpc, start))
+    ordered = tuple(starts)
+    return rewrap(
+        handler, lambda b: _unary_scopes(b, rpc, ordered), lambda b: _streaming_scopes(b, rpc, ordered)
+    )
 
 
 def wrap_handler(
@@ -157,3 +193,49 @@ def _streaming(behaviour: Callable[..., Any], rpc: Rpc, start: Start) -> Callabl
         scope.done(status_of(context, None))
 
     return wrapped
+
+
+def _unary_scopes(
+    behaviour: Callable[..., Any], rpc: Rpc, starts: tuple[Start, ...]
+) -> Callable[..., Awaitable[Any]]:
+    async def wrapped(request: Any, context: Context) -> Any:
+        scopes: list[Scope] = []
+        try:
+            for start in starts:
+                scopes.append(start(rpc, context))
+            response = await behaviour(request, context)
+        except BaseException as error:
+            _close(scopes, status_of(context, error))
+            raise
+        _close(scopes, status_of(context, None))
+        return response
+
+    return wrapped
+
+
+def _streaming_scopes(
+    behaviour: Callable[..., Any], rpc: Rpc, starts: tuple[Start, ...]
+) -> Callable[..., AsyncIterator[Any]]:
+    async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
+        scopes: list[Scope] = []
+        try:
+            for start in starts:
+                scopes.append(start(rpc, context))
+            result = behaviour(request, context)
+            if hasattr(result, "__aiter__"):
+                async for item in result:
+                    yield item
+            else:
+                await result
+        except BaseException as error:
+            _close(scopes, status_of(context, error))
+            raise
+        _close(scopes, status_of(context, None))
+
+    return wrapped
+
+
+def _close(scopes: list[Scope], code: grpc.StatusCode) -> None:
+    """``done`` on every open scope, innermost first, as nested wrappers would."""
+    for scope in reversed(scopes):
+        scope.done(code)

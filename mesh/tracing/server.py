@@ -35,7 +35,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.trace.status import Status, StatusCode
 
 from mesh.rpc import Rpc, RpcCache
-from mesh.server.wrap import Context, Continuation, wrap_handler
+from mesh.server.wrap import Context, Continuation, Start, scope_of, wrap_handler
 
 _PROPAGATOR = TraceContextTextMapPropagator()  # stateless
 _TRACE_KEYS = ("traceparent", "tracestate")
@@ -211,6 +211,10 @@ class TracingServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         return self.wrap_handler(handler_call_details.method, await continuation(handler_call_details))
+
+    def scope_for(self, method: str) -> Start | None:
+        """This layer's scope for a call of ``method`` (mesh.server.wrap.ScopeLayer)."""
+        return scope_of(method, self._start, skip_health=True)
 
     def wrap_handler(
         self, method: str, handler: grpc.RpcMethodHandler | None

@@ -43,12 +43,23 @@ def minor_units(value: money_pb2.Money, field: str) -> int:
 
 
 def timestamp(moment: datetime | str | None) -> timestamp_pb2.Timestamp:
-    """A Timestamp from an aware datetime or an ISO-8601 string as stored in the database."""
-    result = timestamp_pb2.Timestamp()
-    if moment:
-        value = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
-        result.FromDatetime(value.astimezone(UTC))
-    return result
+    """A Timestamp from an aware datetime or an ISO-8601 string as stored in the database.
+
+    Seconds and nanos from the difference to the epoch, not ``Timestamp.FromDatetime`` (pure
+    Python, about 2.5 µs more per value): every response carries a few of them.
+    """
+    if not moment:
+        return timestamp_pb2.Timestamp()
+    value = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+    if value.tzinfo is None:
+        value = value.astimezone(UTC)  # a naive value is local time, as FromDatetime takes it
+    since = value - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=since.days * 86400 + since.seconds, nanos=since.microseconds * 1000
+    )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def utc_now() -> str:

@@ -209,3 +209,101 @@ async def test_the_stack_wraps_each_method_once_not_on_every_call() -> None:
     finally:
         await channel.close()
         await server.stop(0)
+
+
+class ScopedRecording(Recording):
+    """A recording layer that only scopes calls: MeshServer applies such layers as one wrapper."""
+
+    def scope_for(self, method: str) -> Any:
+        return self._start
+
+
+class FailingToOpen(ScopedRecording):
+    """A scope layer whose start raises, as a broken layer would."""
+
+    def _start(self, rpc: Rpc, context: Context) -> Recording:
+        self._events.append((self.name, "raised"))
+        raise RuntimeError("this layer cannot open its scope")
+
+
+async def run_stack(layers: ServerTelemetry, request: bytes) -> tuple[grpc.StatusCode, Events]:
+    events = layers.tracing._events  # type: ignore[union-attr]
+    server = MeshServer(
+        ServerSettings("stack", 0),
+        [HostedService(SERVICE, register)],
+        telemetry=layers,
+        status=LookupToNotFound(events),
+    )
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            try:
+                await channel.unary_unary(f"/{SERVICE}/Find")(request, timeout=5)
+                code = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+        return code, events
+    finally:
+        await server.stop(0)
+
+
+async def test_scope_layers_in_one_wrapper_open_and_close_as_nested_ones_do() -> None:
+    events: Events = []
+    layers = ServerTelemetry(*(ScopedRecording(name, events) for name in ("tracing", "metrics", "log")))
+    code, _ = await run_stack(layers, b"here")
+    assert code is grpc.StatusCode.OK
+    await wait_until(lambda: len(events) == 7, within=5, what="every layer recorded its end")
+    ok = grpc.StatusCode.OK
+    assert events == [
+        ("tracing", True),
+        ("metrics", True),
+        ("log", True),
+        ("status", True),
+        ("log done", ok),
+        ("metrics done", ok),
+        ("tracing done", ok),
+    ]
+    events.clear()
+    code, _ = await run_stack(layers, b"missing")
+    assert code is grpc.StatusCode.NOT_FOUND
+    await wait_until(lambda: len(events) == 7, within=5, what="every layer recorded its end")
+    assert [e for e in events if e[0].endswith(" done")] == [
+        (f"{name} done", grpc.StatusCode.NOT_FOUND) for name in ("log", "metrics", "tracing")
+    ]
+
+
+async def test_a_scope_that_cannot_open_closes_the_ones_already_open() -> None:
+    events: Events = []
+    layers = ServerTelemetry(
+        tracing=ScopedRecording("tracing", events),
+        metrics=FailingToOpen("metrics", events),
+        log=ScopedRecording("log", events),
+    )
+    code, _ = await run_stack(layers, b"here")
+    assert code is grpc.StatusCode.UNKNOWN
+    await wait_until(
+        lambda: ("tracing done", grpc.StatusCode.UNKNOWN) in events, within=5, what="tracing closed"
+    )
+    assert events == [("tracing", True), ("metrics", "raised"), ("tracing done", grpc.StatusCode.UNKNOWN)]
+
+
+def test_the_mesh_layers_are_scope_layers() -> None:
+    """Deadline, tracing, metrics and the RPC log scope calls, so they share one wrapper."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from prometheus_client import CollectorRegistry
+
+    from mesh.logs.server import RpcLogServerInterceptor
+    from mesh.metrics.families import rpc_families
+    from mesh.metrics.server import MetricsServerInterceptor
+    from mesh.tracing.server import TracingServerInterceptor
+
+    layers = [
+        DeadlineInterceptor(),
+        TracingServerInterceptor(TracerProvider().get_tracer("t")),
+        MetricsServerInterceptor(rpc_families(CollectorRegistry(), "server")),
+        RpcLogServerInterceptor(),
+    ]
+    for layer in layers:
+        assert layer.scope_for(f"/{SERVICE}/Find") is not None
+    health = "/grpc.health.v1.Health/Check"  # tracing and the log leave health checks alone
+    assert [layer.scope_for(health) is not None for layer in layers] == [True, False, True, False]
