@@ -29,7 +29,6 @@ PEER_PEM = "x509_pem_cert"
 # grpc is untyped for mypy (follow_imports=skip): the servicer context is Any.
 Context = Any
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
-Admit = Callable[[Context], Awaitable[None]]
 
 
 class IntentionGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped (Any) for mypy
@@ -39,6 +38,13 @@ class IntentionGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc 
         self._identity = identity
         self._authorizer = authorizer
         self.target = authorizer.target
+
+    def admitted(self, context: Context) -> bool:
+        """Whether the caller is one intentions already allowed (no waiting, no coroutine):
+        every call of a known caller; anything else goes through :meth:`admit`."""
+        values = context.auth_context().get(PEER_URI)
+        known = self._authorizer.cached(values[0].decode() if values else "")
+        return known is not None and known.allowed
 
     async def admit(self, context: Context) -> None:
         """Return when the caller may call; abort the call otherwise."""
@@ -81,8 +87,7 @@ class IntentionGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc 
         """``handler`` admitting only allowed callers (every method, health included)."""
         if handler is None:
             return None
-        admit = self.admit
-        return rewrap(handler, lambda b: _unary(b, admit), lambda b: _streaming(b, admit))
+        return rewrap(handler, lambda b: _unary(b, self), lambda b: _streaming(b, self))
 
 
 def _serial(context: Context) -> str:
@@ -96,17 +101,23 @@ def _serial(context: Context) -> str:
     return ":".join(digits[i : i + 2] for i in range(0, len(digits), 2))
 
 
-def _unary(behaviour: Callable[..., Any], admit: Admit) -> Callable[..., Awaitable[Any]]:
+def _unary(behaviour: Callable[..., Any], guard: IntentionGuard) -> Callable[..., Awaitable[Any]]:
+    admitted, admit = guard.admitted, guard.admit
+
     async def guarded(request: Any, context: Context) -> Any:
-        await admit(context)
+        if not admitted(context):  # a caller allowed before passes without a coroutine of its own
+            await admit(context)
         return await behaviour(request, context)
 
     return guarded
 
 
-def _streaming(behaviour: Callable[..., Any], admit: Admit) -> Callable[..., AsyncIterator[Any]]:
+def _streaming(behaviour: Callable[..., Any], guard: IntentionGuard) -> Callable[..., AsyncIterator[Any]]:
+    admitted, admit = guard.admitted, guard.admit
+
     async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
-        await admit(context)
+        if not admitted(context):
+            await admit(context)
         result = behaviour(request, context)
         if hasattr(result, "__aiter__"):
             async for item in result:
