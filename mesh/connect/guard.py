@@ -23,7 +23,7 @@ from mesh.connect.intentions import IntentionAuthorizer
 from mesh.connect.peer import PEER_URI
 from mesh.connect.spiffe import SpiffeId
 from mesh.connect.workload import WorkloadIdentity
-from mesh.server.wrap import rewrap
+from mesh.server.wrap import responses, rewrap
 
 PEER_PEM = "x509_pem_cert"
 # grpc is untyped for mypy (follow_imports=skip): the servicer context is Any.
@@ -118,11 +118,7 @@ def _streaming(behaviour: Callable[..., Any], guard: IntentionGuard) -> Callable
     async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
         if not admitted(context):
             await admit(context)
-        result = behaviour(request, context)
-        if hasattr(result, "__aiter__"):
-            async for item in result:
-                yield item
-        else:
-            await result
+        async for item in responses(behaviour(request, context)):
+            yield item
 
     return guarded

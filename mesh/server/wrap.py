@@ -86,17 +86,14 @@ def wrap_scopes(
 ) -> grpc.RpcMethodHandler | None:
     """``handler`` with every ``start`` scoping each call, ``starts[0]`` outermost.
 
-    The same as :func:`wrap_handler` once per start, nested, in one coroutine: the scopes open
-    in order and close in reverse with the call's code, and one that fails to open closes those
-    already open. Four nested wrappers cost a coroutine, a ``status_of`` and an exception frame
-    each on every call (bench/server_instructions.py).
+    What one wrapper per start, nested, would do, in one coroutine: the scopes open in order
+    and close in reverse with the call's code, and one that fails to open closes those already
+    open. Four nested wrappers cost a coroutine, a ``status_of`` and an exception frame each on
+    every call (bench/server_instructions.py).
     """
     if handler is None or not starts:
         return handler
     rpc = rpcs.get(method, call_type(handler.request_streaming, handler.response_streaming))
-    if len(starts) == 1:
-        (start,) = starts
-        return rewrap(handler, lambda b: _unary(b, rpc, start), lambda b: _streaming(b, rpc, start))
     ordered = tuple(starts)
     return rewrap(
         handler, lambda b: _unary_scopes(b, rpc, ordered), lambda b: _streaming_scopes(b, rpc, ordered)
@@ -116,10 +113,8 @@ def wrap_handler(
     ``skip_health`` leaves ``grpc.health.v1`` unwrapped: Consul checks every instance every
     second, and a span or a log line per check would drown the real calls.
     """
-    if handler is None or (skip_health and method.startswith(HEALTH_PREFIX)):
-        return handler
-    rpc = rpcs.get(method, call_type(handler.request_streaming, handler.response_streaming))
-    return rewrap(handler, lambda b: _unary(b, rpc, start), lambda b: _streaming(b, rpc, start))
+    scope = scope_of(method, start, skip_health=skip_health)
+    return wrap_scopes(method, handler, rpcs, [scope] if scope is not None else [])
 
 
 async def wrap_service(
@@ -161,40 +156,6 @@ def rewrap(
     return handler
 
 
-def _unary(behaviour: Callable[..., Any], rpc: Rpc, start: Start) -> Callable[..., Awaitable[Any]]:
-    async def wrapped(request: Any, context: Context) -> Any:
-        scope = start(rpc, context)
-        try:
-            response = await behaviour(request, context)
-        except BaseException as error:
-            scope.done(status_of(context, error))
-            raise
-        scope.done(status_of(context, None))
-        return response
-
-    return wrapped
-
-
-def _streaming(behaviour: Callable[..., Any], rpc: Rpc, start: Start) -> Callable[..., AsyncIterator[Any]]:
-    # A response-streaming handler is an async generator, or a coroutine that uses
-    # context.write(); both are served through this one async generator.
-    async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
-        scope = start(rpc, context)
-        try:
-            result = behaviour(request, context)
-            if hasattr(result, "__aiter__"):
-                async for item in result:
-                    yield item
-            else:
-                await result
-        except BaseException as error:
-            scope.done(status_of(context, error))
-            raise
-        scope.done(status_of(context, None))
-
-    return wrapped
-
-
 def _unary_scopes(
     behaviour: Callable[..., Any], rpc: Rpc, starts: tuple[Start, ...]
 ) -> Callable[..., Awaitable[Any]]:
@@ -221,12 +182,8 @@ def _streaming_scopes(
         try:
             for start in starts:
                 scopes.append(start(rpc, context))
-            result = behaviour(request, context)
-            if hasattr(result, "__aiter__"):
-                async for item in result:
-                    yield item
-            else:
-                await result
+            async for item in responses(behaviour(request, context)):
+                yield item
         except BaseException as error:
             _close(scopes, status_of(context, error))
             raise
@@ -239,3 +196,13 @@ def _close(scopes: list[Scope], code: grpc.StatusCode) -> None:
     """``done`` on every open scope, innermost first, as nested wrappers would."""
     for scope in reversed(scopes):
         scope.done(code)
+
+
+async def responses(result: Any) -> AsyncIterator[Any]:
+    """A response-streaming handler's answer as one async iterator: an async generator's items,
+    or none from a coroutine that wrote them itself with ``context.write()``."""
+    if hasattr(result, "__aiter__"):
+        async for item in result:
+            yield item
+    else:
+        await result
