@@ -27,6 +27,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from mesh.app import AppSettings, app_settings_from_env
 from mesh.config import env_list, env_str
@@ -98,12 +99,17 @@ class ServiceSettings(AppSettings):
     trusted_callers: tuple[str, ...] = DEFAULT_TRUSTED_CALLERS
 
 
-def service_settings_from_env(name: str, environ: Mapping[str, str]) -> ServiceSettings:
-    """Build the settings of service ``name`` from the environment."""
+def service_settings_from_env(
+    name: str, environ: Mapping[str, str], policy: Mapping[str, Any] | None = None
+) -> ServiceSettings:
+    """Build the settings of service ``name`` from the environment; ``policy`` is the service's
+    built-in call policy, below every key of MESH_POLICY_FILE and MESH_POLICY__*."""
     data_dir = Path(env_str(environ, "MESH_DATA_DIR", "data"))
     database_url = env_str(environ, f"{name.upper()}_DATABASE_URL", str(data_dir / f"{name}.sqlite3"))
     upstream_defaults = {svc: f"127.0.0.1:{port}" for svc, port in DEFAULT_PORTS.items() if svc != name}
-    app = app_settings_from_env(name, environ, port=DEFAULT_PORTS[name], upstreams=upstream_defaults)
+    app = app_settings_from_env(
+        name, environ, port=DEFAULT_PORTS[name], upstreams=upstream_defaults, policy=policy
+    )
     return ServiceSettings(
         **{f.name: getattr(app, f.name) for f in fields(app)},
         database_url=database_url,

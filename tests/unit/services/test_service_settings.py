@@ -142,3 +142,18 @@ def test_discovery_follows_consul_unless_told_static() -> None:
     assert service_settings_from_env("order", {}).discovery_address == ""  # no Consul: static anyway
     with pytest.raises(ConfigError, match="MESH_DISCOVERY must be 'consul' or 'static', got 'dns'"):
         service_settings_from_env("order", {"MESH_DISCOVERY": "dns"})
+
+
+def test_a_services_built_in_policy_sits_below_the_environment() -> None:
+    builtin = {"services": {"inventory": {"retry": {"max_attempts": 4}}}}
+    assert (
+        service_settings_from_env("order", {}, builtin).policy.service("inventory").call.retry.max_attempts
+        == 4
+    )
+    environ = {"MESH_POLICY__inventory__retry__max_attempts": "2"}
+    assert (
+        service_settings_from_env("order", environ, builtin)
+        .policy.service("inventory")
+        .call.retry.max_attempts
+        == 2
+    )
