@@ -22,7 +22,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from services.launcher import TOKEN_DIR
 from tests.support.launcher_run import read_until, run_block, stop_launcher
 from tests.support.processes import ROOT, free_port
 from tests.support.tokens import KeyPair
+from tests.support.waiting import wait_until_blocking
 
 GUIDE = ROOT / "docs" / "guide.md"
 EXAMPLE_FILES = {
@@ -75,24 +75,23 @@ def http_json(url: str, timeout: float = 5) -> Any:
         return json.loads(reply.read())
 
 
-def eventually(probe: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` otherwise."""
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.25)  # poll interval
-    raise AssertionError(f"{what} not seen within {timeout}s; last: {last!r}")
+def consul_get(consul: str, path: str) -> Any:
+    """A read of the launcher's Consul agent as the ``cli`` identity (ACLs are on)."""
+    query = urllib.request.Request(
+        f"http://{consul}{path}", headers={"X-Consul-Token": (TOKEN_DIR / "cli").read_text().strip()}
+    )
+    with urllib.request.urlopen(query, timeout=5) as reply:
+        return json.loads(reply.read())
 
 
 def passing_instances(consul: str, service: str) -> int:
-    query = urllib.request.Request(
-        f"http://{consul}/v1/health/service/{service}?passing=1",
-        headers={"X-Consul-Token": (TOKEN_DIR / "cli").read_text().strip()},
-    )
-    with urllib.request.urlopen(query, timeout=5) as reply:
-        return len(json.loads(reply.read()))
+    return len(consul_get(consul, f"/v1/health/service/{service}?passing=1"))
+
+
+def allowed(consul: str, source: str, destination: str) -> bool:
+    """What the agent's intentions answer for ``source`` calling ``destination``."""
+    path = f"/v1/connect/intentions/check?source={source}&destination={destination}"
+    return bool(consul_get(consul, path)["Allowed"])
 
 
 def money(value: dict[str, Any]) -> int:
@@ -122,12 +121,17 @@ def check_the_quote_calls(output: str) -> None:
     assert money(grpc_quote["total"]) == 2 * money(grpc_quote["unit_price"]) > 0
 
 
-def status_of(url: str) -> int:
+def answer(url: str) -> tuple[int, bytes]:
+    """Status and body of a GET through the gateway."""
     try:
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            return int(reply.status)
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return int(reply.status), reply.read()
     except urllib.error.HTTPError as error:
-        return int(error.code)
+        return int(error.code), error.read()
+
+
+def status_of(url: str) -> int:
+    return answer(url)[0]
 
 
 def keep_calling(url: str, stop: threading.Event) -> None:
@@ -164,7 +168,7 @@ def check_the_dashboard(dashboard: str, gateway: str) -> None:
                 return None
             return view
 
-        eventually(quotes_seen, "quotes and its two edges with calls on the dashboard")
+        wait_until_blocking(lambda: quotes_seen() is not None, 30, "quotes and its two edges with calls")
 
         def quote_trace() -> dict[str, Any] | None:
             listed = http_json(f"{dashboard}/api/traces")["traces"]
@@ -177,13 +181,33 @@ def check_the_dashboard(dashboard: str, gateway: str) -> None:
                     return dict(summary)
             return None
 
-        summary = eventually(quote_trace, "a GetQuote trace through gateway, quotes and inventory")
+        found: list[dict[str, Any]] = []
+
+        def trace_found() -> bool:
+            summary = quote_trace()
+            if summary is not None:
+                found.append(summary)
+            return summary is not None
+
+        wait_until_blocking(trace_found, 30, "a GetQuote trace through gateway, quotes and inventory")
+        summary = found[-1]
         trace = http_json(f"{dashboard}/api/traces/{summary['trace_id']}")
         assert trace["trace_id"] == summary["trace_id"]
         assert len(trace["spans"]) >= 4  # the gateway's, quotes' server and client, inventory's
     finally:
         stop.set()
         caller.join(10)
+
+
+def frozen(pids: list[int], url: str) -> tuple[int, bytes]:
+    """The answer of ``url`` while the processes ``pids`` (the launcher's children) are stopped."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        return answer(url)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
 
 
 @pytest.mark.xdist_group("make-run")  # one launcher at a time: both write .run/certs/cli
@@ -240,9 +264,17 @@ def test_the_guides_service_runs_beside_the_shop_and_answers_as_the_guide_says(
             [mesh, "scale", "quotes", "3"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
         )
         assert scaled.returncode == 0, scaled.stdout + scaled.stderr
-        eventually(
-            lambda: passing_instances(env["CONSUL_HTTP_ADDR"], "quotes") == 3, "a third quotes instance"
-        )
+        consul = env["CONSUL_HTTP_ADDR"]
+        wait_until_blocking(lambda: passing_instances(consul, "quotes") == 3, 60, "a third quotes instance")
+        # "quotes may call inventory; every other call stays denied"
+        assert allowed(consul, "quotes", "inventory") and allowed(consul, "gateway", "quotes")
+        assert not allowed(consul, "quotes", "payment") and not allowed(consul, "order", "quotes")
+        # "Freeze both, and a quote answers 503 inventory is unavailable"
+        inventory_pids = [int(pid) for pid in re.findall(r"^\s*inventory\s+\S+\s+pid (\d+)", printed, re.M)]
+        assert len(inventory_pids) == 2, printed
+        status, body = frozen(inventory_pids, f"{gateway}/v1/quotes/TEA-SENCHA")
+        assert status == 503, body
+        assert json.loads(body)["message"] == "inventory is unavailable"
         launcher.send_signal(signal.SIGINT)
         assert launcher.wait(60) == 0
     finally:

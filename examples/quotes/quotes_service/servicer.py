@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from google.type import money_pb2
 from grpc_status import rpc_status
@@ -14,8 +15,9 @@ from shop.inventory.v1.inventory_pb2_grpc import InventoryServiceStub
 
 MAX_QUANTITY = 1000
 NANOS = 1_000_000_000
-# The inventory's answers passed on as they are; anything else means it is down for us.
-PASSED_ON = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED)
+# The inventory's answers about the request, passed on as they are. Anything else, a timeout
+# after every retry included, means it is down for us: UNAVAILABLE, naming it.
+PASSED_ON = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
 
 
 class QuoteServicer(quotes_pb2_grpc.QuoteServiceServicer):
@@ -32,14 +34,14 @@ class QuoteServicer(quotes_pb2_grpc.QuoteServiceServicer):
             await invalid_argument(context, "quantity", f"must be within 1..{MAX_QUANTITY}")
         try:
             # At most 2 s, and never past our own caller's deadline (the mesh propagates it).
-            # Retries of this read come from the policy given in __main__.
+            # Retries of this read, and each attempt's timeout, come from POLICY in __main__.
             reply = await self._inventory.GetProduct(
                 inventory_pb2.GetProductRequest(sku=request.sku), timeout=2.0
             )
         except grpc.aio.AioRpcError as error:
             if error.code() in PASSED_ON:
                 await context.abort(error.code(), error.details() or "")
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "inventory is unavailable")
+            await unavailable(context, "inventory")
         product = reply.product
         quote = quotes_pb2.Quote(
             sku=product.sku,
@@ -62,10 +64,22 @@ async def invalid_argument(context: grpc.aio.ServicerContext, field: str, descri
     """End the call with INVALID_ARGUMENT and a google.rpc.BadRequest naming the field: the
     gateway turns it into HTTP 400 with the field in the body."""
     violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
-    detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
-    status = status_pb2.Status(
-        code=code_pb2.INVALID_ARGUMENT, message=f"{field}: {description}", details=[detail]
+    detail = error_details_pb2.BadRequest(field_violations=[violation])
+    await abort(context, code_pb2.INVALID_ARGUMENT, f"{field}: {description}", detail)
+
+
+async def unavailable(context: grpc.aio.ServicerContext, dependency: str) -> None:
+    """End the call with UNAVAILABLE naming what is down. As a google.rpc.Status: a bare
+    UNAVAILABLE could be grpc-core's own, which the gateway puts in its own words."""
+    detail = error_details_pb2.ErrorInfo(
+        reason="DEPENDENCY_UNAVAILABLE", domain="tsunagu", metadata={"name": dependency}
     )
-    rich = rpc_status.to_status(status)
+    await abort(context, code_pb2.UNAVAILABLE, f"{dependency} is unavailable", detail)
+
+
+async def abort(context: grpc.aio.ServicerContext, code: int, message: str, detail: Message) -> None:
+    """End the call with a google.rpc.Status carrying ``detail``, for gRPC and REST callers alike."""
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    rich = rpc_status.to_status(status_pb2.Status(code=code, message=message, details=[packed]))
     await context.abort(rich.code, rich.details, rich.trailing_metadata)
