@@ -256,6 +256,9 @@ def test_the_guides_service_runs_beside_the_shop_and_answers_as_the_guide_says(
         shell_env = dict(env, PATH=f"{Path(sys.executable).parent}:{env['PATH']}", VIRTUAL_ENV="")
         check_the_quote_calls(run_block(block, shell_env))
         assert status_of(f"{gateway}/v1/quotes/NO-SUCH-SKU") == 404
+        status, body = answer(f"{gateway}/v1/quotes/bad%20sku%21")  # the inventory refuses it
+        assert status == 400, body
+        assert json.loads(body)["details"][0]["fieldViolations"][0]["field"] == "sku"
         assert f"http://127.0.0.1:{GUIDE_DASHBOARD}/" in GUIDE.read_text()
         check_the_dashboard(dashboard, gateway)
         # "mesh scale quotes 3 ... work as they do for the shop"

@@ -39,8 +39,10 @@ class QuoteServicer(quotes_pb2_grpc.QuoteServiceServicer):
                 inventory_pb2.GetProductRequest(sku=request.sku), timeout=2.0
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() in PASSED_ON:
-                await context.abort(error.code(), error.details() or "")
+            if error.code() in PASSED_ON:  # with its google.rpc.Status (the field it names)
+                await context.abort(
+                    error.code(), error.details() or "", tuple(error.trailing_metadata() or ())
+                )
             await unavailable(context, "inventory")
         product = reply.product
         quote = quotes_pb2.Quote(
