@@ -153,3 +153,40 @@ def test_a_sqlite_read_that_fails_here_is_answered_by_the_worker_path(
     assert stale is not None and database._reader is None  # the failed connection is dropped
     with pytest.raises(sqlite3.ProgrammingError):
         stale.execute("SELECT 1")  # closed
+
+
+def test_sqlite_writers_of_one_process_queue_for_the_write_lock_instead_of_meeting_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writers on the database's worker threads take turns in the process, so none of them
+    meets SQLITE_BUSY: SQLite's busy handler sleeps 1, 2, 5 ... 100 ms between tries, which
+    under load left a free write lock idle and put whole orders in the latency tail.
+
+    The connections here fail at once when busy (busy_timeout 0), so every collision would
+    surface as a conflict; the work yields inside its transaction to make collisions likely.
+    """
+    connect = Database._connect
+    monkeypatch.setattr(Database, "_connect", lambda self, busy_timeout_ms=0: connect(self, 0))
+    database = Database("items", str(tmp_path / "items.sqlite3"), workers=8)
+    conflicts: list[float] = []
+    monkeypatch.setattr(
+        "services.common.database.time.sleep", lambda seconds: conflicts.append(seconds)
+    )
+
+    def insert(n: int) -> Callable[[Tx], None]:
+        def work(tx: Tx) -> None:
+            tx.execute("INSERT INTO items VALUES (?, ?)", (str(n), f"k{n}"))
+            threading.Event().wait(0.001)  # hold the transaction open: let another writer try
+            tx.execute("UPDATE items SET key = key || '!' WHERE id = ?", (str(n),))
+
+        return work
+
+    async def write_concurrently() -> int:
+        await database.transact(run("CREATE TABLE items (id TEXT PRIMARY KEY, key TEXT NOT NULL)"))
+        await asyncio.gather(*(database.transact(insert(n)) for n in range(64)))
+        rows = await database.read(lambda tx: tx.query("SELECT key FROM items WHERE key LIKE '%!'"))
+        await database.close()
+        return len(rows)
+
+    assert asyncio.run(write_concurrently()) == 64
+    assert conflicts == []
