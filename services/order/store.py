@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -37,6 +37,7 @@ from services.common.messaging import outbox
 from services.order import events
 from services.order.domain import DOMAIN, Address, Item, Order, OrderStatus, Outcome, StepRecord, saga_open
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps with options makes one per call
 COLUMNS = "order_id, user_id, request_id, status, create_time, update_time, version, document"
 
 
@@ -60,10 +61,49 @@ class StaleOrder(DomainError):
 
 
 def document(order: Order) -> str:
-    """The order as the JSON text stored in the ``document`` column (without its version)."""
-    body = asdict(order)
-    body.pop("version")
-    return json.dumps(body, separators=(",", ":"))
+    """The order as the JSON text stored in the ``document`` column (without its version).
+
+    Field by field, in the dataclass's order: the same text ``dataclasses.asdict`` gave (tested),
+    which deep-copied the order recursively and cost 90 µs of every saga save.
+    """
+    a = order.address
+    body = {
+        "order_id": order.order_id,
+        "user_id": order.user_id,
+        "request_id": order.request_id,
+        "items": [
+            {"sku": i.sku, "quantity": i.quantity, "unit_price_minor": i.unit_price_minor}
+            for i in order.items
+        ],
+        "currency": order.currency,
+        "total_minor": order.total_minor,
+        "address": {
+            "recipient": a.recipient,
+            "line1": a.line1,
+            "city": a.city,
+            "postal_code": a.postal_code,
+            "country_code": a.country_code,
+        },
+        "create_time": order.create_time,
+        "update_time": order.update_time,
+        "status": order.status,
+        "status_reason": order.status_reason,
+        "cancel_reason": order.cancel_reason,
+        "reservation_id": order.reservation_id,
+        "payment_id": order.payment_id,
+        "shipment_id": order.shipment_id,
+        "steps": [
+            {
+                "name": s.name,
+                "outcome": s.outcome,
+                "detail": s.detail,
+                "time": s.time,
+                "uncertain": s.uncertain,
+            }
+            for s in order.steps
+        ],
+    }
+    return _ENCODER.encode(body)
 
 
 def from_document(body: dict[str, Any], version: int) -> Order:
