@@ -169,9 +169,7 @@ def test_sqlite_writers_of_one_process_queue_for_the_write_lock_instead_of_meeti
     monkeypatch.setattr(Database, "_connect", lambda self, busy_timeout_ms=0: connect(self, 0))
     database = Database("items", str(tmp_path / "items.sqlite3"), workers=8)
     conflicts: list[float] = []
-    monkeypatch.setattr(
-        "services.common.database.time.sleep", lambda seconds: conflicts.append(seconds)
-    )
+    monkeypatch.setattr("services.common.database.time.sleep", lambda seconds: conflicts.append(seconds))
 
     def insert(n: int) -> Callable[[Tx], None]:
         def work(tx: Tx) -> None:
