@@ -9,7 +9,10 @@ runner moved the order on meanwhile) changes nothing and raises :class:`StaleOrd
 runners can never silently overwrite each other's step history. On top of that, a runner
 holds a lease (``lease_owner``, ``lease_expires``) while it drives an order; a save made with
 an ``owner`` also requires that lease, which fences off a runner whose lease ran out (a paused
-or partitioned process) even before the new holder has saved anything.
+or partitioned process) even before the new holder has saved anything. The lease costs no
+transactions of its own on the common path: ``claim`` reads the order in the transaction that
+takes the lease, and the save that ends the saga (CONFIRMED, CANCELLED) gives the lease back
+in its own UPDATE, so a saga's writes are the claim plus one per step outcome.
 
 Events go out through the outbox (:mod:`services.order.events`): ``create`` writes
 ``order.created`` with the new order, and a save that moves the status to CONFIRMED or
@@ -198,7 +201,8 @@ class OrderStore:
     async def save(self, order: Order, owner: str | None = None) -> Order:
         """Write the order over the version it was read at; StaleOrder if that moved on.
 
-        With ``owner``, the save also requires that owner's lease on the order (and keeps it).
+        With ``owner``, the save also requires that owner's lease on the order, and keeps it
+        while the saga has work left: the save that ends the saga gives it back.
         """
 
         def work(tx: Tx) -> tuple[Order, bool]:
@@ -208,15 +212,17 @@ class OrderStore:
             )
             if current is None or int(current["version"]) != order.version:
                 raise StaleOrder(order.order_id)
+            still_open = saga_open(order)
+            release = "" if owner is None or still_open else ", lease_owner = '', lease_expires = 0"
             sql = (
                 "UPDATE orders SET status = ?, update_time = ?, version = version + 1, document = ?, "
-                "saga_open = ? WHERE order_id = ? AND version = ?"
+                f"saga_open = ?{release} WHERE order_id = ? AND version = ?"
             )
             params: list[object] = [
                 order.status.value,
                 order.update_time,
                 document(order),
-                int(saga_open(order)),
+                int(still_open),
                 order.order_id,
                 order.version,
             ]
@@ -237,21 +243,24 @@ class OrderStore:
             self._on_event()
         return saved
 
-    async def claim(self, order_id: str, owner: str, now: float, ttl: float) -> bool:
-        """Take (or keep) the lease on an unfinished order; False while another holds it.
+    async def claim(self, order_id: str, owner: str, now: float, ttl: float) -> Order | None:
+        """Take (or keep) the lease on an unfinished order and read it, in one transaction;
+        None while another holds it.
 
         Terminal orders can be claimed too (a CancelOrder of a CONFIRMED order needs it).
         """
-        return bool(
-            await self._db.transact(
-                lambda tx: tx.execute(
-                    "UPDATE orders SET lease_owner = ?, lease_expires = ? WHERE order_id = ? "
-                    "AND status <> 'CANCELLED' "
-                    "AND (lease_owner = '' OR lease_owner = ? OR lease_expires < ?)",
-                    (owner, now + ttl, order_id, owner, now),
-                )
+
+        def work(tx: Tx) -> Row | None:
+            taken = tx.execute(
+                "UPDATE orders SET lease_owner = ?, lease_expires = ? WHERE order_id = ? "
+                "AND status <> 'CANCELLED' "
+                "AND (lease_owner = '' OR lease_owner = ? OR lease_expires < ?)",
+                (owner, now + ttl, order_id, owner, now),
             )
-        )
+            return tx.one(f"SELECT {COLUMNS} FROM orders WHERE order_id = ?", (order_id,)) if taken else None
+
+        row = await self._db.transact(work)
+        return _order(row) if row is not None else None
 
     async def renew(self, owner: str, order_ids: Sequence[str], now: float, ttl: float) -> int:
         """Extend the owner's leases on these orders; how many it still held."""

@@ -10,8 +10,9 @@ Mutual exclusion across instances is a lease on the order row (``lease_owner``,
 *second save*, so two instances could still both call a participant for one order at once;
 the lease keeps the second instance from starting at all, and every save is conditional on
 the lease (fencing), with the version check still underneath. A lease is renewed every third
-of its life while its saga runs and released when it ends; a crashed holder's lease expires,
-and the periodic scan (every lease period) picks the order up again.
+of its life while its saga runs and released when it ends (by the save that ends it, or on
+its own when a drive stops short); a crashed holder's lease expires, and the periodic scan
+(every lease period) picks the order up again.
 
 An attempt that leaves the saga open (a compensation that failed, the database away) is
 retried after a delay from the mesh's one backoff (:class:`mesh.resilience.Backoff`: full
@@ -182,6 +183,8 @@ class SagaRunner:
 
     async def _save(self, order: Order) -> Order:
         saved = await self._store.save(order, self.owner)
+        if not domain.saga_open(saved):
+            self._held.discard(saved.order_id)  # the save that ended the saga gave the lease back
         self._metrics.saw(saved)
         self._on_saved(saved)
         return saved
@@ -200,12 +203,13 @@ class SagaRunner:
         try:
             while True:
                 try:
-                    if await self._store.claim(
+                    claimed = await self._store.claim(
                         order_id, self.owner, self._wall(), self.settings.lease_seconds
-                    ):
+                    )
+                    if claimed is not None:
                         self._held.add(order_id)
                         self._metrics.driving(order_id)
-                        order = await self._store.get(order_id)
+                        order = claimed
                         self._metrics.saw(order)
                         if cancel_reason:
                             order = await self._saga.cancel(order, participants(), cancel_reason)

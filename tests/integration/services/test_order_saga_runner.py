@@ -8,12 +8,14 @@ finished by a fresh runner, compensations retried until they succeed.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
 from mesh.resilience import Backoff
-from services.common.database import Database
+from services.common.database import Database, Tx
 from services.order import domain
 from services.order.domain import Order, OrderStatus, Outcome
 from services.order.orders import Orders
@@ -76,6 +78,42 @@ async def test_a_fresh_runner_resumes_open_sagas_and_finishes_them(database: Dat
     assert fake.calls.count("reserve_stock") == 0  # the completed step is not re-sent
     assert await store.unfinished() == []
     assert await asyncio.to_thread(sagas_main, ["--database", database.url]) == 0
+    await runner.close()
+
+
+async def test_a_saga_writes_the_claim_and_one_save_per_outcome_and_its_last_save_frees_the_lease(
+    database: Database,  # noqa: F811
+) -> None:
+    """The lease rides on the saga's own writes: no separate read after the claim, no release."""
+    store = OrderStore(database)
+    order, _ = await store.create(make_order("ord_writes"))
+    transactions: list[str] = []
+    reads: list[str] = []
+    transact, read = database.transact, database.read
+
+    async def counted_transact(work: Callable[[Tx], Any]) -> Any:
+        transactions.append("write")
+        return await transact(work)
+
+    async def counted_read(work: Callable[[Tx], Any]) -> Any:
+        reads.append("read")
+        return await read(work)
+
+    database.transact = counted_transact  # type: ignore[method-assign]
+    database.read = counted_read  # type: ignore[method-assign]
+    runner = SagaRunner(store, ORDER_STEPS, lambda order: None, FAST)
+    finished = await asyncio.wait_for(runner.submit(order.order_id, FakeParticipants), 10)
+    assert finished is not None and finished.status is OrderStatus.CONFIRMED
+    # the claim, one save per completed step, the confirmation; nothing else
+    assert (len(transactions), len(reads)) == (1 + len(ORDER_STEPS) + 1, 0)
+    database.transact, database.read = transact, read  # type: ignore[method-assign]
+    lease = await database.transact(
+        lambda tx: tx.one(
+            "SELECT lease_owner, lease_expires FROM orders WHERE order_id = ?", (order.order_id,)
+        )
+    )
+    assert lease == {"lease_owner": "", "lease_expires": 0}
+    assert await store.claim(order.order_id, "another", now=0.0, ttl=10)  # free: no wait for expiry
     await runner.close()
 
 
