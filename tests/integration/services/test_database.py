@@ -188,3 +188,107 @@ def test_sqlite_writers_of_one_process_queue_for_the_write_lock_instead_of_meeti
 
     assert asyncio.run(write_concurrently()) == 64
     assert conflicts == []
+
+
+def _counting_commits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every COMMIT the database's SQLite connections send from now on."""
+    commits: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: object, **kwargs: object) -> sqlite3.Connection:
+        connection = connect(*args, **kwargs)  # type: ignore[arg-type]
+        connection.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+        return connection
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    return commits
+
+
+async def _queued_behind_another_writer(path: Path, writes: Callable[[], list[asyncio.Task[object]]]) -> None:
+    """Start ``writes`` while another connection holds the file's write lock, then let go:
+    the first batch waits in BEGIN IMMEDIATE while the rest queue up behind it."""
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    tasks = writes()
+    await asyncio.sleep(0)  # one turn: every task queues its write and waits for it
+    blocker.execute("COMMIT")
+    blocker.close()
+    await asyncio.wait(tasks)
+
+
+def test_sqlite_writes_queued_meanwhile_share_one_commit_and_each_keeps_its_own_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit's fsync costs more than a small write: writes that queue while one is written
+    go out together under one COMMIT, each in a savepoint, so one failing write is undone alone."""
+    path = tmp_path / "items.sqlite3"
+    database = Database("items", str(path))
+
+    def insert(n: int, then_fail: bool = False) -> Callable[[Tx], int]:
+        def work(tx: Tx) -> int:
+            tx.execute("INSERT INTO items VALUES (?, ?)", (str(n), f"k{n}"))
+            if then_fail:
+                raise ValueError(f"write {n} refused after its insert")
+            return n
+
+        return work
+
+    commits = _counting_commits(monkeypatch)
+
+    async def scenario() -> tuple[list[asyncio.Task[object]], list[dict[str, object]], int]:
+        await database.transact(run("CREATE TABLE items (id TEXT PRIMARY KEY, key TEXT NOT NULL)"))
+        tasks: list[asyncio.Task[object]] = []
+        created = len(commits)
+
+        def writes() -> list[asyncio.Task[object]]:
+            for n in range(20):
+                tasks.append(asyncio.ensure_future(database.transact(insert(n, then_fail=n == 7))))
+            tasks.append(asyncio.ensure_future(database.transact(insert(3))))  # a duplicate key
+            return tasks
+
+        await _queued_behind_another_writer(path, writes)
+        batches = len(commits) - created
+        rows = await database.read(lambda tx: tx.query("SELECT id FROM items ORDER BY CAST(id AS INTEGER)"))
+        await database.close()
+        return tasks, rows, batches
+
+    tasks, rows, batches = asyncio.run(scenario())
+    assert [task.result() for n, task in enumerate(tasks[:20]) if n != 7] == [n for n in range(20) if n != 7]
+    with pytest.raises(ValueError, match="write 7 refused"):
+        tasks[7].result()
+    with pytest.raises(sqlite3.IntegrityError):
+        tasks[20].result()
+    assert rows == [{"id": str(n)} for n in range(20) if n != 7]  # 7's insert was rolled back alone
+    assert batches in (1, 2)  # 21 writes: the one the first batch took, then the rest together
+
+
+def test_a_sqlite_error_in_a_batch_sends_its_writes_one_at_a_time_down_the_ordinary_path(
+    tmp_path: Path,
+) -> None:
+    """An OperationalError inside a batch rolls the batch back; each write then runs alone, so
+    the broken one is UNAVAILABLE naming the database, as ever, and the others still commit."""
+    path = tmp_path / "items.sqlite3"
+    database = Database("items", str(path))
+
+    async def scenario() -> tuple[list[asyncio.Task[object]], list[dict[str, object]]]:
+        await database.transact(run("CREATE TABLE items (id TEXT PRIMARY KEY, key TEXT NOT NULL)"))
+        tasks: list[asyncio.Task[object]] = []
+
+        def writes() -> list[asyncio.Task[object]]:
+            tasks.append(asyncio.ensure_future(database.transact(run("INSERT INTO items VALUES ('a', 'k')"))))
+            tasks.append(
+                asyncio.ensure_future(database.transact(run("INSERT INTO no_such_table VALUES (1)")))
+            )
+            tasks.append(asyncio.ensure_future(database.transact(run("INSERT INTO items VALUES ('b', 'k')"))))
+            return tasks
+
+        await _queued_behind_another_writer(path, writes)
+        rows = await database.read(lambda tx: tx.query("SELECT id FROM items ORDER BY id"))
+        await database.close()
+        return tasks, rows
+
+    tasks, rows = asyncio.run(scenario())
+    assert tasks[0].result() is None and tasks[2].result() is None
+    with pytest.raises(DependencyUnavailable, match="items database"):
+        tasks[1].result()
+    assert rows == [{"id": "a"}, {"id": "b"}]

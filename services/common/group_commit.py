@@ -1,0 +1,177 @@
+"""Group commit for one process's SQLite writes: one COMMIT for every write queued meanwhile.
+
+Why: with ``synchronous=FULL`` every commit fsyncs the WAL. Measured on this project's 2-core
+machine, a commit costs ~120 us of CPU and ~0.45 ms of wall time, more than the small write it
+ends, and SQLite admits one writer at a time, so under load the write lock sat in fsync while
+the next writes queued behind it. Here the writes that arrive while a batch is being written
+wait for the next batch, which runs them one after another inside one transaction, each in a
+SAVEPOINT of its own, and commits once.
+
+What each write keeps: it sees the writes before it (they ran first, in one connection); a
+write that raises is rolled back to its savepoint alone and its caller gets its own error,
+while the rest commit; and no caller hears of success before the COMMIT returned, so an
+acknowledged write is exactly as durable as before. Anything unusual in a batch (a SQLite
+``OperationalError``: busy, a changed schema, a broken connection, a failed COMMIT) rolls the
+whole batch back and runs its writes again one at a time on the ordinary path, which knows how
+to retry or report each; a write is safe to run again because a rolled-back transaction left
+nothing behind (the same contract conflict retries rely on).
+
+A write whose caller was cancelled before its batch began is skipped, as a job not yet started
+on an executor is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:  # database.py imports this module
+    from services.common.database import Tx
+
+T = TypeVar("T")
+
+MAX_BATCH = 64  # bounds how long the last write of a batch waits for the ones before it
+SAVEPOINT = "tsunagu_write"
+
+
+@dataclass
+class _Write:
+    """One queued write, the future its caller awaits and that caller's loop."""
+
+    work: Callable[[Tx], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+@dataclass
+class _Outcome:
+    write: _Write
+    result: Any = None
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    """Queues writes and commits them in batches on one executor thread at a time."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        transaction: Callable[[], Tx],
+        writer: threading.Lock,
+        one_at_a_time: Callable[[Callable[[Tx], Any]], Any],
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        """``transaction``: a Tx over the calling thread's write connection; ``writer``: the
+        process's SQLite write mutex; ``one_at_a_time``: the path a failed batch falls back to."""
+        self._executor = executor
+        self._transaction = transaction
+        self._writer = writer
+        self._one_at_a_time = one_at_a_time
+        self._max_batch = max_batch
+        self._pending: deque[_Write] = deque()
+        self._guard = threading.Lock()
+        self._draining = False
+        self.commits = 0  # batches committed: how much grouping happened (tests, benches)
+
+    async def write(self, work: Callable[[Tx], T]) -> T:
+        """Run ``work`` in the next batch; its result once that batch committed."""
+        loop = asyncio.get_running_loop()
+        write = _Write(work, loop.create_future(), loop)
+        with self._guard:
+            self._pending.append(write)
+            start, self._draining = not self._draining, True
+        if start:
+            try:
+                self._executor.submit(self._drain)
+            except RuntimeError:  # the executor was shut down: the database is closed
+                with self._guard:
+                    self._draining = False
+                    self._pending.remove(write)
+                raise
+        result: T = await write.future
+        return result
+
+    def _take(self) -> list[_Write]:
+        """The next batch (writes whose callers are still waiting); [] ends the drain."""
+        with self._guard:
+            batch: list[_Write] = []
+            while self._pending and len(batch) < self._max_batch:
+                write = self._pending.popleft()
+                if not write.future.cancelled():
+                    batch.append(write)
+            if not batch:
+                self._draining = False
+            return batch
+
+    def _drain(self) -> None:
+        while batch := self._take():
+            try:
+                try:
+                    outcomes = self._in_one_transaction(batch)
+                except sqlite3.OperationalError:
+                    outcomes = [self._alone(write) for write in batch]
+            except BaseException as error:  # a bug here must not leave callers waiting forever
+                outcomes = [_Outcome(write, error=error) for write in batch]
+            self._settle(outcomes)
+
+    def _in_one_transaction(self, batch: list[_Write]) -> list[_Outcome]:
+        tx = self._transaction()
+        connection = tx.connection
+        outcomes: list[_Outcome] = []
+        with self._writer:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                for write in batch:
+                    connection.execute(f"SAVEPOINT {SAVEPOINT}")
+                    try:
+                        result = write.work(tx)
+                    except sqlite3.OperationalError:
+                        raise  # the batch's business: the ordinary path sorts it out
+                    except Exception as error:
+                        connection.execute(f"ROLLBACK TO {SAVEPOINT}")
+                        connection.execute(f"RELEASE {SAVEPOINT}")
+                        outcomes.append(_Outcome(write, error=error))
+                        continue
+                    connection.execute(f"RELEASE {SAVEPOINT}")
+                    outcomes.append(_Outcome(write, result))
+                connection.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+                raise
+        self.commits += 1
+        return outcomes
+
+    def _alone(self, write: _Write) -> _Outcome:
+        try:
+            return _Outcome(write, self._one_at_a_time(write.work))
+        except Exception as error:
+            return _Outcome(write, error=error)
+
+    @staticmethod
+    def _settle(outcomes: list[_Outcome]) -> None:
+        """Hand every outcome to its caller's loop: one wake-up per loop, not per write."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+        for outcome in outcomes:
+            by_loop.setdefault(outcome.write.loop, []).append(outcome)
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(_resolve, settled)
+
+
+def _resolve(outcomes: list[_Outcome]) -> None:
+    for outcome in outcomes:
+        future = outcome.write.future
+        if future.done():  # its caller was cancelled meanwhile
+            continue
+        if outcome.error is not None:
+            future.set_exception(outcome.error)
+        else:
+            future.set_result(outcome.result)
