@@ -121,6 +121,13 @@ class Database:
         """A name for errors and logs that never includes credentials."""
         return f"{self.name} database ({self.dialect})"
 
+    @property
+    def writes_keep_call_order(self) -> bool:
+        """Whether writes started one after another, without awaiting each, are applied in the
+        order they were started: on SQLite they go through one group-commit queue; on
+        PostgreSQL the worker threads run them side by side."""
+        return self._group is not None
+
     async def transact(self, work: Callable[[Tx], T]) -> T:
         """Run ``work`` in one transaction on a worker thread; commit if it returns.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -103,6 +104,49 @@ async def test_each_event_is_applied_once_even_when_published_twice(bus: Bus, da
     assert await effects(database) == sorted([first.event_id, second.event_id])
     assert (running.applied, running.duplicates) == (2, 2)
     assert await asyncio.to_thread(bus.depth, bus.queue(CONSUMER)) == 0
+
+
+async def test_events_waiting_in_the_queue_are_applied_in_order_and_on_sqlite_share_commits(
+    bus: Bus, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog (a consumer restarted behind its queue) is applied in publish order; on SQLite
+    the waiting messages' transactions go out together, so they share COMMITs."""
+    commits: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: object, **kwargs: object) -> sqlite3.Connection:
+        connection = connect(*args, **kwargs)  # type: ignore[arg-type]
+        connection.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+        return connection
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    db = Database("consumer-test", database.url)  # connections opened from here on are traced
+    declaring = consumer(bus, db, record)
+    declaring.start()
+    await asyncio.to_thread(bus.wait_consumer, CONSUMER)
+    await declaring.close()
+    backlog = [event() for _ in range(30)]
+    await asyncio.to_thread(bus.publish, backlog)
+    applied: list[str] = []
+
+    def handler(tx: Tx, evt: events_pb2.OrderEvent) -> None:
+        applied.append(evt.event_id)
+        record(tx, evt)
+
+    running = consumer(bus, db, handler, prefetch=32)
+    commits.clear()
+    running.start()
+
+    async def all_applied() -> bool:
+        return running.applied == len(backlog)
+
+    await until(all_applied)
+    await running.close()
+    await db.close()
+    assert applied == [e.event_id for e in backlog]
+    assert sorted(await effects(database)) == sorted(e.event_id for e in backlog)
+    if database.dialect == "sqlite":
+        assert 1 <= len(commits) < len(backlog) / 2, commits
 
 
 async def test_a_handler_that_always_fails_sends_the_message_to_the_dlq_and_the_queue_moves_on(
