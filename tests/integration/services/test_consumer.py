@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +25,7 @@ from services.common.migrations import migrate
 from services.common.settings import MessagingSettings
 from shop.order.v1 import events_pb2, order_pb2
 from tests.support.bus import Bus, bus_namespace
+from tests.support.sqlite_commits import counting_commits
 from tests.support.tcp_proxy import TcpProxy
 
 CONSUMER = "billing"
@@ -111,15 +111,7 @@ async def test_events_waiting_in_the_queue_are_applied_in_order_and_on_sqlite_sh
 ) -> None:
     """A backlog (a consumer restarted behind its queue) is applied in publish order; on SQLite
     the waiting messages' transactions go out together, so they share COMMITs."""
-    commits: list[str] = []
-    connect = sqlite3.connect
-
-    def traced(*args: object, **kwargs: object) -> sqlite3.Connection:
-        connection = connect(*args, **kwargs)  # type: ignore[arg-type]
-        connection.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
-        return connection
-
-    monkeypatch.setattr(sqlite3, "connect", traced)
+    commits = counting_commits(monkeypatch)
     db = Database("consumer-test", database.url)  # connections opened from here on are traced
     declaring = consumer(bus, db, record)
     declaring.start()

@@ -13,6 +13,7 @@ import pytest
 from mesh.errors import DependencyUnavailable
 from mesh.resilience import Backoff
 from services.common.database import MAX_CONFLICT_RETRIES, Database, Tx
+from tests.support.sqlite_commits import counting_commits
 
 REBUILD_WITH_UNIQUE = (
     "CREATE TABLE items_v2 (id TEXT PRIMARY KEY, key TEXT NOT NULL UNIQUE)",
@@ -190,20 +191,6 @@ def test_sqlite_writers_of_one_process_queue_for_the_write_lock_instead_of_meeti
     assert conflicts == []
 
 
-def _counting_commits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every COMMIT the database's SQLite connections send from now on."""
-    commits: list[str] = []
-    connect = sqlite3.connect
-
-    def traced(*args: object, **kwargs: object) -> sqlite3.Connection:
-        connection = connect(*args, **kwargs)  # type: ignore[arg-type]
-        connection.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
-        return connection
-
-    monkeypatch.setattr(sqlite3, "connect", traced)
-    return commits
-
-
 async def _queued_behind_another_writer(path: Path, writes: Callable[[], list[asyncio.Task[object]]]) -> None:
     """Start ``writes`` while another connection holds the file's write lock, then let go:
     the first batch waits in BEGIN IMMEDIATE while the rest queue up behind it."""
@@ -233,7 +220,7 @@ def test_sqlite_writes_queued_meanwhile_share_one_commit_and_each_keeps_its_own_
 
         return work
 
-    commits = _counting_commits(monkeypatch)
+    commits = counting_commits(monkeypatch)
 
     async def scenario() -> tuple[list[asyncio.Task[object]], list[dict[str, object]], int]:
         await database.transact(run("CREATE TABLE items (id TEXT PRIMARY KEY, key TEXT NOT NULL)"))
