@@ -18,21 +18,23 @@ Delivery is at least once, so exactly-once *effect* is built here from three rul
 
 A *transient* failure (the service's database is unavailable) must not burn attempts: the
 consumer keeps the message unacked and retries the same transaction in-process with capped
-backoff until the database answers (or the consumer stops), logging the outage once. Nothing
-else is taken meanwhile, and the broker holds at most ``prefetch`` unacked messages for it. Any other error while processing a message (in the handler, or a bug in this
-module's own decoding) is a failure of this attempt, logged at ERROR with its traceback: the
+backoff until the database answers (or the consumer stops), logging the outage once. Nothing new
+is taken meanwhile, and the broker holds at most ``prefetch`` unacked messages for it.
+Any other error while processing a message (in the handler, or a bug in this module's own
+decoding) is a failure of this attempt, logged at ERROR with its traceback: the
 message is nacked with requeue after a short delay (growing with its delivery count), so a
 poison message reaches the DLQ in ``max_attempts`` deliveries without spinning and the queue
 moves on. It never closes the connection: that would return every prefetched message too and
 burn their attempts for one message's bug.
 
-Messages are applied in the order they arrived. Those already waiting when the consumer turns
-to its inbox are started together, when the database commits writes in the order they were
-started (SQLite, through its group commit: :attr:`Database.writes_keep_call_order`): their
-transactions then share commits and their acks leave together. Measured on a backlog, a
-consumed event cost ~500 us of CPU one at a time and ~200 us so (docs/benchmarks.md). On
-PostgreSQL, whose worker threads would run them side by side in any order, they are applied
-one at a time.
+Messages are applied in the order they arrived, but for one that fails (it comes back later)
+or is held through a database outage (those behind it may get through first). Those already
+waiting when the consumer turns to its inbox are started together when the database applies
+writes in the order they were started (SQLite, through its group commit:
+:attr:`Database.writes_keep_call_order`): their transactions then share commits and their
+acks leave together. Measured on a backlog, a consumed event cost ~490 us of CPU one at a time
+and ~170 us so (``bench/consumer_backlog.py``). On PostgreSQL, whose worker threads would run
+them side by side in any order, they are applied one at a time.
 
 The connection is this module's own (no robust connection): when the broker is down or
 restarts, the consumer reconnects with capped exponential backoff and jitter, logging once
