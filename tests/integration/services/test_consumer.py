@@ -250,6 +250,40 @@ async def test_an_unavailable_database_holds_the_message_without_burning_attempt
     assert await asyncio.to_thread(bus.depth, bus.dlq(CONSUMER)) == 0
 
 
+async def test_a_database_outage_holding_a_backlog_is_logged_once_and_loses_nothing(
+    bus: Bus, database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Several waiting messages held through one outage: one warning, one recovery line."""
+    failures = 0
+
+    def handler(tx: Tx, evt: events_pb2.OrderEvent) -> None:
+        nonlocal failures
+        if failures < 8:  # more failures than messages: every message meets the outage
+            failures += 1
+            raise DependencyUnavailable("consumer-test database", "disk I/O error")
+        record(tx, evt)
+
+    declaring = consumer(bus, database, record)
+    declaring.start()
+    await asyncio.to_thread(bus.wait_consumer, CONSUMER)
+    await declaring.close()
+    backlog = [event() for _ in range(5)]
+    await asyncio.to_thread(bus.publish, backlog)
+    caplog.set_level(logging.INFO, logger="services.common.messaging.consumer")
+    running = consumer(bus, database, handler, prefetch=32)
+    running.start()
+
+    async def all_applied() -> bool:
+        return running.applied == len(backlog)
+
+    await until(all_applied)
+    await running.close()
+    assert sorted(await effects(database)) == sorted(e.event_id for e in backlog)
+    lines = [r.getMessage() for r in caplog.records if r.name == "services.common.messaging.consumer"]
+    assert sum("database unavailable" in line for line in lines) == 1, lines
+    assert sum("database answers again" in line for line in lines) == 1, lines
+
+
 async def test_the_consumer_reconnects_after_a_broker_outage_and_logs_it_once(
     bus: Bus, database: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
