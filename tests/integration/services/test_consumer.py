@@ -106,6 +106,18 @@ async def test_each_event_is_applied_once_even_when_published_twice(bus: Bus, da
     assert await asyncio.to_thread(bus.depth, bus.queue(CONSUMER)) == 0
 
 
+async def waiting_in_the_queue(bus: Bus, db: Database, count: int) -> list[events_pb2.OrderEvent]:
+    """``count`` events published into the consumer's queue (declared and bound first by a
+    consumer started and stopped), none consumed yet: the backlog a restarted consumer meets."""
+    declaring = consumer(bus, db, record)
+    declaring.start()
+    await asyncio.to_thread(bus.wait_consumer, CONSUMER)
+    await declaring.close()
+    backlog = [event() for _ in range(count)]
+    await asyncio.to_thread(bus.publish, backlog)
+    return backlog
+
+
 async def test_events_waiting_in_the_queue_are_applied_in_order_and_on_sqlite_share_commits(
     bus: Bus, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -113,12 +125,7 @@ async def test_events_waiting_in_the_queue_are_applied_in_order_and_on_sqlite_sh
     the waiting messages' transactions go out together, so they share COMMITs."""
     commits = counting_commits(monkeypatch)
     db = Database("consumer-test", database.url)  # connections opened from here on are traced
-    declaring = consumer(bus, db, record)
-    declaring.start()
-    await asyncio.to_thread(bus.wait_consumer, CONSUMER)
-    await declaring.close()
-    backlog = [event() for _ in range(30)]
-    await asyncio.to_thread(bus.publish, backlog)
+    backlog = await waiting_in_the_queue(bus, db, 30)
     applied: list[str] = []
 
     def handler(tx: Tx, evt: events_pb2.OrderEvent) -> None:
@@ -263,12 +270,7 @@ async def test_a_database_outage_holding_a_backlog_is_logged_once_and_loses_noth
             raise DependencyUnavailable("consumer-test database", "disk I/O error")
         record(tx, evt)
 
-    declaring = consumer(bus, database, record)
-    declaring.start()
-    await asyncio.to_thread(bus.wait_consumer, CONSUMER)
-    await declaring.close()
-    backlog = [event() for _ in range(5)]
-    await asyncio.to_thread(bus.publish, backlog)
+    backlog = await waiting_in_the_queue(bus, database, 5)
     caplog.set_level(logging.INFO, logger="services.common.messaging.consumer")
     running = consumer(bus, database, handler, prefetch=32)
     running.start()
