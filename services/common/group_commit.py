@@ -150,9 +150,11 @@ class GroupCommit:
         return outcomes
 
     def _alone(self, write: _Write) -> _Outcome:
+        """One write on the ordinary path; whatever it raises is its caller's alone (the writes
+        before it may have committed, so nothing here may fail the whole batch)."""
         try:
             return _Outcome(write, self._one_at_a_time(write.work))
-        except Exception as error:
+        except BaseException as error:
             return _Outcome(write, error=error)
 
     @staticmethod
