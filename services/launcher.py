@@ -54,7 +54,7 @@ from mesh.errors import ConfigError
 from mesh.health import wait_serving
 from mesh.identity import generate_keypair
 from mesh.registry.acl import ConsulAcl, ConsulAclError
-from mesh.registry.dev_agent import ConsulDevAgent, consul_answers, find_consul, free_port
+from mesh.registry.dev_agent import ConsulDevAgent, PortAllocator, consul_answers, find_consul
 from services import mesh_policy
 from services.common.messaging.topology import broker_address
 from services.common.settings import DEFAULT_PORTS, messaging_settings_from_env
@@ -106,6 +106,8 @@ class Mesh:
     """The launcher's own (management) token, for its own reads; never given to a child."""
     token_files: dict[str, Path] = field(default_factory=dict)
     """Each identity's token file; empty when the agent runs without ACLs."""
+    ports: PortAllocator = field(default_factory=PortAllocator, repr=False, compare=False)
+    """Every port this run hands to a child, so that none is handed out twice."""
 
     def child_env(self, env: dict[str, str], identity: str) -> dict[str, str]:
         """``env`` for a child running as ``identity``: its own token file and no other token."""
@@ -340,7 +342,9 @@ def start_services(
     for name in START_ORDER:
         for instance in range(counts[name]):
             default = int(env.get(f"{name.upper()}_PORT", DEFAULT_PORTS[name]))
-            children.append(start_instance(env, mesh, name, default if instance == 0 else free_port(), mtls))
+            children.append(
+                start_instance(env, mesh, name, default if instance == 0 else mesh.ports.take(), mtls)
+            )
     await_started(mesh, children[first:])
 
 
@@ -352,7 +356,7 @@ def start_apps(
     for app in apps:
         first_port = int(env.get(f"{app.name.upper().replace('-', '_')}_PORT", app.port))  # as INVENTORY_PORT
         for instance in range(app.instances):
-            port = first_port if instance == 0 else free_port()
+            port = first_port if instance == 0 else mesh.ports.take()
             children.append(start_instance(env, mesh, app.name, port, mtls, app))
     if apps:
         await_started(mesh, children[first:])
@@ -374,7 +378,7 @@ def start_instance(
 ) -> Child:
     """Spawn one instance of service ``name`` (``python -m services.<name>``, or an app's
     module with its paths first on PYTHONPATH) on ``port`` and a free health port; no waiting."""
-    health_port = free_port()
+    health_port = mesh.ports.take()
     child_env = dict(mesh.child_env(env, name), MESH_PORT=str(port), MESH_HEALTH_PORT=str(health_port))
     if name != "user":
         child_env.pop("MESH_JWT_PRIVATE_KEY_FILE", None)  # only the issuer signs user tokens
@@ -491,7 +495,7 @@ def start_dashboard(env: dict[str, str], mesh: Mesh, children: list[Child]) -> i
     (``OTEL_EXPORTER_OTLP_ENDPOINT``), unless the environment already names an exporter.
     """
     port = int(env.get("MESH_DASHBOARD_PORT", DASHBOARD_PORT))
-    otlp_port = int(env.get("MESH_DASHBOARD_OTLP_PORT", "0")) or free_port()
+    otlp_port = int(env.get("MESH_DASHBOARD_OTLP_PORT", "0")) or mesh.ports.take()
     dashboard_env = dict(
         mesh.child_env(env, "dashboard"),
         MESH_DASHBOARD_PORT=str(port),
@@ -724,7 +728,7 @@ def main() -> int:
         fleet = Fleet(
             supervisor,
             children,
-            lambda name: start_instance(env, mesh, name, free_port(), security.mtls, apps.get(name)),
+            lambda name: start_instance(env, mesh, name, mesh.ports.take(), security.mtls, apps.get(name)),
             partial(wait_passing, mesh.consul, timeout=60, token=mesh.token, quiet=True),
             (*START_ORDER, *apps),
             say=say,

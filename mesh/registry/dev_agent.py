@@ -38,7 +38,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,8 +76,9 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports on 127.0.0.1, each free for TCP and UDP a moment ago.
+def free_ports(count: int, exclude: Collection[int] = ()) -> list[int]:
+    """``count`` distinct ports on 127.0.0.1, each free for TCP and UDP a moment ago, none of
+    them in ``exclude`` (ports already handed out whose processes may not have bound them yet).
 
     Every probe stays bound until all are chosen: probing one at a time lets the kernel hand
     the same ephemeral port out twice, and an agent given one port for serf LAN and WAN
@@ -90,7 +91,7 @@ def free_ports(count: int) -> list[int]:
             if len(ports) == count:
                 return ports
             port = CHOSEN_PORTS[0] + secrets.randbelow(CHOSEN_PORTS[1] - CHOSEN_PORTS[0])
-            if port in ports:
+            if port in ports or port in exclude:
                 continue
             tcp = socket.socket()
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -107,6 +108,25 @@ def free_ports(count: int) -> list[int]:
     finally:
         for probe in held:
             probe.close()
+
+
+@dataclass
+class PortAllocator:
+    """Ports for the processes one launcher starts, never the same one twice.
+
+    A probe in :func:`free_ports` is released at once, and the process it is for binds the port
+    only once it has started, a second or so later: two picks a moment apart could meet on one
+    port, and the later process fails ("Failed to bind to address", seen in CI when a launcher
+    gave one payment instance's health port to another process). This remembers what it gave.
+    """
+
+    given: set[int] = field(default_factory=set)
+
+    def take(self) -> int:
+        """A free port this allocator has not handed out before."""
+        port = free_ports(1, exclude=self.given)[0]
+        self.given.add(port)
+        return port
 
 
 def acl_config(master_token: str) -> str:
@@ -148,10 +168,8 @@ class ConsulDevAgent:
     def assign_ports(self) -> dict[str, int]:
         """Give every port not set yet a free one, distinct from each other and from those set."""
         missing = [name for name in PORT_NAMES if name not in self.ports]
-        taken = set(self.ports.values())
-        fresh = iter(port for port in free_ports(len(missing) + len(taken)) if port not in taken)
-        for name in missing:
-            self.ports[name] = next(fresh)
+        fresh = free_ports(len(missing), exclude=set(self.ports.values()))
+        self.ports.update(zip(missing, fresh, strict=True))
         return self.ports
 
     def start(self, new_session: bool = False, preexec: Callable[[], None] | None = None) -> ConsulDevAgent:

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from mesh.registry import dev_agent
-from mesh.registry.dev_agent import PORT_NAMES, ConsulDevAgent, free_ports
+from mesh.registry.dev_agent import CHOSEN_PORTS, PORT_NAMES, ConsulDevAgent, PortAllocator, free_ports
 
 
 def test_free_ports_are_distinct_and_free_for_udp() -> None:
@@ -47,3 +47,18 @@ def test_ports_already_set_are_kept_and_never_handed_out_again(tmp_path: object)
     ports = agent.assign_ports()
     assert ports["http"] == 8500
     assert len(set(ports.values())) == len(PORT_NAMES)
+
+
+def test_a_port_allocator_never_hands_out_a_port_twice() -> None:
+    """Each probe is released at once, so free_port alone may repeat a port whose process has
+    not bound it yet (a launcher's instance once failed so); the allocator remembers."""
+    allocator = PortAllocator()
+    ports = [allocator.take() for _ in range(400)]  # ~29 repeats expected from free_port alone
+    assert len(set(ports)) == len(ports)
+    assert all(CHOSEN_PORTS[0] <= port < CHOSEN_PORTS[1] for port in ports)
+
+
+def test_free_ports_pass_over_the_ports_excluded() -> None:
+    allowed = range(CHOSEN_PORTS[1] - 400, CHOSEN_PORTS[1])  # 1 in 7 of the range
+    excluded = set(range(CHOSEN_PORTS[0], allowed.start))
+    assert set(free_ports(4, exclude=excluded)) <= set(allowed)
