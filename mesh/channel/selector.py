@@ -12,7 +12,9 @@ When the filters leave nothing because every endpoint's breaker is open, the cal
 fast with ``circuit open``. When nothing is there at all, the call waits for the registry's
 first answer (up to ``resolve_timeout``), or for endpoints when made with
 ``wait_for_ready``, never past its deadline; otherwise it fails with ``no healthy endpoint``
-(or with the error of its last attempt, when it had one).
+(or with the error of its last attempt, when it had one). A call whose deadline comes before
+the registry's answer fails with DEADLINE_EXCEEDED: the caller chose too short a time, and
+UNAVAILABLE would count as an outage against everyone (a gateway's breaker, say).
 """
 
 from __future__ import annotations
@@ -83,9 +85,13 @@ async def _wait_for_pick(
         if remaining is not None and remaining <= 0:
             raise deadline_error() if wait_for_ready or last_error is None else last_error
         if not pool.resolved:
-            within = remaining if wait_for_ready else _smaller(spec.resolve_timeout, remaining)
-            if not await pool.wait_changed(0, within) and not wait_for_ready:
+            registry_bound = not wait_for_ready and (remaining is None or spec.resolve_timeout < remaining)
+            within = _smaller(spec.resolve_timeout, remaining) if registry_bound else remaining
+            if not await pool.wait_changed(0, within) and registry_bound:
                 raise no_endpoint_error(pool.name)
+            # Otherwise the deadline bounded the wait: go round, so a timer that fired early
+            # (uvloop's clock is the loop's, in milliseconds) waits out the rest, and a call
+            # whose own deadline came first ends with DEADLINE_EXCEEDED, never an outage.
             continue
         if not wait_for_ready:
             raise last_error if avoid and last_error else no_endpoint_error(pool.name)

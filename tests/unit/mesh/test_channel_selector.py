@@ -105,6 +105,33 @@ async def test_no_endpoint_fails_after_the_resolve_timeout_or_with_the_last_erro
     assert raised.value is last
 
 
+async def test_a_deadline_before_the_registrys_answer_is_the_callers_not_an_outage() -> None:
+    unresolved = spec_for((), resolved=False)  # resolve_timeout 0.05 s
+    deadline = Deadline.after(0.01)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await select(unresolved, set(), set(), deadline, False, None)
+    assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert deadline.expired()
+
+
+async def test_a_wait_that_ends_early_does_not_end_the_call_before_its_deadline() -> None:
+    """uvloop's timers run on the loop's millisecond clock and can fire before their time."""
+    unresolved = spec_for((), resolved=False)
+    pool = unresolved.pool
+    real_wait, waits = pool.wait_changed, []
+
+    async def early_then_real(version: int, within: float | None) -> bool:
+        waits.append(within)
+        return False if len(waits) == 1 else await real_wait(version, within)
+
+    pool.wait_changed = early_then_real  # type: ignore[method-assign]
+    deadline = Deadline.after(0.01)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await select(unresolved, set(), set(), deadline, False, None)
+    assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert deadline.expired() and len(waits) >= 2
+
+
 async def test_waiting_for_ready_stops_at_the_deadline() -> None:
     spec = spec_for((), resolved=True)
     with pytest.raises(grpc.aio.AioRpcError) as raised:
