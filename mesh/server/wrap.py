@@ -8,7 +8,8 @@ code. One wrapper per call type lives here once: a unary response is awaited, a 
 stream is iterated, and mixing the two in one wrapper breaks one of them. The handler's
 code is not returned: it is the code set by ``context.abort``/``set_code`` (read back with
 ``context.code()``), ``CANCELLED`` when the task is cancelled, ``UNKNOWN`` for any other
-exception (what grpc.aio answers then), or ``OK``.
+exception (what grpc.aio answers then), or ``OK``; an exception raised once the core has ended
+the call (its deadline passed) is the code the client got from the core, not ``UNKNOWN``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ def status_of(context: Context, error: BaseException | None) -> grpc.StatusCode:
         return grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
     if isinstance(error, asyncio.CancelledError | GeneratorExit):
         return grpc.StatusCode.CANCELLED
+    if context.done():
+        # grpc core ended the call before the handler answered (its deadline passed, or the
+        # client went away): the status could not be sent (grpc raises ExecuteBatchError),
+        # and the client saw the core's, not the UNKNOWN this exception would otherwise be.
+        left = context.time_remaining()
+        return (
+            grpc.StatusCode.DEADLINE_EXCEEDED if left is not None and left <= 0 else grpc.StatusCode.CANCELLED
+        )
     return grpc.StatusCode.UNKNOWN
 
 

@@ -107,11 +107,17 @@ async def test_a_call_without_deadline_publishes_none(served: tuple[grpc.aio.Cha
 
 
 class FakeContext:
-    def __init__(self, code: Any = None) -> None:
-        self._code = code
+    def __init__(self, code: Any = None, *, ended: bool = False, left: float | None = 1.0) -> None:
+        self._code, self._ended, self._left = code, ended, left
 
     def code(self) -> Any:
         return self._code
+
+    def done(self) -> bool:
+        return self._ended
+
+    def time_remaining(self) -> float | None:
+        return self._left
 
 
 def test_status_of_reads_the_code_the_client_will_see() -> None:
@@ -120,6 +126,15 @@ def test_status_of_reads_the_code_the_client_will_see() -> None:
     assert status_of(FakeContext(5), grpc.aio.AbortError()) is grpc.StatusCode.NOT_FOUND  # by number
     assert status_of(FakeContext(), RuntimeError("bug")) is grpc.StatusCode.UNKNOWN
     assert status_of(FakeContext(), GeneratorExit()) is grpc.StatusCode.CANCELLED
+
+
+def test_an_answer_too_late_to_send_has_the_code_the_core_sent() -> None:
+    """A handler that aborts after its deadline: grpc fails to send (ExecuteBatchError), and
+    the client already has DEADLINE_EXCEEDED from the core; the call was no server error."""
+    too_late = RuntimeError('Failed "execute_batch"')
+    assert status_of(FakeContext(ended=True, left=0), too_late) is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert status_of(FakeContext(ended=True, left=3.0), too_late) is grpc.StatusCode.CANCELLED
+    assert status_of(FakeContext(ended=True, left=None), too_late) is grpc.StatusCode.CANCELLED
 
 
 async def test_wrap_service_passes_an_unknown_method_through() -> None:
