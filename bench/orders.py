@@ -28,7 +28,9 @@ The last line printed is one JSON object with ``orders_per_s`` (the SQLite figur
 ``cpu_ms_per_order`` (per backend too, with ``cpu_ms_per_order_by_process_<backend>``): the
 CPU every shop process, RabbitMQ and PostgreSQL spent in the throughput phase (from /proc) per
 confirmed order. The relay and the event consumers run inside their services and are counted
-with them.
+with them. ``system_ms_per_order_by_process_<backend>`` (the kernel's part of those figures) and
+``context_switches_per_order_by_process_<backend>`` (every thread of each shop process) show
+what the hops between threads cost.
 """
 
 from __future__ import annotations
@@ -87,13 +89,42 @@ TERMINAL = ("ORDER_STATUS_CONFIRMED", "ORDER_STATUS_CANCELLED")
 KEYS = ("jwt",)  # the user key; services and the gateway are mesh identities, not keys
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` from /proc (0 once it is gone)."""
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid`` from /proc (zeros once it is gone)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` from /proc (0 once it is gone)."""
+    return sum(cpu_split(pid))
+
+
+def context_switches(pid: int) -> int:
+    """Voluntary and involuntary context switches of every live thread of ``pid``.
+
+    Each hop between a service's threads (grpc's poller, the event loop, the database
+    writer) is a switch out and a wake-up; system CPU and these counts show what the hops
+    cost, which instruction counts of Python code never see.
+    """
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        for line in status.splitlines():
+            if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                total += int(line.split()[1])
+    return total
 
 
 def shared_server_cpu() -> dict[str, float]:
@@ -125,6 +156,20 @@ def cpu_per_order(before: dict[str, float], after: dict[str, float], confirmed: 
             name = key.split(":", 1)[0]
             spent[name] = spent.get(name, 0.0) + seconds - before[key]
     return {name: round(seconds * 1000 / max(confirmed, 1), 2) for name, seconds in spent.items()}
+
+
+def kernel_per_order(
+    before: dict[str, tuple[float, int]], after: dict[str, tuple[float, int]], confirmed: int
+) -> dict[str, dict[str, float]]:
+    """Per confirmed order and shop process: system CPU (ms, part of its CPU figure) and
+    context switches, between two :meth:`Shop.kernel_snapshot` readings."""
+    orders = max(confirmed, 1)
+    system, switches = {}, {}
+    for name, (seconds, count) in after.items():
+        if name in before:
+            system[name] = round((seconds - before[name][0]) * 1000 / orders, 2)
+            switches[name] = round((count - before[name][1]) / orders, 1)
+    return {"system_ms_per_order_by_process": system, "context_switches_per_order_by_process": switches}
 
 
 def free_port() -> int:
@@ -169,6 +214,13 @@ class Shop:
         self.started.append(process)
         self.by_name[name] = process
         return process
+
+    def kernel_snapshot(self) -> dict[str, tuple[float, int]]:
+        """System CPU seconds and context switches so far of each shop process."""
+        return {
+            name: (cpu_split(process.pid)[1], context_switches(process.pid))
+            for name, process in self.by_name.items()
+        }
 
     def cpu_snapshot(self) -> dict[str, float]:
         """CPU seconds so far of each shop process, of RabbitMQ and of PostgreSQL (see cpu_of)."""
@@ -655,9 +707,10 @@ async def measure(backend: str, shop: Shop, options: argparse.Namespace) -> dict
         )
         for token in tokens[:2]:  # warm every path once (connections, first-use caches)
             await place_and_follow(client, token)
-        before = shop.cpu_snapshot()
+        before, kernel_before = shop.cpu_snapshot(), shop.kernel_snapshot()
         result = await throughput(client, tokens, options.concurrency, options.count, options.seconds)
         by_process = cpu_per_order(before, shop.cpu_snapshot(), result["confirmed"])
+        result.update(kernel_per_order(kernel_before, shop.kernel_snapshot(), result["confirmed"]))
         # The shop's own processes (relay and consumers inside their services) and the broker
         # and database they use; not the load generator (this process).
         result["cpu_ms_per_order"] = round(sum(by_process.values()), 2)
@@ -772,6 +825,8 @@ def main() -> None:
         summary[f"cpu_ms_per_order_by_process_{backend}"] = result["throughput"][
             "cpu_ms_per_order_by_process"
         ]
+        for key in ("system_ms_per_order_by_process", "context_switches_per_order_by_process"):
+            summary[f"{key}_{backend}"] = result["throughput"][key]
         summary[f"relay_lag_p99_ms_{backend}"] = result["relay"]["relay_lag_p99_ms"]
         summary[f"relay_alone_lag_p99_ms_{backend}"] = result["relay_alone"]["relay_alone_lag_p99_ms"]
     summary["relay_lag_p99_ms"] = per_backend[first]["relay"]["relay_lag_p99_ms"]
