@@ -65,6 +65,16 @@ def record(tx: Tx, evt: events_pb2.OrderEvent) -> None:
     tx.execute("INSERT INTO effects (order_id, event_id) VALUES (?, ?)", (evt.order.order_id, evt.event_id))
 
 
+def recording(seen: list[str]) -> Callable[[Tx, events_pb2.OrderEvent], None]:
+    """A handler that notes each event id it is given in ``seen``, then records the event."""
+
+    def handler(tx: Tx, evt: events_pb2.OrderEvent) -> None:
+        seen.append(evt.event_id)
+        record(tx, evt)
+
+    return handler
+
+
 async def effects(db: Database) -> list[str]:
     rows = await db.transact(lambda tx: tx.query("SELECT event_id FROM effects ORDER BY event_id"))
     return [str(r["event_id"]) for r in rows]
@@ -127,12 +137,7 @@ async def test_events_waiting_in_the_queue_are_applied_in_order_and_on_sqlite_sh
     db = Database("consumer-test", database.url)  # connections opened from here on are traced
     backlog = await waiting_in_the_queue(bus, db, 30)
     applied: list[str] = []
-
-    def handler(tx: Tx, evt: events_pb2.OrderEvent) -> None:
-        applied.append(evt.event_id)
-        record(tx, evt)
-
-    running = consumer(bus, db, handler, prefetch=32)
+    running = consumer(bus, db, recording(applied), prefetch=32)
     commits.clear()
     running.start()
 
@@ -180,12 +185,7 @@ async def test_a_handler_that_always_fails_sends_the_message_to_the_dlq_and_the_
 
 async def test_a_malformed_body_goes_straight_to_the_dlq(bus: Bus, database: Database) -> None:
     calls: list[str] = []
-
-    def handler(tx: Tx, evt: events_pb2.OrderEvent) -> None:
-        calls.append(evt.event_id)
-        record(tx, evt)
-
-    running = consumer(bus, database, handler, attempts=5)
+    running = consumer(bus, database, recording(calls), attempts=5)
     running.start()
     await asyncio.to_thread(bus.wait_consumer, CONSUMER)
     await asyncio.to_thread(bus.publish_raw, "order.confirmed", b"\xff\xfe not protobuf", "junk-1")
