@@ -9,7 +9,9 @@ order's deterministic step keys.
 
 The order document is the saga log: each save commits the step's outcome together with the
 order's own fields (status, ids, reasons) in one transaction, and a step starts only after
-the previous save returned. A compensation that fails does not stop the others; the order
+the previous save returned. The save of the last outcome also carries the terminal status
+(CONFIRMED after the last forward step, CANCELLED after the last undo): the outcome and the
+end of the saga commit together, one transaction per order fewer than a save of their own. A compensation that fails does not stop the others; the order
 then keeps its status with a reason saying what is left, and re-running finishes the job
 (:mod:`services.order.saga.runner` re-runs it with backoff and resumes unfinished orders on start).
 
@@ -79,10 +81,15 @@ class Orchestrator:
                 # The failure and the decision to undo are saved together: a later run compensates.
                 order = await self._save(domain.begin_cancel(failed, why.text, self._clock()))
                 return await self.compensate(order, participants)
+            done = domain.record(order, step, Outcome.COMPLETED, detail, self._clock())
+            if not domain.remaining(self._steps, done):
+                done = domain.confirm(done, self._steps, self._clock())  # one save ends the saga
             self._checkpoint("before_commit", step.name)
-            order = await self._save(domain.record(order, step, Outcome.COMPLETED, detail, self._clock()))
+            order = await self._save(done)
             self._checkpoint("after_commit", step.name)
-        return await self._save(domain.confirm(order, self._steps, self._clock()))
+        if order.status is OrderStatus.PENDING:  # nothing was left to do: a run resumed after the last step
+            order = await self._save(domain.confirm(order, self._steps, self._clock()))
+        return order
 
     async def cancel(self, order: Order, participants: Participants, reason: str) -> Order:
         """Undo a PENDING or CONFIRMED order; a CANCELLED one is returned unchanged."""
@@ -108,8 +115,13 @@ class Orchestrator:
                 order = await self._save(domain.record(order, step, Outcome.FAILED, detail, self._clock()))
                 continue
             self._compensated(step.undo or step.name, True)
+            undone = domain.record(order, step, Outcome.COMPENSATED, detail, self._clock())
+            if not failures and not domain.to_compensate(self._steps, undone):
+                undone = domain.cancel(undone, self._steps, self._clock())  # one save ends the saga
             self._checkpoint("compensating", step.undo or step.name)
-            order = await self._save(domain.record(order, step, Outcome.COMPENSATED, detail, self._clock()))
+            order = await self._save(undone)
+        if order.status is OrderStatus.CANCELLED:
+            return order
         if failures:
             return await self._save(domain.stuck(order, failures, self._clock()))
         return await self._save(domain.cancel(order, self._steps, self._clock()))

@@ -124,8 +124,9 @@ async def test_happy_path_runs_every_step_in_order_and_saves_after_each() -> Non
     assert fake.calls == FORWARD
     assert order.status is OrderStatus.CONFIRMED
     assert [(s.name, s.outcome) for s in order.steps] == [(n, Outcome.COMPLETED) for n in FORWARD]
-    assert len(store.saved) == len(FORWARD) + 1  # one save per step, then CONFIRMED
-    assert [len(o.steps) for o in store.saved] == [1, 2, 3, 4, 5, 5]
+    # One save per step; the last step's save also confirms the order (no save of its own).
+    assert [len(o.steps) for o in store.saved] == [1, 2, 3, 4, 5]
+    assert [o.status for o in store.saved] == [OrderStatus.PENDING] * 4 + [OrderStatus.CONFIRMED]
     assert fake.stock == {"ord_1.reserve": "COMMITTED"} and fake.payments == {"ord_1.pay": "CAPTURED"}
     assert (order.reservation_id, order.payment_id, order.shipment_id) == (
         "ord_1.reserve",
@@ -158,6 +159,10 @@ async def test_a_refusal_at_each_position_undoes_completed_steps_in_reverse(
     assert set(fake.stock.values()) <= {"RELEASED"} and set(fake.payments.values()) <= {"VOIDED", "REFUNDED"}
     assert set(fake.shipments.values()) <= {"CANCELLED"}
     assert store.last == order
+    # A save per outcome (the refusal's with the decision to undo); the last undo's save, or
+    # the refusal's own save's successor when nothing was done, also cancels the order.
+    assert len(store.saved) == len(done) + 1 + (len(compensations) or 1)
+    assert [o.status for o in store.saved].count(OrderStatus.CANCELLED) == 1
 
 
 async def test_an_unavailable_participant_is_not_undone_but_a_timed_out_one_is() -> None:
@@ -206,7 +211,7 @@ async def test_rerunning_a_terminal_order_calls_nobody() -> None:
     assert fake.calls == []
 
 
-@pytest.mark.parametrize("crash_after", range(1, len(FORWARD) + 1))
+@pytest.mark.parametrize("crash_after", range(1, len(FORWARD)))  # the fifth save confirms
 async def test_a_run_stopped_after_any_save_resumes_without_repeating_effects(crash_after: int) -> None:
     fake, crashing = FakeParticipants(), MemoryStore(crash_after=crash_after)
     with pytest.raises(SystemExit):
@@ -218,6 +223,18 @@ async def test_a_run_stopped_after_any_save_resumes_without_repeating_effects(cr
     assert fake.calls == FORWARD[crash_after:]
     assert order.status is OrderStatus.CONFIRMED
     assert fake.stock == {"ord_1.reserve": "COMMITTED"} and fake.payments == {"ord_1.pay": "CAPTURED"}
+
+
+async def test_a_run_resumed_after_every_step_was_saved_only_confirms() -> None:
+    """An order whose last outcome was saved without the confirmation (as saves were made
+    before the two shared one) is confirmed by one save, and nobody is called again."""
+    done = new_order()
+    for step in ORDER_STEPS:
+        done = domain.record(done, step, Outcome.COMPLETED, "done", NOW)
+    store, fake = MemoryStore(), FakeParticipants()
+    order = await saga(store).run(done, fake)
+    assert fake.calls == []
+    assert order.status is OrderStatus.CONFIRMED and len(store.saved) == 1
 
 
 async def test_cancelling_a_confirmed_order_refunds_and_returns_everything() -> None:
