@@ -3,13 +3,15 @@
 ``bench/orders.py`` runs the whole shop, where seven processes share two cores and one figure
 moves another. This bench keeps only what the order service does with its database for one
 order: ``Orders.create`` over the real ``OrderStore`` (the idempotency lookup, the insert with
-its outbox row, the saga's claim, one save per step, the confirmation with its outbox row),
+its outbox row and the saga's lease, one save per step, the last with the confirmation and its
+outbox row),
 with participants that answer at once, CONCURRENCY orders in flight in one event loop, on a
 fresh SQLite file (or the PostgreSQL database given by ``--database-url``, which must exist and
 be empty; its tables are dropped after).
 
 Reported: ``orders_per_s``, ``cpu_ms_per_order`` (this process's user + system CPU, every
-thread, over the timed orders), ``transactions_per_order`` (calls of ``Database.transact``) and,
+thread, over the timed orders), ``transactions_per_order`` (calls of ``Database.transact``),
+``reads_per_order`` (calls of ``Database.read``) and,
 on SQLite, ``commits_per_order`` (COMMITs actually written: group commit folds transactions
 queued meanwhile into one). The last line printed is one JSON object.
 
@@ -85,14 +87,20 @@ class InstantLookups:
 
 
 def _counting(database: Database, counter: list[int]) -> None:
-    """Count ``transact`` calls without changing what they do."""
-    transact = database.transact
+    """Count ``transact`` (``counter[0]``) and ``read`` (``counter[1]``) calls without changing
+    what they do."""
+    transact, read = database.transact, database.read
 
     async def counted(work: Callable[[Tx], Any]) -> Any:
         counter[0] += 1
         return await transact(work)
 
+    async def counted_read(work: Callable[[Tx], Any]) -> Any:
+        counter[1] += 1
+        return await read(work)
+
     database.transact = counted  # type: ignore[method-assign]
+    database.read = counted_read  # type: ignore[method-assign]
 
 
 async def _place(orders: Orders, count: int, concurrency: int, prefix: str) -> int:
@@ -117,7 +125,7 @@ async def run(url: str, count: int, concurrency: int) -> dict[str, Any]:
         await migrate(database, MIGRATIONS)
         orders = Orders(OrderStore(database))
         await _place(orders, min(200, count), concurrency, "warm")  # connections, caches
-        transactions = [0]
+        transactions = [0, 0]
         _counting(database, transactions)
         group = getattr(database, "_group", None)
         commits_before = group.commits if group is not None else 0
@@ -133,6 +141,7 @@ async def run(url: str, count: int, concurrency: int) -> dict[str, Any]:
             "orders_per_s": round(confirmed / wall, 1),
             "cpu_ms_per_order": round(cpu * 1000 / count, 3),
             "transactions_per_order": round(transactions[0] / count, 2),
+            "reads_per_order": round(transactions[1] / count, 2),
         }
         if group is not None:
             result["commits_per_order"] = round((group.commits - commits_before) / count, 2)

@@ -89,15 +89,18 @@ class Orders:
         end in a CANCELLED order.
         """
         existing = await self._store.find(user_id, draft.request_id)
+        created = False
         if existing is None:
             await lookups.check_user(user_id)
             catalog = await lookups.catalog(line.sku for line in draft.lines)
             order = domain.new_order(self._ids(), user_id, draft, catalog, self._clock())
-            existing, _created = await self._store.create(order)
+            existing, created = await self._store.create(order, self._runner.new_lease())
         domain.check_replay(existing, draft)
         if existing.status is not OrderStatus.PENDING:
             return existing
-        task = self._runner.submit(existing.order_id, lambda: participants)
+        task = self._runner.submit(
+            existing.order_id, lambda: participants, claimed=existing if created else None
+        )
         return await self._settle(task, existing.order_id, wait_seconds)
 
     async def get(self, principal: Principal, order_id: str) -> Order:

@@ -10,9 +10,11 @@ runners can never silently overwrite each other's step history. On top of that, 
 holds a lease (``lease_owner``, ``lease_expires``) while it drives an order; a save made with
 an ``owner`` also requires that lease, which fences off a runner whose lease ran out (a paused
 or partitioned process) even before the new holder has saved anything. The lease costs no
-transactions of its own on the common path: ``claim`` reads the order in the transaction that
-takes the lease, and the save that ends the saga (CONFIRMED, CANCELLED) gives the lease back
-in its own UPDATE, so a saga's writes are the claim plus one per step outcome.
+transactions of its own on the common path: a new order is inserted with its lease already
+taken by the process that will drive it, ``claim`` (for every later drive) reads the order in
+the transaction that takes the lease, and the save that ends the saga (CONFIRMED, CANCELLED)
+gives the lease back in its own UPDATE, so a new order's writes are its insert plus one per
+step outcome.
 
 Events go out through the outbox (:mod:`services.order.events`): ``create`` writes
 ``order.created`` with the new order, and a save that moves the status to CONFIRMED or
@@ -147,13 +149,18 @@ class OrderStore:
         self._db = database
         self._on_event = on_event or (lambda: None)
 
-    async def create(self, order: Order) -> tuple[Order, bool]:
-        """Store a new order; when (user, request_id) is taken, the existing one and False."""
+    async def create(self, order: Order, lease: tuple[str, float] | None = None) -> tuple[Order, bool]:
+        """Store a new order; when (user, request_id) is taken, the existing one and False.
+
+        ``lease`` (owner, expiry in epoch seconds) is taken on the new order in the same
+        INSERT, for the runner that drives it next: that saves the saga's claim transaction.
+        """
+        owner, expires = lease or ("", 0.0)
 
         def work(tx: Tx) -> tuple[Order, bool]:
             added = tx.execute(
-                f"INSERT INTO orders ({COLUMNS}, saga_open) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (user_id, request_id) DO NOTHING",
+                f"INSERT INTO orders ({COLUMNS}, saga_open, lease_owner, lease_expires) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, request_id) DO NOTHING",
                 (
                     order.order_id,
                     order.user_id,
@@ -164,6 +171,8 @@ class OrderStore:
                     1,
                     document(order),
                     int(saga_open(order)),
+                    owner,
+                    expires,
                 ),
             )
             if added:
@@ -297,7 +306,7 @@ class OrderStore:
 
         return [
             Lease(_order({**row, "version": 0}), str(row["lease_owner"]), float(row["lease_expires"]))
-            for row in await self._db.transact(work)
+            for row in await self._db.read(work)
         ]
 
     async def list_for_user(self, user_id: str, after: tuple[str, str] | None, limit: int) -> list[Order]:
@@ -318,7 +327,7 @@ class OrderStore:
                 (user_id, time, time, order_id, limit),
             )
 
-        return [_order(row) for row in await self._db.transact(work)]
+        return [_order(row) for row in await self._db.read(work)]
 
     @staticmethod
     def _find_in(tx: Tx, user_id: str, request_id: str) -> Order | None:

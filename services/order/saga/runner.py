@@ -128,12 +128,24 @@ class SagaRunner:
         self._held: set[str] = set()
         self._loops: list[asyncio.Task[None]] = []
 
+    def new_lease(self) -> tuple[str, float]:
+        """The lease (owner, expiry) an order is created with when this runner drives it next:
+        :meth:`submit` with ``claimed`` then starts without a claim transaction."""
+        return self.owner, self._wall() + self.settings.lease_seconds
+
     def submit(
-        self, order_id: str, participants: ParticipantsFactory, cancel_reason: str = ""
+        self,
+        order_id: str,
+        participants: ParticipantsFactory,
+        cancel_reason: str = "",
+        *,
+        claimed: Order | None = None,
     ) -> asyncio.Task[Order | None]:
         """Drive the order (or start undoing it) in the background; the task ends with the
         terminal order, or None when another instance holds it or took it over.
 
+        ``claimed``: the order as stored with this runner's lease (:meth:`new_lease`) in the
+        transaction that created it; the first attempt starts from it instead of claiming.
         A drive already running here is joined; a cancellation queues behind it.
         """
         current = self._tasks.get(order_id)
@@ -143,7 +155,7 @@ class SagaRunner:
         # CreateOrder caller's deadline and be cut off exactly when the caller stops waiting.
         with detached():
             task = asyncio.create_task(
-                self._drive(order_id, participants, cancel_reason, current), name=f"saga {order_id}"
+                self._drive(order_id, participants, cancel_reason, current, claimed), name=f"saga {order_id}"
             )
         self._tasks[order_id] = task
 
@@ -195,6 +207,7 @@ class SagaRunner:
         participants: ParticipantsFactory,
         cancel_reason: str,
         previous: asyncio.Task[Order | None] | None,
+        created: Order | None = None,
     ) -> Order | None:
         if previous is not None and not previous.done():
             await asyncio.wait({previous})
@@ -203,9 +216,13 @@ class SagaRunner:
         try:
             while True:
                 try:
-                    claimed = await self._store.claim(
-                        order_id, self.owner, self._wall(), self.settings.lease_seconds
-                    )
+                    claimed: Order | None
+                    if created is not None:  # stored with our lease: the first attempt needs no claim
+                        claimed, created = created, None
+                    else:
+                        claimed = await self._store.claim(
+                            order_id, self.owner, self._wall(), self.settings.lease_seconds
+                        )
                     if claimed is not None:
                         self._held.add(order_id)
                         self._metrics.driving(order_id)

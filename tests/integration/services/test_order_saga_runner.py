@@ -117,6 +117,43 @@ async def test_a_saga_writes_the_claim_and_one_save_per_outcome_and_its_last_sav
     await runner.close()
 
 
+async def test_a_new_order_is_stored_with_the_runners_lease_and_driven_without_a_claim(
+    database: Database,  # noqa: F811
+) -> None:
+    """Placing an order writes its insert and one save per step: the insert takes the lease."""
+    orders = Orders(OrderStore(database), saga=FAST)
+    writes: list[str] = []
+    transact = database.transact
+
+    async def counted(work: Callable[[Tx], Any]) -> Any:
+        writes.append("write")
+        return await transact(work)
+
+    database.transact = counted  # type: ignore[method-assign]
+    lookups = type("L", (), {"check_user": _noop, "catalog": _catalog})()
+    order = await asyncio.wait_for(orders.create("u-ada", _draft("leased"), lookups, FakeParticipants()), 10)
+    assert order.status is OrderStatus.CONFIRMED
+    assert len(writes) == 1 + len(ORDER_STEPS)  # the insert, then one save per step
+    database.transact = transact  # type: ignore[method-assign]
+    lease = await database.read(
+        lambda tx: tx.one("SELECT lease_owner FROM orders WHERE order_id = ?", (order.order_id,))
+    )
+    assert lease == {"lease_owner": ""}  # the confirming save gave it back
+    await orders.close()
+
+
+async def test_an_order_created_with_a_lease_is_not_taken_by_another_runner_until_it_expires(
+    database: Database,  # noqa: F811
+) -> None:
+    store = OrderStore(database)
+    order, created = await store.create(make_order("ord_created_leased"), lease=("a", 110.0))
+    assert created
+    assert not await store.claim(order.order_id, "b", now=105.0, ttl=10)
+    assert await store.unfinished(now=105.0) == []  # no resume scan picks it up meanwhile
+    assert await store.claim(order.order_id, "a", now=105.0, ttl=10)
+    assert await store.claim(order.order_id, "b", now=116.0, ttl=10)  # a's lease ran out
+
+
 async def test_a_failing_compensation_is_retried_until_it_succeeds(database: Database) -> None:  # noqa: F811
     class Flaky(FakeParticipants):
         failures = 3
