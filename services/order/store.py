@@ -19,10 +19,10 @@ step outcome.
 Events go out through the outbox (:mod:`services.order.events`): ``create`` writes
 ``order.created`` with the new order, and a save that moves the status to CONFIRMED or
 CANCELLED writes ``order.confirmed`` / ``order.cancelled``, in the save's own transaction.
-The previous status is read in that transaction, with the row locked (``FOR UPDATE`` on
-PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already holds the write lock) and its version
-checked, so a retried or stale save, or a save without a status change, writes no event:
-exactly one event per transition. ``on_event`` (the relay's wake-up) is called after such a
+The previous status is read in that transaction, at the version the save is made over (on
+PostgreSQL by the UPDATE itself, which returns it; on SQLite by a read under
+``BEGIN IMMEDIATE``'s write lock), so a retried or stale save, or a save without a status
+change, writes no event: exactly one event per transition. ``on_event`` (the relay's wake-up) is called after such a
 commit so the event leaves without waiting for the next poll.
 """
 
@@ -215,34 +215,39 @@ class OrderStore:
         """
 
         def work(tx: Tx) -> tuple[Order, bool]:
-            lock = " FOR UPDATE" if tx.dialect == "postgresql" else ""
-            current = tx.one(
-                f"SELECT status, version FROM orders WHERE order_id = ?{lock}", (order.order_id,)
-            )
-            if current is None or int(current["version"]) != order.version:
-                raise StaleOrder(order.order_id)
             still_open = saga_open(order)
             release = "" if owner is None or still_open else ", lease_owner = '', lease_expires = 0"
-            sql = (
-                "UPDATE orders SET status = ?, update_time = ?, version = version + 1, document = ?, "
-                f"saga_open = ?{release} WHERE order_id = ? AND version = ?"
+            assignments = (
+                f"status = ?, update_time = ?, version = version + 1, document = ?, saga_open = ?{release}"
             )
-            params: list[object] = [
-                order.status.value,
-                order.update_time,
-                document(order),
-                int(still_open),
-                order.order_id,
-                order.version,
-            ]
+            values: list[object] = [order.status.value, order.update_time, document(order), int(still_open)]
+            match = "orders.order_id = ? AND orders.version = ?"
+            keys: list[object] = [order.order_id, order.version]
             if owner is not None:
-                sql += " AND lease_owner = ?"
-                params.append(owner)
-            changed = tx.execute(sql, params)
-            if not changed:
-                raise StaleOrder(order.order_id)
+                match += " AND orders.lease_owner = ?"
+                keys.append(owner)
+            if tx.dialect == "postgresql":
+                # One statement, one round trip: the subquery reads the status the row has at
+                # the statement's start; a row moved past ``order.version`` fails the match
+                # once its lock is ours, so the status returned is the one at that version.
+                row = tx.one(
+                    f"UPDATE orders SET {assignments} "
+                    "FROM (SELECT status AS previous FROM orders WHERE order_id = ?) AS before "
+                    f"WHERE {match} RETURNING before.previous",
+                    (*values, order.order_id, *keys),
+                )
+                if row is None:
+                    raise StaleOrder(order.order_id)
+                previous = row["previous"]
+            else:  # BEGIN IMMEDIATE already holds the write lock; statements cost no round trip
+                current = tx.one("SELECT status, version FROM orders WHERE order_id = ?", (order.order_id,))
+                if current is None or int(current["version"]) != order.version:
+                    raise StaleOrder(order.order_id)
+                if not tx.execute(f"UPDATE orders SET {assignments} WHERE {match}", (*values, *keys)):
+                    raise StaleOrder(order.order_id)
+                previous = current["status"]
             saved = replace(order, version=order.version + 1)
-            event = events.transition_event(OrderStatus(current["status"]), order.status)
+            event = events.transition_event(OrderStatus(previous), order.status)
             if event is not None:
                 outbox.add(tx, events.order_event(event, saved))
             return saved, event is not None

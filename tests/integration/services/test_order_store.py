@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from mesh.errors import DependencyUnavailable
@@ -24,6 +25,8 @@ from services.order.domain import Address, Line, Order, OrderStatus, Outcome, Pr
 from services.order.orders import Orders
 from services.order.saga.definition import ORDER_STEPS
 from services.order.store import OrderStore, StaleOrder
+from tests.conftest import POSTGRES_ADMIN_DSN
+from tests.support.waiting import wait_until
 from tests.unit.services.test_order_saga_orchestrator import FakeParticipants
 
 MIGRATIONS = Path("services/order/migrations")
@@ -222,3 +225,41 @@ async def test_watch_follows_an_order_until_it_is_terminal(database: Database) -
     with pytest.raises(NotFound):
         await anext(orders.watch(BOB, pending.order_id))
     assert [o.status async for o in orders.watch(ADA, pending.order_id)] == [OrderStatus.CONFIRMED]
+
+
+async def test_a_save_that_waited_for_another_writers_lock_is_stale_and_writes_no_event(
+    postgres_dsn: str,
+) -> None:
+    """PostgreSQL: the save's single UPDATE queues behind a transaction that moves the order
+    on; once that commits, the save matches nothing (StaleOrder) and adds no outbox row."""
+    database = Database("order", postgres_dsn)
+    try:
+        await migrate(database, MIGRATIONS)
+        store = OrderStore(database)
+        order, _ = await store.create(make_order("ord_race"))
+        outbox_rows = "SELECT count(*) AS n FROM outbox"
+        events_before = await database.read(lambda tx: tx.one(outbox_rows))
+        with psycopg.connect(postgres_dsn) as other:  # a transaction left open: it holds the row
+            other.execute("UPDATE orders SET version = version + 1 WHERE order_id = 'ord_race'")
+            confirming = replace(order, status=OrderStatus.CANCELLED, cancel_reason="raced")
+            save = asyncio.ensure_future(store.save(confirming))
+            await wait_until(
+                lambda: blocked_on_a_lock(postgres_dsn), 10, "the save to queue for the row lock"
+            )
+            assert not save.done()
+            other.commit()
+        with pytest.raises(StaleOrder):
+            await asyncio.wait_for(save, 10)
+        assert await database.read(lambda tx: tx.one(outbox_rows)) == events_before
+    finally:
+        await database.close()
+
+
+def blocked_on_a_lock(dsn: str) -> bool:
+    """Whether a session of the test's database waits for a lock."""
+    name = dsn.rsplit("/", 1)[1]
+    with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'", (name,)
+        ).fetchone()
+    return bool(row and row[0])
