@@ -110,13 +110,13 @@ class InventoryStore:
                     "INSERT INTO restocks (request_id, sku, quantity, create_time) VALUES (?, ?, ?, ?)",
                     (request_id, sku, quantity, utc_now()),
                 )
-            changed = tx.execute(
-                "UPDATE products SET stock = stock + ?, update_time = ? WHERE sku = ?",
+            row = tx.one(
+                "UPDATE products SET stock = stock + ?, update_time = ? WHERE sku = ? RETURNING *",
                 (quantity, utc_now(), sku),
             )
-            if not changed:
+            if row is None:
                 raise NotFound(f"product '{sku}' not found")
-            return self._product_in(tx, sku)
+            return _product(row)
 
         return await self._db.transact(work)
 
@@ -152,12 +152,13 @@ class InventoryStore:
                         raise NotFound(f"product '{line.sku}' not found")
                     raise insufficient_stock(line.sku, line.quantity, int(product["stock"]))
             items = json.dumps([{"sku": line.sku, "quantity": line.quantity} for line in lines])
-            tx.execute(
+            row = tx.one(
                 "INSERT INTO reservations (reservation_id, order_id, items, state, create_time, update_time) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
                 (reservation_id, order_id, items, ReservationState.HELD.value, now, now),
             )
-            return self._reservation_in(tx, reservation_id)
+            assert row is not None  # an INSERT without ON CONFLICT returns its row or raises
+            return _reservation(row)
 
         return await self._db.transact(work)
 
@@ -178,8 +179,7 @@ class InventoryStore:
                     "UPDATE products SET stock = stock + ?, update_time = ? WHERE sku = ?",
                     (line.quantity, now, line.sku),
                 )
-            self._set_state(tx, reservation_id, ReservationState.RELEASED, now)
-            return self._reservation_in(tx, reservation_id)
+            return self._set_state(tx, reservation_id, ReservationState.RELEASED, now)
 
         return await self._db.transact(work)
 
@@ -190,8 +190,7 @@ class InventoryStore:
             claim(tx, key, DOMAIN)
             record = self._reservation_in(tx, reservation_id)
             if can_commit(record.state):
-                self._set_state(tx, reservation_id, ReservationState.COMMITTED, utc_now())
-                record = self._reservation_in(tx, reservation_id)
+                record = self._set_state(tx, reservation_id, ReservationState.COMMITTED, utc_now())
             return record
 
         return await self._db.transact(work)
@@ -200,11 +199,15 @@ class InventoryStore:
         return await self._db.read(lambda tx: self._reservation_in(tx, reservation_id))
 
     @staticmethod
-    def _set_state(tx: Tx, reservation_id: str, state: ReservationState, now: str) -> None:
-        tx.execute(
-            "UPDATE reservations SET state = ?, update_time = ? WHERE reservation_id = ?",
+    def _set_state(tx: Tx, reservation_id: str, state: ReservationState, now: str) -> ReservationRecord:
+        """Move the reservation to ``state``; the row as written (RETURNING: no re-read)."""
+        row = tx.one(
+            "UPDATE reservations SET state = ?, update_time = ? WHERE reservation_id = ? RETURNING *",
             (state.value, now, reservation_id),
         )
+        if row is None:
+            raise NotFound(f"reservation '{reservation_id}' not found")
+        return _reservation(row)
 
     @staticmethod
     def _product_in(tx: Tx, sku: str) -> ProductRecord:

@@ -103,9 +103,10 @@ class PaymentStore:
                 check_limit(authorization, policy)
                 now = utc_now()
                 # ON CONFLICT: a concurrent twin that committed first wins; we then compare with it.
-                tx.execute(
+                row = tx.one(
                     "INSERT INTO payments (payment_id, order_id, user_id, amount_minor, currency, state, "
-                    "create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (payment_id) DO NOTHING",
+                    "create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (payment_id) DO NOTHING "
+                    "RETURNING *",
                     (
                         authorization.payment_id,
                         authorization.order_id,
@@ -117,7 +118,9 @@ class PaymentStore:
                         now,
                     ),
                 )
-                existing = self._payment_in(tx, authorization.payment_id)
+                existing = (
+                    _payment(row) if row is not None else self._payment_in(tx, authorization.payment_id)
+                )
             check_replay(existing.terms, authorization)
             return existing
 
@@ -207,12 +210,12 @@ class PaymentStore:
         forward, so this ends).
         """
         while allowed(record.state):
-            changed = tx.execute(
-                "UPDATE payments SET state = ?, update_time = ? WHERE payment_id = ? AND state = ?",
+            row = tx.one(
+                "UPDATE payments SET state = ?, update_time = ? WHERE payment_id = ? AND state = ? RETURNING *",
                 (target.value, utc_now(), record.payment_id, record.state.value),
             )
-            if changed:
-                return self._payment_in(tx, record.payment_id), True
+            if row is not None:
+                return _payment(row), True
             record = self._payment_in(tx, record.payment_id)
         return record, False
 

@@ -86,10 +86,10 @@ class ShippingStore:
                 )
                 a = schedule.address
                 # ON CONFLICT: a concurrent twin that committed first wins; we then compare with it.
-                tx.execute(
+                row = tx.one(
                     "INSERT INTO shipments (shipment_id, order_id, user_id, recipient, line1, city, postal_code, "
                     "country_code, state, tracking_number, estimated_delivery_time, create_time, update_time) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (shipment_id) DO NOTHING",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (shipment_id) DO NOTHING RETURNING *",
                     (
                         schedule.shipment_id,
                         schedule.order_id,
@@ -106,7 +106,7 @@ class ShippingStore:
                         now,
                     ),
                 )
-                existing = self._shipment_in(tx, schedule.shipment_id)
+                existing = _shipment(row) if row is not None else self._shipment_in(tx, schedule.shipment_id)
             check_replay(existing.terms, schedule)
             return existing
 
@@ -124,11 +124,11 @@ class ShippingStore:
                 return None
             if may_cancel(record.state):
                 # Conditional on the state seen: a concurrent cancel that won leaves nothing to do.
-                tx.execute(
-                    "UPDATE shipments SET state = ?, update_time = ? WHERE shipment_id = ? AND state = ?",
+                row = tx.one(
+                    "UPDATE shipments SET state = ?, update_time = ? WHERE shipment_id = ? AND state = ? RETURNING *",
                     (ShipmentState.CANCELLED.value, utc_now(), shipment_id, record.state.value),
                 )
-                record = self._shipment_in(tx, shipment_id)
+                record = _shipment(row) if row is not None else self._shipment_in(tx, shipment_id)
             return record
 
         return await self._db.transact(work)
