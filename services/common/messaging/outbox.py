@@ -54,26 +54,18 @@ def claim(
     """
     if tx.dialect == "postgresql":
         tx.execute("SELECT pg_advisory_xact_lock(?)", (CLAIM_LOCK,))
-    busy = tx.one(
-        "SELECT 1 AS busy FROM outbox WHERE sent_time IS NULL AND claimed_by <> ? AND claim_until >= ? LIMIT 1",
-        (owner, now),
-    )
-    if busy is not None:
-        return []
     skipped = sorted(skip)
     not_skipped = f"AND seq NOT IN ({', '.join('?' for _ in skipped)}) " if skipped else ""
+    # One statement (one round trip): the oldest unsent rows, unless another relay holds a
+    # live claim; RETURNING gives each row as claimed (attempts already counted).
     rows = tx.query(
-        "SELECT seq, event_id, routing_key, message_type, payload, create_time, attempts FROM outbox "
-        f"WHERE sent_time IS NULL {not_skipped}ORDER BY seq LIMIT ?",
-        (*skipped, limit),
-    )
-    if not rows:
-        return []
-    seqs = [int(row["seq"]) for row in rows]
-    marks = ", ".join("?" for _ in seqs)
-    tx.execute(
-        f"UPDATE outbox SET claimed_by = ?, claim_until = ?, attempts = attempts + 1 WHERE seq IN ({marks})",
-        (owner, now + ttl, *seqs),
+        "UPDATE outbox SET claimed_by = ?, claim_until = ?, attempts = attempts + 1 "
+        "WHERE seq IN (SELECT seq FROM outbox "
+        f"WHERE sent_time IS NULL {not_skipped}ORDER BY seq LIMIT ?) "
+        "AND NOT EXISTS (SELECT 1 FROM outbox "
+        "WHERE sent_time IS NULL AND claimed_by <> ? AND claim_until >= ?) "
+        "RETURNING seq, event_id, routing_key, message_type, payload, create_time, attempts",
+        (owner, now + ttl, *skipped, limit, owner, now),
     )
     return [
         OutboxMessage(
@@ -83,9 +75,9 @@ def claim(
             payload=bytes(row["payload"]),
             create_time=str(row["create_time"]),
             seq=int(row["seq"]),
-            attempts=int(row["attempts"]) + 1,
+            attempts=int(row["attempts"]),
         )
-        for row in rows
+        for row in sorted(rows, key=lambda row: int(row["seq"]))  # RETURNING keeps no order
     ]
 
 
