@@ -154,7 +154,8 @@ class Database:
         return await self._on_worker(self._transact_with_retries, work)
 
     async def read(self, work: Callable[[Tx], T]) -> T:
-        """Run ``work``, which must not write, in one read transaction (see the module docstring)."""
+        """Run ``work``, which must not write: on SQLite in one read transaction, on PostgreSQL
+        one statement at a time, each its own transaction (see the module docstring)."""
         if self.dialect != "sqlite":
             return await self._on_worker(self._postgres_read, work)
         try:

@@ -18,12 +18,12 @@ step outcome.
 
 Events go out through the outbox (:mod:`services.order.events`): ``create`` writes
 ``order.created`` with the new order, and a save that moves the status to CONFIRMED or
-CANCELLED writes ``order.confirmed`` / ``order.cancelled``, in the save's own transaction.
-The previous status is read in that transaction, at the version the save is made over (on
+CANCELLED writes ``order.confirmed`` / ``order.cancelled``, in the save's own transaction. The
+previous status is read in that transaction, at the version the save is made over (on
 PostgreSQL by the UPDATE itself, which returns it; on SQLite by a read under
-``BEGIN IMMEDIATE``'s write lock), so a retried or stale save, or a save without a status
-change, writes no event: exactly one event per transition. ``on_event`` (the relay's wake-up) is called after such a
-commit so the event leaves without waiting for the next poll.
+``BEGIN IMMEDIATE``'s write lock), so a retried or stale save, or a save without a status change,
+writes no event: exactly one event per transition. ``on_event`` (the relay's wake-up) is called
+after such a commit so the event leaves without waiting for the next poll.
 """
 
 from __future__ import annotations

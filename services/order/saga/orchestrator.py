@@ -8,12 +8,13 @@ run stopped and never repeats a completed step's effect: participants are called
 order's deterministic step keys.
 
 The order document is the saga log: each save commits the step's outcome together with the
-order's own fields (status, ids, reasons) in one transaction, and a step starts only after
-the previous save returned. The save of the last outcome also carries the terminal status
-(CONFIRMED after the last forward step, CANCELLED after the last undo): the outcome and the
-end of the saga commit together, one transaction per order fewer than a save of their own. A compensation that fails does not stop the others; the order
-then keeps its status with a reason saying what is left, and re-running finishes the job
-(:mod:`services.order.saga.runner` re-runs it with backoff and resumes unfinished orders on start).
+order's own fields (status, ids, reasons) in one transaction, and a step starts only after the
+previous save returned. The save of the last outcome also carries the terminal status
+(CONFIRMED after the last forward step, CANCELLED after the last undo): the outcome and the end
+of the saga commit together, one transaction per order fewer than a save of their own. A
+compensation that fails does not stop the others; the order then keeps its status with a reason
+saying what is left, and re-running finishes the job (:mod:`services.order.saga.runner` re-runs
+it with backoff and resumes unfinished orders on start).
 
 ``checkpoint(phase, name)`` is called at every boundary (``before_commit``/``after_commit``
 of a step, ``compensating`` after an undo and before its save): the seam the crash matrix
