@@ -22,12 +22,19 @@ from services.supervisor import Supervisor
 SLEEPER = [
     sys.executable,
     "-c",
-    "import signal, time; signal.signal(signal.SIGTERM, lambda *a: exit(0)); time.sleep(120)",
+    "import signal, time; signal.signal(signal.SIGTERM, lambda *a: exit(0)); print('ready', flush=True); "
+    "time.sleep(120)",
 ]
 
 
 def sleeper() -> subprocess.Popen[bytes]:
-    return subprocess.Popen(SLEEPER)
+    """A sleeper that already exits cleanly on SIGTERM: a SIGTERM that came before Python had
+    installed the handler killed it (-15), and the test read a clean stop as a crash."""
+    process = subprocess.Popen(SLEEPER, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    assert process.stdout.readline() == b"ready\n"
+    process.stdout.close()
+    return process
 
 
 @dataclass
