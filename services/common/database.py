@@ -170,7 +170,7 @@ class Database:
             reader = self._reader = self._connect(busy_timeout_ms=0)  # busy: fall back, never block the loop
         reader.execute("BEGIN")
         try:
-            return work(Tx(reader, "sqlite", self._cursor(reader)))
+            return work(self._tx_on(reader, "sqlite"))
         finally:
             reader.execute("COMMIT")  # a read transaction: ends the snapshot, nothing to write
 
@@ -210,7 +210,7 @@ class Database:
             except psycopg.OperationalError as error:  # the server refuses or is away
                 raise DependencyUnavailable(self.description, type(error).__name__) from error
             try:
-                return work(Tx(connection, "postgresql", self._cursor(connection)))
+                return work(self._tx_on(connection, "postgresql"))
             except psycopg.OperationalError as error:
                 broken = connection.broken or connection.closed
                 if broken:
@@ -281,7 +281,7 @@ class Database:
         with self._sqlite_writer:
             connection.execute("BEGIN IMMEDIATE")
             try:
-                result = work(Tx(connection, "sqlite", self._cursor(connection)))
+                result = work(self._tx_on(connection, "sqlite"))
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
@@ -298,11 +298,14 @@ class Database:
                 self._forget_connection()
                 connection = self._connection()
                 stack.enter_context(connection.transaction())
-            return work(Tx(connection, "postgresql", self._cursor(connection)))
+            return work(self._tx_on(connection, "postgresql"))
 
     def _tx_here(self, dialect: str) -> Tx:
         """A Tx on this thread's connection and its cursor."""
-        connection = self._connection()
+        return self._tx_on(self._connection(), dialect)
+
+    def _tx_on(self, connection: Any, dialect: str) -> Tx:
+        """A Tx on ``connection`` with this thread's cursor for it (:meth:`_cursor`)."""
         return Tx(connection, dialect, self._cursor(connection))
 
     def _cursor(self, connection: Any) -> Any:
