@@ -12,6 +12,10 @@ after a restart, long after the customer's token expired, still runs.
 
 gRPC errors are translated here, once: before anything is stored (user check, pricing) into
 the statuses the caller should see; during the saga into :class:`StepFailure` kinds.
+
+An account that the user service has confirmed once is remembered (:class:`KnownUsers`):
+the user service has no way to remove or disable one, so the answer cannot change, and a
+customer's later orders skip that call.
 """
 
 from __future__ import annotations
@@ -101,6 +105,33 @@ def step_failure(service: str, error: grpc.aio.AioRpcError) -> StepFailure:
     return StepFailure(FailureKind.UNCERTAIN, service, f"{service} failed ({code.name}): {message}")
 
 
+class KnownUsers:
+    """Accounts the user service confirmed, remembered by this process; at most ``limit``.
+
+    The user service creates accounts and never removes or disables them, so "this account
+    exists" stays true once it was answered. Only confirmations are kept: an unknown user is
+    asked again every time. Past ``limit`` the longest-known entry is forgotten, which costs
+    one lookup when that customer orders again.
+    """
+
+    def __init__(self, limit: int = 65_536) -> None:
+        self._limit = limit
+        self._known: dict[str, None] = {}  # insertion order: the first key is the oldest
+
+    def __contains__(self, user_id: str) -> bool:
+        return user_id in self._known
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def add(self, user_id: str) -> None:
+        known = self._known
+        if user_id not in known:
+            if len(known) >= self._limit:
+                del known[next(iter(known))]
+            known[user_id] = None
+
+
 class Upstreams:
     """One channel and stub per upstream service, shared by every call of this process."""
 
@@ -110,6 +141,7 @@ class Upstreams:
         self._channels = dict(channels)
         self._metadata = metadata  # what says "the order service" (nothing under mTLS)
         self.default_timeout = default_timeout
+        self.known_users = KnownUsers()
         self.user = UserServiceStub(self._channels["user"])
         self.inventory = InventoryServiceStub(self._channels["inventory"])
         self.payment = PaymentServiceStub(self._channels["payment"])
@@ -194,10 +226,16 @@ class CallerClients:
     # Lookups: before anything is stored.
 
     async def check_user(self, user_id: str) -> None:
+        """FAILED_PRECONDITION for an unknown account; an account confirmed before is not asked
+        about again (:class:`KnownUsers`)."""
+        known = self.upstreams.known_users
+        if user_id in known:
+            return
         try:
             await self._call(
                 "user service", self.upstreams.user.GetUser, user_pb2.GetUserRequest(user_id=user_id)
             )
+            known.add(user_id)
         except grpc.aio.AioRpcError as error:
             code, message = error.code(), error.details() or ""
             if code is grpc.StatusCode.NOT_FOUND:

@@ -85,8 +85,9 @@ class Orders:
         until it is terminal) for its saga, which runs on without the caller.
 
         The user and the prices are checked before anything is stored, so when either service
-        is down the call fails UNAVAILABLE with no trace; after the order is stored, failures
-        end in a CANCELLED order.
+        is down the call fails UNAVAILABLE with no trace (the user service only for an account
+        this process has not seen confirmed before: accounts are never removed); after the
+        order is stored, failures end in a CANCELLED order.
         """
         existing = await self._store.find(user_id, draft.request_id)
         created = False

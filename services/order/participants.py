@@ -51,7 +51,7 @@ class Lookups(Protocol):
     """
 
     async def check_user(self, user_id: str) -> None:
-        """FAILED_PRECONDITION when the account does not exist (any more)."""
+        """FAILED_PRECONDITION when the account does not exist."""
         ...
 
     async def catalog(self, skus: Iterable[str]) -> Mapping[str, Price]:

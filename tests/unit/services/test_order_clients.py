@@ -19,7 +19,13 @@ from mesh.deadline import Deadline
 from mesh.errors import DependencyUnavailable
 from services.common.errors import FailedPrecondition
 from services.order import domain
-from services.order.clients import CallerClients, CallerDeadlineExceeded, Upstreams, step_failure
+from services.order.clients import (
+    CallerClients,
+    CallerDeadlineExceeded,
+    KnownUsers,
+    Upstreams,
+    step_failure,
+)
 from services.order.domain import Address, Line, Order, Price
 from services.order.participants import FailureKind, StepFailure
 from shop.inventory.v1 import inventory_pb2 as inv
@@ -197,6 +203,37 @@ async def test_lookups_map_errors_before_anything_is_stored() -> None:
     found, log = clients(None, GetUser=user_pb2.GetUserResponse())
     await found.check_user("u-1")
     assert log[0][1].user_id == "u-1" and log[0][3] == IDENTITY
+
+
+async def test_a_confirmed_account_is_not_asked_about_again_an_unknown_one_always_is() -> None:
+    replies: dict[str, Any] = {"GetUser": user_pb2.GetUserResponse()}
+    log: list[tuple[str, Any, float, Any]] = []
+    settings = UpstreamSettings(default_timeout_seconds=5.0)
+    upstreams = Upstreams.connect(settings, IDENTITY, lambda name: FakeChannel(name, log, replies))
+    await upstreams.for_call(FakeContext(None)).check_user("u-1")
+    # Accounts are never removed: a later order by u-1, from any call, skips the lookup,
+    # even with the user service down.
+    replies["GetUser"] = rpc_error(grpc.StatusCode.UNAVAILABLE, "refused")
+    await upstreams.for_call(FakeContext(None)).check_user("u-1")
+    await upstreams.for_service().check_user("u-1")
+    assert [entry[1].user_id for entry in log] == ["u-1"]
+    # Only confirmations are remembered: a missing account, or one the service could not
+    # be asked about, is asked about every time.
+    replies["GetUser"] = rpc_error(grpc.StatusCode.NOT_FOUND, "gone")
+    for _ in range(2):
+        with pytest.raises(FailedPrecondition):
+            await upstreams.for_call(FakeContext(None)).check_user("u-2")
+    replies["GetUser"] = rpc_error(grpc.StatusCode.UNAVAILABLE, "refused")
+    with pytest.raises(DependencyUnavailable):
+        await upstreams.for_call(FakeContext(None)).check_user("u-3")
+    assert [entry[1].user_id for entry in log] == ["u-1", "u-2", "u-2", "u-3"]
+
+
+def test_known_users_forget_the_longest_known_past_their_limit() -> None:
+    known = KnownUsers(limit=2)
+    for user_id in ("a", "b", "a", "c"):
+        known.add(user_id)
+    assert ("a" in known, "b" in known, "c" in known, len(known)) == (False, True, True, 2)
 
 
 async def test_the_catalog_prices_known_skus_and_leaves_unknown_ones_out() -> None:
