@@ -30,8 +30,9 @@ authentication).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,8 +59,11 @@ from mesh.observer import CallObserver
 from mesh.registry import ConsulRegistrar, Discovery, consul_stale_from_env, make_discovery
 from mesh.resilience import PolicySettings, policy_from_env
 from mesh.server import HostedService, LifecycleHook, serve
+from mesh.server.runtime import EXIT_PORT_UNAVAILABLE, PortUnavailable
 from mesh.telemetry import start_telemetry
 from mesh.tracing.setup import TracingSettings, tracing_settings_from_env
+
+log = logging.getLogger(__name__)
 
 UPSTREAM_VARIABLE_PREFIX = "MESH_UPSTREAM_"
 
@@ -244,6 +248,19 @@ def main(name: str, build: AppBuilder, *, port: int, policy: Mapping[str, Any] |
     """
     settings = app_settings_from_env(name, os.environ, port=port, policy=policy)
     configure_logging(name, settings.log_level)
-    # uvloop's event loop, as the gateway's: a grpc.aio server call costs 29 % fewer
-    # instructions on it (bench/server_instructions.py, docs/benchmarks.md).
-    uvloop.run(run_app(settings, build))
+    run_service(run_app(settings, build))
+
+
+def run_service(serving: Coroutine[Any, Any, None]) -> None:
+    """Run a service's ``serving`` coroutine to its end on uvloop, as every entry point does.
+
+    uvloop's event loop, as the gateway's: a grpc.aio server call costs 29 % fewer
+    instructions on it (bench/server_instructions.py, docs/benchmarks.md). A port that cannot
+    be bound ends the process with :data:`~mesh.server.runtime.EXIT_PORT_UNAVAILABLE` and
+    one log line naming the address, so whoever chose the port can tell and choose another.
+    """
+    try:
+        uvloop.run(serving)
+    except PortUnavailable as error:
+        log.error(str(error), extra={"event": "port_unavailable"})
+        raise SystemExit(EXIT_PORT_UNAVAILABLE) from None

@@ -55,6 +55,7 @@ from mesh.health import wait_serving
 from mesh.identity import generate_keypair
 from mesh.registry.acl import ConsulAcl, ConsulAclError
 from mesh.registry.dev_agent import ConsulDevAgent, PortAllocator, consul_answers, find_consul
+from mesh.server.runtime import EXIT_PORT_UNAVAILABLE
 from services import mesh_policy
 from services.common.messaging.topology import broker_address
 from services.common.settings import DEFAULT_PORTS, messaging_settings_from_env
@@ -91,6 +92,8 @@ class Child:
     """Under mTLS, the port of its plaintext health-only listener (0: none)."""
     address: str = "127.0.0.1"
     """Where it listens (one host: loopback)."""
+    again: Callable[[], Child] | None = None
+    """Start a replacement on ports chosen afresh (None: none of its ports is the launcher's choice)."""
 
 
 class LaunchError(Exception):
@@ -342,10 +345,8 @@ def start_services(
     for name in START_ORDER:
         for instance in range(counts[name]):
             default = int(env.get(f"{name.upper()}_PORT", DEFAULT_PORTS[name]))
-            children.append(
-                start_instance(env, mesh, name, default if instance == 0 else mesh.ports.take(), mtls)
-            )
-    await_started(mesh, children[first:])
+            children.append(start_instance(env, mesh, name, default if instance == 0 else None, mtls))
+    await_started(mesh, children, first)
 
 
 def start_apps(
@@ -356,28 +357,63 @@ def start_apps(
     for app in apps:
         first_port = int(env.get(f"{app.name.upper().replace('-', '_')}_PORT", app.port))  # as INVENTORY_PORT
         for instance in range(app.instances):
-            port = first_port if instance == 0 else mesh.ports.take()
+            port = first_port if instance == 0 else None
             children.append(start_instance(env, mesh, app.name, port, mtls, app))
     if apps:
-        await_started(mesh, children[first:])
+        await_started(mesh, children, first)
 
 
-def await_started(mesh: Mesh, children: Sequence[Child]) -> None:
-    """Wait until each just-started instance serves, then until Consul has every one passing."""
-    for child in children:
-        child.ready(child.process)
+def await_started(mesh: Mesh, children: list[Child], first: int) -> None:
+    """Wait until each instance from ``children[first]`` on serves (one that found a port taken
+    is replaced in the list, see :func:`ready_or_again`), then until Consul has all passing."""
+    for position in range(first, len(children)):
+        child = children[position] = ready_or_again(children[position])
         health = f"  health 127.0.0.1:{child.health_port}" if child.health_port else ""
         print(
             f"  {child.name:<10} 127.0.0.1:{child.port}  pid {child.process.pid}  SERVING{health}", flush=True
         )
-    wait_passing(mesh.consul, children, timeout=60, token=mesh.token)
+    wait_passing(mesh.consul, children[first:], timeout=60, token=mesh.token)
+
+
+PORT_ATTEMPTS = 3
+"""Starts of one instance, at most, while ports the launcher chose keep being taken."""
+
+
+def ready_or_again(child: Child) -> Child:
+    """``child`` once it serves; or, when it exited because a port was taken, a replacement on
+    ports chosen afresh that serves (at most :data:`PORT_ATTEMPTS` starts in all).
+
+    A port the launcher picks is free when probed, but another process can take it in the
+    second before the child binds it (seen in CI: "Failed to bind to address"). Such a child
+    exits with EXIT_PORT_UNAVAILABLE. A port the operator set is never changed: if that one is
+    taken, every start fails alike and the last failure, naming the address, is raised.
+    """
+    for _ in range(PORT_ATTEMPTS - 1):
+        try:
+            child.ready(child.process)
+            return child
+        except LaunchError as error:
+            if child.again is None or child.process.poll() != EXIT_PORT_UNAVAILABLE:
+                raise
+            print(f"  {child.name:<10} {error}; starting it again on other ports", flush=True)
+        child = child.again()
+    child.ready(child.process)
+    return child
 
 
 def start_instance(
-    env: dict[str, str], mesh: Mesh, name: str, port: int, mtls: bool = True, app: App | None = None
+    env: dict[str, str],
+    mesh: Mesh,
+    name: str,
+    port: int | None = None,
+    mtls: bool = True,
+    app: App | None = None,
 ) -> Child:
     """Spawn one instance of service ``name`` (``python -m services.<name>``, or an app's
-    module with its paths first on PYTHONPATH) on ``port`` and a free health port; no waiting."""
+    module with its paths first on PYTHONPATH) on ``port`` (None: a free one) and a free
+    health port; no waiting."""
+    again = partial(start_instance, env, mesh, name, port, mtls, app)
+    port = mesh.ports.take() if port is None else port
     health_port = mesh.ports.take()
     child_env = dict(mesh.child_env(env, name), MESH_PORT=str(port), MESH_HEALTH_PORT=str(health_port))
     if name != "user":
@@ -389,7 +425,7 @@ def start_instance(
     respawn = partial(spawn, module, child_env, f"{name}-{port}")
     probed = health_port if mtls else port
     ready = partial(_wait_serving, f"127.0.0.1:{probed}", LOG_DIR / f"{name}-{port}.log")
-    return Child(name, port, respawn(), respawn, ready, health_port if mtls else 0)
+    return Child(name, port, respawn(), respawn, ready, health_port if mtls else 0, again=again)
 
 
 LOG_TAIL_LINES = 5
@@ -728,7 +764,7 @@ def main() -> int:
         fleet = Fleet(
             supervisor,
             children,
-            lambda name: start_instance(env, mesh, name, mesh.ports.take(), security.mtls, apps.get(name)),
+            lambda name: start_instance(env, mesh, name, None, security.mtls, apps.get(name)),
             partial(wait_passing, mesh.consul, timeout=60, token=mesh.token, quiet=True),
             (*START_ORDER, *apps),
             say=say,

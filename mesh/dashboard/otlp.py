@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from mesh.dashboard.traces import TraceStore, decode_export
+from mesh.server.runtime import bind_port
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,7 @@ class OtlpReceiver:
         server = grpc.aio.server()
         handler = grpc.unary_unary_rpc_method_handler(self._export)  # bytes in, bytes out
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {"Export": handler})])
-        try:
-            self.port = server.add_insecure_port(f"{host}:{port}")
-        except RuntimeError as error:  # grpc's "Failed to bind to address ..."
-            raise OSError(f"cannot serve OTLP on {host}:{port}: {error}") from None
-        if not self.port:  # some grpc versions answer 0 instead of raising
-            raise OSError(f"cannot serve OTLP on {host}:{port}")
+        self.port = bind_port(server, f"{host}:{port}")  # PortUnavailable names the address
         await server.start()
         self._server = server
         return self.port

@@ -56,6 +56,38 @@ log = logging.getLogger(__name__)
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
+EXIT_PORT_UNAVAILABLE = 98
+"""A process's exit status when a listener could not bind (Linux's EADDRINUSE): whoever chose
+the port may choose another and start the process again, as the launcher does for ports it
+picked itself (another process can take a free port between its probe and the bind)."""
+
+
+class PortUnavailable(OSError):
+    """A listener could not bind its address: the port is taken, or the address is not this host's."""
+
+
+def bind_port(
+    server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None = None
+) -> int:
+    """Add a listener on ``address`` (TLS with ``credentials``); the bound port, or PortUnavailable.
+
+    grpc says only "Failed to bind" (a RuntimeError, or port 0 from older releases); the
+    typed error lets an entry point exit with :data:`EXIT_PORT_UNAVAILABLE`.
+    """
+    port: int
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as error:
+        raise PortUnavailable(
+            f"cannot bind {address}: the port is taken or the address is not this host's"
+        ) from error
+    if port == 0:
+        raise PortUnavailable(f"cannot bind {address}")
+    return port
+
 
 @dataclass(frozen=True)
 class HostedService:
@@ -136,12 +168,8 @@ class MeshServer:
             reflection.aio.ReflectionServicer(reflected), layered
         )
         address = f"{self.settings.host}:{self.settings.port}"
-        if self.security is not None:
-            self.port = server.add_secure_port(address, self.security.identity.server_credentials())
-        else:
-            self.port = server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"cannot bind {address}")
+        credentials = self.security.identity.server_credentials() if self.security is not None else None
+        self.port = bind_port(server, address, credentials)
         meta = dict(self.meta)
         if self.security is not None:
             self._health_server = await self._serve_health(health)
@@ -176,9 +204,7 @@ class MeshServer:
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         address = f"{self.settings.host}:{self.settings.health_port}"
-        self.health_port = server.add_insecure_port(address)
-        if self.health_port == 0:
-            raise OSError(f"cannot bind the health listener {address}")
+        self.health_port = bind_port(server, address)
         await server.start()
         return server
 

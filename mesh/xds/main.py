@@ -167,10 +167,7 @@ class XdsProcess:
             hooks=[StreamCloser(self.ads), registrar],
             meta={"admin_port": str(admin_port), "resources_mtls": "off" if self.security is None else "on"},
         )
-        try:
-            await self.server.start()
-        except RuntimeError as error:  # grpc's "Failed to bind to address ..."
-            raise OSError(f"cannot serve ADS on {settings.host}:{settings.port}: {error}") from None
+        await self.server.start()  # PortUnavailable (an OSError naming the address) when taken
         if settings.bootstrap_out is not None:
             self._write_bootstrap()
 

@@ -21,9 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import uvloop
-
-from mesh.app import AppContext, run_app
+from mesh.app import AppContext, run_app, run_service
 from mesh.logs.setup import configure_logging
 from mesh.server import HostedService
 from mesh.verifier import JwtVerifier
@@ -71,6 +69,4 @@ def main(name: str, migrations: Path, build: Builder, policy: Mapping[str, Any] 
     policy (a tree in the policy file's format), below every key of MESH_POLICY_FILE/_*."""
     settings = service_settings_from_env(name, os.environ, policy)
     configure_logging(name, settings.log_level)
-    # uvloop's event loop: a grpc.aio server call costs 29 % fewer instructions on it
-    # (bench/server_instructions.py, docs/benchmarks.md).
-    uvloop.run(run(settings, migrations, build))
+    run_service(run(settings, migrations, build))
