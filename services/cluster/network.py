@@ -29,6 +29,7 @@ from pathlib import Path
 PREFIX = "tsu"
 NAMESPACE = re.compile(rf"^{PREFIX}-(\d+)-([a-z0-9-]+)$")
 IFNAME_LIMIT = 15
+RESERVED_PORTS = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
 
 
 class NetworkError(RuntimeError):
@@ -66,6 +67,10 @@ class Network:
     socket_dir: Path
     """Where the forwarders' Unix sockets live (a directory of the run's own)."""
     owner: int = field(default_factory=os.getpid)
+    reserved_ports: str = ""
+    """Ports kept out of every host's ephemeral range (``ip_local_reserved_ports``, as
+    "50000-51999"): the ports its servers bind. Otherwise an outgoing connection's source
+    port can be one of them, and the server started next fails to bind it."""
     hosts: dict[str, HostLink] = field(default_factory=dict)
     _forwarders: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -111,10 +116,21 @@ class Network:
                 ip("link", "set", "eth0", "up", namespace=namespace)
                 ip("link", "set", "lo", "up", namespace=namespace)
                 self.hosts[name] = HostLink(name, namespace, address, outer)
+                if self.reserved_ports:
+                    self._reserve_ports(self.hosts[name])
         except BaseException:
             self.close()
             raise
         return self
+
+    def _reserve_ports(self, host: HostLink) -> None:
+        if not RESERVED_PORTS.fullmatch(self.reserved_ports):
+            raise NetworkError(f"reserved ports {self.reserved_ports!r} are not like 50000-51999,8080")
+        setting = "/proc/sys/net/ipv4/ip_local_reserved_ports"  # per namespace: written from inside
+        command = host.command(["sh", "-c", f"echo {self.reserved_ports} > {setting}"])
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise NetworkError(f"{' '.join(command)}: {done.stderr.strip()}")
 
     def partition(self, host: str) -> None:
         """Cut ``host`` off from every other host (its switch-side link down)."""
@@ -221,9 +237,11 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def network(subnet: str, hosts: Sequence[tuple[str, str]], socket_dir: Path) -> Iterator[Network]:
+def network(
+    subnet: str, hosts: Sequence[tuple[str, str]], socket_dir: Path, reserved_ports: str = ""
+) -> Iterator[Network]:
     """A :class:`Network` for the ``with`` block; nothing of it is left afterwards."""
-    made = Network(ipaddress.IPv4Network(subnet), socket_dir).open(hosts)
+    made = Network(ipaddress.IPv4Network(subnet), socket_dir, reserved_ports=reserved_ports).open(hosts)
     try:
         yield made
     finally:

@@ -58,6 +58,10 @@ HEALTH_PORT_OFFSET = 1000
 """An instance's plaintext health listener is its port + 1000 (50054 -> 51054) on its host."""
 SECOND_INSTANCE_OFFSET = 100
 """A second instance of a service on one host listens 100 ports up (50054, 50154, …)."""
+LISTEN_PORTS = "50000-52999"
+"""Kept out of every host's ephemeral range: the services' ports and their health ports, up to
+MAX_INSTANCES of one service on one host. CI saw an order instance fail to bind
+10.213.37.21:51052, the source port of some outgoing connection on its host."""
 DATABASE_SERVICES = ("user", "order", "payment", "inventory", "shipping")
 
 
@@ -144,7 +148,7 @@ class ClusterShop:
         (workdir / "sockets").mkdir(parents=True)
         first = ipaddress.IPv4Address(self.topology.hosts[0].address)
         subnet = ipaddress.IPv4Network(f"{first}/24", strict=False)
-        self.network = Network(subnet, workdir / "sockets").open(
+        self.network = Network(subnet, workdir / "sockets", reserved_ports=LISTEN_PORTS).open(
             [(host.name, host.address) for host in self.topology.hosts]
         )
         postgres = _port_of(self.settings.postgres_admin_dsn, 5432)

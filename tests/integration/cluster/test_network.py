@@ -102,6 +102,30 @@ def test_closing_removes_every_namespace_and_the_processes_inside(tmp_path: Path
     assert [n for n in namespaces() if n.startswith(f"tsu-{made.owner}-")] == []
 
 
+SOURCE_PORTS = """
+import socket
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(8)
+ports = [listener.getsockname()[1]]
+clients = [socket.create_connection(listener.getsockname()) for _ in range(5)]
+print(" ".join(str(p) for p in ports + [c.getsockname()[1] for c in clients]))
+"""
+
+
+def test_a_hosts_reserved_ports_are_never_the_source_port_of_a_connection(tmp_path: Path) -> None:
+    # All but 60990-60999 of the ephemeral range (32768-60999) reserved: every port the kernel
+    # picks inside the host, for a bind to 0 or a connection's source, has to be one of those.
+    with network(SUBNET, HOSTS[:1], tmp_path, reserved_ports="32768-60989") as made:
+        host = made.hosts["consul1"]
+        probe = subprocess.run(
+            host.command([sys.executable, "-c", SOURCE_PORTS]), capture_output=True, text=True, timeout=30
+        )
+        assert probe.returncode == 0, probe.stderr
+        picked = [int(port) for port in probe.stdout.split()]
+        assert len(picked) == 6 and all(60990 <= port <= 60999 for port in picked), picked
+
+
 def test_the_sweep_removes_what_a_dead_run_left_and_nothing_of_a_live_one(tmp_path: Path) -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
