@@ -44,6 +44,7 @@ from pathlib import Path
 
 START_TIMEOUT_SECONDS = 30.0
 PORT_NAMES = ("http", "grpc", "serf_lan", "serf_wan", "server")
+PORT_ATTEMPTS = 3
 TOKEN_VARIABLES = ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE")
 
 
@@ -177,8 +178,27 @@ class ConsulDevAgent:
 
         ``preexec`` runs in the child before exec: a launcher ties the agent to its own life
         with it, as it does its other children, so a killed launcher leaves no agent behind.
+
+        A port this start picked can be taken by another process between the probe and
+        Consul's bind ("address already in use"); the agent is then started again with those
+        ports picked afresh, up to PORT_ATTEMPTS times. Ports set by the caller, or kept from
+        an earlier start, are never changed.
         """
+        picked = [name for name in PORT_NAMES if name not in self.ports]
+        for _ in range(PORT_ATTEMPTS - 1):
+            self.assign_ports()
+            logged = self.log_path.stat().st_size if self.log_path.exists() else 0
+            try:
+                return self._start_once(new_session, preexec)
+            except RuntimeError:
+                if not picked or b"address already in use" not in self.log_path.read_bytes()[logged:]:
+                    raise
+            for name in picked:
+                del self.ports[name]
         self.assign_ports()
+        return self._start_once(new_session, preexec)
+
+    def _start_once(self, new_session: bool, preexec: Callable[[], None] | None) -> ConsulDevAgent:
         binary = os.path.abspath(self.binary) if os.sep in self.binary else self.binary  # cwd below
         command = [binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1"]
         for name in PORT_NAMES:

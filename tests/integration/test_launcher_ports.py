@@ -4,7 +4,8 @@ The launcher picks free ports for second instances and health listeners, and the
 them a second or so later; any other process can take one in between (CI saw an inventory's
 health port go so, and `make run` never came up). Here the port is taken on purpose: a real
 service process on a held port exits with the status that says so, and the launcher starts
-the instance again on a port chosen afresh.
+the instance again on a port chosen afresh. The Consul dev agent, whose ports come from the
+same range, does the same for the ports it picked.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from mesh.health import wait_serving
-from mesh.registry.dev_agent import PortAllocator
+from mesh.registry import dev_agent
+from mesh.registry.dev_agent import ConsulDevAgent, PortAllocator, find_consul, free_ports
 from mesh.server.runtime import EXIT_PORT_UNAVAILABLE
 from services.launcher import LOG_DIR, Child, LaunchError, Mesh, ready_or_again, start_instance
 from tests.support.processes import ROOT, free_port, service_env
@@ -115,3 +117,31 @@ def test_a_child_that_failed_for_another_reason_is_not_started_again(tmp_path: P
     with pytest.raises(LaunchError, match="exited with 1"):
         ready_or_again(failing())
     assert len(starts) == 1
+
+
+def test_an_agent_whose_picked_port_was_taken_starts_again_on_fresh_ones(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Another process can take a picked port before Consul binds it (as a launcher's child did in CI)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", free_ports(1)[0]))  # in the dev agent's range, unlike held_port
+        holder.listen()
+        taken = holder.getsockname()[1]
+        real_free_ports = dev_agent.free_ports
+        calls: list[int] = []
+
+        def first_includes_taken(count: int, exclude: Collection[int] = ()) -> list[int]:
+            calls.append(count)
+            fresh = real_free_ports(count, exclude={*exclude, taken})
+            return [taken, *fresh[1:]] if len(calls) == 1 else fresh
+
+        monkeypatch.setattr(dev_agent, "free_ports", first_includes_taken)
+        agent = ConsulDevAgent(find_consul(ROOT), tmp_path / "consul.log")
+        try:
+            agent.start()
+            assert len(calls) == 2
+            assert taken not in agent.ports.values()
+            assert agent.get("/v1/status/leader")
+            assert "address already in use" in agent.logs()
+        finally:
+            agent.stop()
