@@ -392,10 +392,11 @@ def ready_or_again(child: Child) -> Child:
         try:
             child.ready(child.process)
             return child
-        except LaunchError as error:
+        except LaunchError:
             if child.again is None or child.process.poll() != EXIT_PORT_UNAVAILABLE:
                 raise
-            print(f"  {child.name:<10} {error}; starting it again on other ports", flush=True)
+            taken = f"127.0.0.1:{child.port} or its health port"
+            print(f"  {child.name:<10} {taken} was taken before it bound it; trying other ports", flush=True)
         child = child.again()
     child.ready(child.process)
     return child

@@ -71,7 +71,7 @@ def test_a_service_whose_port_is_taken_exits_with_the_status_that_says_so(
 
 
 def test_the_launcher_starts_an_instance_again_when_a_port_it_chose_was_taken(
-    tmp_path: Path, jwt_keys: KeyPair, held_port: int
+    tmp_path: Path, jwt_keys: KeyPair, held_port: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
     mesh = Mesh("127.0.0.1:1", "", ports=TakenFirst(taken=held_port))
     first = start_instance(inventory_env(tmp_path, jwt_keys), mesh, "inventory", None, mtls=False)
@@ -84,6 +84,8 @@ def test_the_launcher_starts_an_instance_again_when_a_port_it_chose_was_taken(
         assert serving is not first and serving.port not in (held_port, 0)
         wait_serving(f"127.0.0.1:{serving.port}", timeout=5, process=serving.process)
         assert "cannot bind" in (LOG_DIR / f"inventory-{held_port}.log").read_text()
+        said = capsys.readouterr().out
+        assert f"127.0.0.1:{held_port} or its health port was taken before it bound it" in said
     finally:
         for child in started:
             child.process.kill()
