@@ -74,6 +74,11 @@ class Network:
     hosts: dict[str, HostLink] = field(default_factory=dict)
     _forwarders: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # Checked before any namespace exists; the value reaches a shell in each host.
+        if self.reserved_ports and not RESERVED_PORTS.fullmatch(self.reserved_ports):
+            raise NetworkError(f"reserved ports {self.reserved_ports!r} are not like 50000-51999,8080")
+
     @property
     def switch(self) -> str:
         return f"{PREFIX}-{self.owner}-switch"
@@ -124,8 +129,6 @@ class Network:
         return self
 
     def _reserve_ports(self, host: HostLink) -> None:
-        if not RESERVED_PORTS.fullmatch(self.reserved_ports):
-            raise NetworkError(f"reserved ports {self.reserved_ports!r} are not like 50000-51999,8080")
         setting = "/proc/sys/net/ipv4/ip_local_reserved_ports"  # per namespace: written from inside
         command = host.command(["sh", "-c", f"echo {self.reserved_ports} > {setting}"])
         done = subprocess.run(command, capture_output=True, text=True, check=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.cluster.network import NAMESPACE, Network, namespaces, network, sweep
+from services.cluster.network import NAMESPACE, Network, NetworkError, namespaces, network, sweep
 from tests.integration.cluster.conftest import HOSTS, SUBNET
 from tests.support.processes import free_port
 from tests.support.waiting import wait_until_blocking
@@ -124,6 +124,13 @@ def test_a_hosts_reserved_ports_are_never_the_source_port_of_a_connection(tmp_pa
         assert probe.returncode == 0, probe.stderr
         picked = [int(port) for port in probe.stdout.split()]
         assert len(picked) == 6 and all(60990 <= port <= 60999 for port in picked), picked
+
+
+def test_reserved_ports_that_are_not_a_port_list_are_refused_before_any_namespace(tmp_path: Path) -> None:
+    before = set(namespaces())
+    with pytest.raises(NetworkError, match="are not like"):
+        Network(ipaddress.IPv4Network(SUBNET), tmp_path, reserved_ports="50000; touch /tmp/x")
+    assert set(namespaces()) == before
 
 
 def test_the_sweep_removes_what_a_dead_run_left_and_nothing_of_a_live_one(tmp_path: Path) -> None:
