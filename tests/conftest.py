@@ -78,3 +78,27 @@ def start_service(tmp_path: Path, jwt_keys: KeyPair) -> Iterator[StartService]:
     yield start
     for process in reversed(started):
         process.terminate()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse a ``--dist loadgroup`` run in which xdist cannot pin the groups.
+
+    Tests marked ``xdist_group`` share a worker because they must not run at the same time (one
+    cluster of namespaces, one saga shop, a broker a test kills). pytest-xdist pins them by
+    appending ``@<group>`` to each item's ``_nodeid`` as it is collected; under a pytest whose
+    ids live elsewhere (9.2) that write changes nothing and every group is spread over all
+    workers without a word (CI hung so). Probed here, on the controller, before any worker runs.
+    """
+    if config.getoption("dist", "no") != "loadgroup" or hasattr(config, "workerinput"):
+        return
+    probe = object.__new__(pytest.Function)
+    probe._nodeid = "probe@group"  # what xdist's collection hook writes
+    try:
+        pinned = probe.nodeid == "probe@group"
+    except AttributeError:
+        pinned = False
+    if not pinned:
+        raise pytest.UsageError(
+            f"pytest-xdist cannot pin xdist_group tests to one worker under pytest {pytest.__version__}:"
+            " install the pytest version pyproject.toml names"
+        )
