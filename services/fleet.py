@@ -4,7 +4,8 @@
 control endpoint (services/control.py). Each change keeps the shop serving:
 
 - **scale up** starts the new instances on free ports and returns once each is SERVING and
-  passing in Consul (only then do mesh channels pick it);
+  passing in Consul (only then do mesh channels pick it); one that found a port taken before
+  it bound it is started again on others;
 - **scale down** stops the newest instances first (the first one keeps the port the README's
   lines use), each with SIGTERM: it deregisters, turns NOT_SERVING, and drains its calls in
   flight before it exits (mesh/server/lifecycle.py);
@@ -73,6 +74,7 @@ class InstanceView:
 
 
 Child = TypeVar("Child", bound=Instance)
+Serve = Callable[[Child, Callable[[str], None], Callable[[Child, Callable[[], Child]], Child]], Child]
 
 
 class Fleet(Generic[Child]):
@@ -87,7 +89,11 @@ class Fleet(Generic[Child]):
         services: Sequence[str],
         say: Callable[[str], None] = print,
         stop_within: float = 30.0,
+        serve: Serve[Child] | None = None,
     ) -> None:
+        """``serve(child, say, replace)`` blocks until a started instance serves and returns the
+        one that does: the launcher's starts a replacement through ``replace`` when the child
+        lost a port it was given to another process before binding it (None: ``child.ready``)."""
         self._supervisor = supervisor
         self._children = children
         self._start_instance = start_instance  # spawns (on the supervisor's thread) on a free port
@@ -96,6 +102,7 @@ class Fleet(Generic[Child]):
         self._print = say
         self._listener: Callable[[str], None] | None = None  # the running change's caller
         self._stop_within = stop_within
+        self._serve = serve
         self._lock = threading.Lock()
 
     def instances(self) -> list[InstanceView]:
@@ -152,8 +159,31 @@ class Fleet(Generic[Child]):
             self._say(f"  {service}: rolling restart done")
 
     def _add(self, service: str) -> Child:
-        child = self._supervisor.on_main(lambda: self._adopt(self._start_instance(service)))
-        child.ready(child.process)
+        """Start an instance and, once it serves, supervise it and wait until Consul passes it.
+
+        Supervised only once it serves: a start that never serves is killed here and the change
+        fails saying why (the supervisor would have restarted, as a crash, an instance the fleet
+        never had); one that lost its port to another process is replaced by ``serve``.
+        """
+        started = [self._supervisor.on_main(lambda: self._start_instance(service))]
+
+        def replace(lost: Child, start: Callable[[], Child]) -> Child:
+            started.append(self._supervisor.on_main(start))
+            return started[-1]
+
+        try:
+            if self._serve is None:
+                child = started[0]
+                child.ready(child.process)
+            else:
+                child = self._serve(started[0], self._say, replace)
+        except BaseException:
+            for failed in started:
+                if failed.process.poll() is None:
+                    failed.process.kill()
+                failed.process.wait()
+            raise
+        self._supervisor.on_main(lambda: self._adopt(child))
         self._wait_passing([child])
         self._say(f"{_label(child)}  pid {child.process.pid}  SERVING (started)")
         return child

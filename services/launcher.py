@@ -379,7 +379,11 @@ PORT_ATTEMPTS = 3
 """Starts of one instance, at most, while ports the launcher chose keep being taken."""
 
 
-def ready_or_again(child: Child) -> Child:
+def ready_or_again(
+    child: Child,
+    say: Callable[[str], None] | None = None,
+    replace: Callable[[Child, Callable[[], Child]], Child] | None = None,
+) -> Child:
     """``child`` once it serves; or, when it exited because a port was taken, a replacement on
     ports chosen afresh that serves (at most :data:`PORT_ATTEMPTS` starts in all).
 
@@ -387,6 +391,8 @@ def ready_or_again(child: Child) -> Child:
     second before the child binds it (seen in CI: "Failed to bind to address"). Such a child
     exits with EXIT_PORT_UNAVAILABLE. A port the operator set is never changed: if that one is
     taken, every start fails alike and the last failure, naming the address, is raised.
+    ``say`` hears that a replacement is started (default: printed); ``replace(lost, start)``
+    starts it (the fleet, on its supervisor's thread; default: ``start()`` here).
     """
     for _ in range(PORT_ATTEMPTS - 1):
         try:
@@ -396,8 +402,12 @@ def ready_or_again(child: Child) -> Child:
             if child.again is None or child.process.poll() != EXIT_PORT_UNAVAILABLE:
                 raise
             taken = f"127.0.0.1:{child.port} or its health port"
-            print(f"  {child.name:<10} {taken} was taken before it bound it; trying other ports", flush=True)
-        child = child.again()
+            line = f"  {child.name:<10} {taken} was taken before it bound it; trying other ports"
+            if say is None:
+                print(line, flush=True)
+            else:
+                say(line)
+        child = child.again() if replace is None else replace(child, child.again)
     child.ready(child.process)
     return child
 
@@ -769,6 +779,7 @@ def main() -> int:
             partial(wait_passing, mesh.consul, timeout=60, token=mesh.token, quiet=True),
             (*START_ORDER, *apps),
             say=say,
+            serve=ready_or_again,
         )
         control = ControlServer(fleet, say=say)
         control.start(control_file)

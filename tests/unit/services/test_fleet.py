@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from mesh.server.runtime import EXIT_PORT_UNAVAILABLE
 from services.fleet import Busy, Fleet, FleetError
+from services.launcher import Child as LaunchedChild
+from services.launcher import LaunchError, ready_or_again
 from services.supervisor import Supervisor
 
 SLEEPER = [
@@ -103,6 +106,37 @@ def test_scale_up_starts_supervised_instances_and_waits_for_each_to_pass(shop: S
     added = [c for c in shop.children if c.port in (20_002, 20_003)]
     assert all(shop.supervisor.watching(c) and c.process.poll() is None for c in added)
     assert "  inventory: 3 instance(s)" in shop.said
+
+
+def test_an_instance_that_lost_its_port_before_binding_is_replaced_on_fresh_ports(shop: Shop) -> None:
+    """Through the launcher's serve: the first start finds its port taken (the exit status says
+    so), leaves supervision and the fleet, and a start on fresh ports is the instance added."""
+    fresh = iter(range(20_050, 20_060))
+
+    def exited_for_its_port(process: subprocess.Popen[bytes]) -> None:
+        process.wait(30)
+        raise LaunchError(f"exited with {process.returncode}")
+
+    def lost_then_fresh(name: str) -> LaunchedChild:
+        lost = subprocess.Popen([sys.executable, "-c", f"raise SystemExit({EXIT_PORT_UNAVAILABLE})"])
+        return LaunchedChild(
+            name,
+            20_040,
+            lost,
+            sleeper,
+            exited_for_its_port,
+            again=lambda: LaunchedChild(name, next(fresh), sleeper(), sleeper, lambda process: None),
+        )
+
+    shop.fleet._start_instance = lost_then_fresh  # type: ignore[assignment]  # the launcher's kind
+    shop.fleet._serve = ready_or_again  # type: ignore[assignment]
+    shop.fleet.scale("inventory", 2)
+    assert ports_of(shop, "inventory") == [20_000, 20_050]
+    (added,) = [c for c in shop.children if c.port == 20_050]
+    assert shop.supervisor.watching(added) and added.process.poll() is None
+    assert shop.passing_waits == [["inventory:20050"]]
+    assert any("127.0.0.1:20040 or its health port was taken" in line for line in shop.said)
+    assert not any("exited" in line for line in shop.said)  # never supervised, so no crash to restart
 
 
 def test_scale_down_drains_the_newest_first_and_it_is_no_crash(shop: Shop) -> None:
