@@ -110,7 +110,7 @@ def test_scale_up_starts_supervised_instances_and_waits_for_each_to_pass(shop: S
 
 def test_an_instance_that_lost_its_port_before_binding_is_replaced_on_fresh_ports(shop: Shop) -> None:
     """Through the launcher's serve: the first start finds its port taken (the exit status says
-    so), leaves supervision and the fleet, and a start on fresh ports is the instance added."""
+    so) and is never supervised nor counted; a start on fresh ports is the instance added."""
     fresh = iter(range(20_050, 20_060))
 
     def exited_for_its_port(process: subprocess.Popen[bytes]) -> None:
