@@ -32,14 +32,21 @@ def gateway_rows(agent: ConsulDevAgent) -> list[dict[str, Any]]:
     return [row for row in services.values() if row["Service"] == "gateway"]
 
 
-def wait_for(predicate: Any, within: float, what: str) -> Any:
+def checks_of(agent: ConsulDevAgent, service: str) -> list[dict[str, Any]]:
+    checks = agent.get("/v1/agent/checks")
+    assert isinstance(checks, dict)
+    return [check for check in checks.values() if check["ServiceName"] == service]
+
+
+def wait_for(predicate: Any, within: float, what: str, explain: Any = None) -> Any:
+    """``predicate()`` once truthy; else AssertionError with what ``explain()`` shows then."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         found = predicate()
         if found:
             return found
         time.sleep(0.1)  # poll interval
-    raise AssertionError(f"not within {within}s: {what}")
+    raise AssertionError(f"not within {within}s: {what}" + (f"; {explain()}" if explain else ""))
 
 
 def test_the_gateway_registers_with_its_metrics_port_and_deregisters_on_sigterm(
@@ -64,16 +71,18 @@ def test_the_gateway_registers_with_its_metrics_port_and_deregisters_on_sigterm(
         status, _, body = gateway.request("GET", "/metrics")
         assert status == 404, body[:200]  # not on the API port
 
+        # Within 30 s: CI's busy machine once took over 10 (the check's output says why if not).
         passing = wait_for(
-            lambda: consul_agent.passing("gateway"), 10, "the gateway passing its check in Consul"
+            lambda: consul_agent.passing("gateway"),
+            30,
+            "the gateway passing its check in Consul",
+            explain=lambda: checks_of(consul_agent, "gateway"),
         )
         [row] = passing
         assert row["Address"] == "127.0.0.1" and row["Port"] == gateway.port
         metrics_port = int(row["Meta"]["metrics_port"])
         assert metrics_port != gateway.port
-        checks = consul_agent.get("/v1/agent/checks")
-        assert isinstance(checks, dict)
-        [check] = [c for c in checks.values() if c["ServiceName"] == "gateway"]
+        [check] = checks_of(consul_agent, "gateway")
         assert check["Type"] == "http" and check["Status"] == "passing"
 
         url = f"http://127.0.0.1:{metrics_port}/metrics"
