@@ -74,7 +74,7 @@ class InstanceView:
 
 
 Child = TypeVar("Child", bound=Instance)
-Serve = Callable[[Child, Callable[[str], None], Callable[[Child, Callable[[], Child]], Child]], Child]
+Serve = Callable[[Child, Callable[[str], None], Callable[[Callable[[], Child]], Child]], Child]
 
 
 class Fleet(Generic[Child]):
@@ -91,8 +91,8 @@ class Fleet(Generic[Child]):
         stop_within: float = 30.0,
         serve: Serve[Child] | None = None,
     ) -> None:
-        """``serve(child, say, replace)`` blocks until a started instance serves and returns the
-        one that does: the launcher's starts a replacement through ``replace`` when the child
+        """``serve(child, say, spawn)`` blocks until a started instance serves and returns the
+        one that does: the launcher's starts a replacement through ``spawn`` when the child
         lost a port it was given to another process before binding it (None: ``child.ready``)."""
         self._supervisor = supervisor
         self._children = children
@@ -167,7 +167,7 @@ class Fleet(Generic[Child]):
         """
         started = [self._supervisor.on_main(lambda: self._start_instance(service))]
 
-        def replace(lost: Child, start: Callable[[], Child]) -> Child:
+        def spawn(start: Callable[[], Child]) -> Child:
             started.append(self._supervisor.on_main(start))
             return started[-1]
 
@@ -176,7 +176,7 @@ class Fleet(Generic[Child]):
                 child = started[0]
                 child.ready(child.process)
             else:
-                child = self._serve(started[0], self._say, replace)
+                child = self._serve(started[0], self._say, spawn)
         except BaseException:
             for failed in started:
                 if failed.process.poll() is None:

@@ -379,10 +379,18 @@ PORT_ATTEMPTS = 3
 """Starts of one instance, at most, while ports the launcher chose keep being taken."""
 
 
+def _print_now(line: str) -> None:
+    print(line, flush=True)
+
+
+def _call(start: Callable[[], Child]) -> Child:
+    return start()
+
+
 def ready_or_again(
     child: Child,
-    say: Callable[[str], None] | None = None,
-    replace: Callable[[Child, Callable[[], Child]], Child] | None = None,
+    say: Callable[[str], None] = _print_now,
+    spawn: Callable[[Callable[[], Child]], Child] = _call,
 ) -> Child:
     """``child`` once it serves; or, when it exited because a port was taken, a replacement on
     ports chosen afresh that serves (at most :data:`PORT_ATTEMPTS` starts in all).
@@ -391,8 +399,8 @@ def ready_or_again(
     second before the child binds it (seen in CI: "Failed to bind to address"). Such a child
     exits with EXIT_PORT_UNAVAILABLE. A port the operator set is never changed: if that one is
     taken, every start fails alike and the last failure, naming the address, is raised.
-    ``say`` hears that a replacement is started (default: printed); ``replace(lost, start)``
-    starts it (the fleet, on its supervisor's thread; default: ``start()`` here).
+    ``say`` hears that a replacement is started; ``spawn(start)`` runs its start (the fleet's
+    does so on its supervisor's thread and keeps the process).
     """
     for _ in range(PORT_ATTEMPTS - 1):
         try:
@@ -402,12 +410,8 @@ def ready_or_again(
             if child.again is None or child.process.poll() != EXIT_PORT_UNAVAILABLE:
                 raise
             taken = f"127.0.0.1:{child.port} or its health port"
-            line = f"  {child.name:<10} {taken} was taken before it bound it; trying other ports"
-            if say is None:
-                print(line, flush=True)
-            else:
-                say(line)
-        child = child.again() if replace is None else replace(child, child.again)
+            say(f"  {child.name:<10} {taken} was taken before it bound it; trying other ports")
+        child = spawn(child.again)
     child.ready(child.process)
     return child
 
