@@ -19,7 +19,9 @@ network round trip must not stall the loop) but run without ``BEGIN`` and ``COMM
 statement is its own transaction. At PostgreSQL's READ COMMITTED, the level every service
 uses, each statement of a transaction takes a new snapshot anyway, so a read-only transaction
 saw nothing a statement alone does not, and its two extra round trips were two thirds of a
-one-row read's.
+one-row read's. On PostgreSQL every statement, ``BEGIN`` and ``COMMIT`` included, is one blocking
+libpq call on the worker thread, prepared once per connection (:mod:`services.common.postgres_statements`:
+psycopg's cursor cost three times the client CPU per transaction).
 
 SQLite allows one writer at a time. The worker threads of one process take turns on a
 mutex of their own before ``BEGIN IMMEDIATE``, rather than each meeting SQLITE_BUSY: SQLite's
@@ -52,6 +54,7 @@ import psycopg.errors
 from mesh.errors import DependencyUnavailable
 from mesh.resilience import Backoff
 from services.common.group_commit import GroupCommit
+from services.common.postgres_statements import Statements
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +91,13 @@ class Tx:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run a statement; returns the number of rows it changed."""
         cursor = self.cursor
-        cursor.execute(self._sql(sql), tuple(params))
+        cursor.execute(sql, tuple(params))
         return int(cursor.rowcount)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Run a query; rows come back as dicts keyed by column name."""
         cursor = self.cursor
-        cursor.execute(self._sql(sql), tuple(params))
+        cursor.execute(sql, tuple(params))
         names = [d[0] for d in cursor.description or ()]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
@@ -103,8 +106,22 @@ class Tx:
         rows = self.query(sql, params)
         return rows[0] if rows else None
 
-    def _sql(self, sql: str) -> str:
-        return sql.replace("?", "%s") if self.dialect == "postgresql" else sql
+
+class PostgresTx(Tx):
+    """A PostgreSQL transaction (or, for a read, a run of statements each on its own): every
+    statement is one blocking libpq call through :class:`Statements` (its module says why)."""
+
+    def __init__(self, statements: Statements) -> None:
+        self.connection = statements.connection
+        self.dialect = "postgresql"
+        self.cursor = None
+        self._statements = statements
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._statements.execute(sql, params)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self._statements.query(sql, params)
 
 
 class Database:
@@ -289,24 +306,48 @@ class Database:
             return result
 
     def _postgres_tx(self, connection: psycopg.Connection[Any], work: Callable[[Tx], T]) -> T:
-        with contextlib.ExitStack() as stack:
-            try:
-                stack.enter_context(connection.transaction())  # sends BEGIN
-            except psycopg.OperationalError:
-                # The idle connection died (server restart, terminated backend). Nothing was
-                # sent for this transaction yet, so one fresh connection may safely try again.
-                self._forget_connection()
-                connection = self._connection()
-                stack.enter_context(connection.transaction())
-            return work(self._tx_on(connection, "postgresql"))
+        statements = self._statements(connection)
+        try:
+            statements.command(b"BEGIN")
+        except psycopg.OperationalError:
+            # The idle connection died (server restart, terminated backend). Nothing was
+            # sent for this transaction yet, so one fresh connection may safely try again.
+            self._forget_connection()
+            statements = self._statements(self._connection())
+            statements.command(b"BEGIN")
+        try:
+            result = work(PostgresTx(statements))
+            if statements.in_failed_transaction:
+                # The work caught a statement's error and went on: the server would turn the
+                # COMMIT into a ROLLBACK, so none of it may be reported as written.
+                raise psycopg.errors.InFailedSqlTransaction("a statement of the transaction failed")
+        except BaseException:
+            if statements.usable:
+                try:
+                    statements.command(b"ROLLBACK")
+                except psycopg.Error:
+                    log.debug("error rolling back", exc_info=True)
+            raise
+        statements.command(b"COMMIT")
+        return result
 
     def _tx_here(self, dialect: str) -> Tx:
         """A Tx on this thread's connection and its cursor."""
         return self._tx_on(self._connection(), dialect)
 
     def _tx_on(self, connection: Any, dialect: str) -> Tx:
-        """A Tx on ``connection`` with this thread's cursor for it (:meth:`_cursor`)."""
+        """A Tx on ``connection`` with this thread's cursor (or statements) for it."""
+        if dialect == "postgresql":
+            return PostgresTx(self._statements(connection))
         return Tx(connection, dialect, self._cursor(connection))
+
+    def _statements(self, connection: psycopg.Connection[Any]) -> Statements:
+        """This thread's statement runner on ``connection``, made once per connection (it
+        keeps the statements prepared on it)."""
+        statements: Statements | None = getattr(self._local, "statements", None)
+        if statements is None or statements.connection is not connection:
+            statements = self._local.statements = Statements(connection)
+        return statements
 
     def _cursor(self, connection: Any) -> Any:
         """This thread's cursor on ``connection``, made once per connection and kept with it."""
@@ -339,7 +380,7 @@ class Database:
 
     def _forget_connection(self) -> None:
         connection = getattr(self._local, "connection", None)
-        self._local.connection = self._local.cursor = None
+        self._local.connection = self._local.cursor = self._local.statements = None
         if connection is not None:
             with self._lock:
                 if connection in self._connections:
