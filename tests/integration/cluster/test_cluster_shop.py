@@ -32,6 +32,7 @@ import pytest
 from services.cluster.handle import ClusterProcess
 from services.cluster.network import namespaces, sweep
 from tests.conftest import POSTGRES_ADMIN_DSN
+from tests.support.bus import Bus
 from tests.support.gateway_load import Load, gateway_call
 from tests.support.invariants import ShopDatabases, violations
 from tests.support.processes import ROOT, free_port
@@ -76,6 +77,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory, jwt_keys: KeyPair) -> Iterato
         with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as admin:
             for database in run.state.get("databases", {}).values():
                 admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        Bus(prefix).delete()  # the shop's exchange and queues on the machine's broker
         print(f"\nmake cluster exited with {code}")
     assert code == 0, run.output()
     assert [n for n in namespaces() if n.startswith(f"tsu-{owner}-")] == []  # Ctrl-C removed every host
