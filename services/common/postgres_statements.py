@@ -40,7 +40,8 @@ _TEXTS_KEPT = 4096  # distinct statement texts whose numbered form is remembered
 def numbered(sql: str) -> bytes:
     """The statement with ``?`` placeholders as PostgreSQL's ``$1``, ``$2``, ...
 
-    Statements here never hold a literal ``?`` (the same rule as before, when each became %s).
+    A statement may not hold a literal ``?`` (in a string, or the JSONB operator): it would be
+    taken for a parameter.
     """
     parts = sql.split("?")
     if len(parts) == 1:
