@@ -54,7 +54,7 @@ import psycopg.errors
 from mesh.errors import DependencyUnavailable
 from mesh.resilience import Backoff
 from services.common.group_commit import GroupCommit
-from services.common.postgres_statements import Statements
+from services.common.postgres_statements import StalePlan, Statements
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +218,9 @@ class Database:
     def _postgres_read(self, work: Callable[[Tx], T]) -> T:
         """``work`` one statement at a time on this thread's connection (see the module doc).
 
-        A connection found dead (a server restart, a terminated backend) is replaced once: a
-        read changed nothing, so running it again on a fresh connection is always safe.
+        A connection found dead (a server restart, a terminated backend) is replaced once, and
+        statements whose row type a migration changed are prepared anew once (:class:`StalePlan`):
+        a read changed nothing, so running it again is always safe.
         """
         for fresh in (False, True):
             try:
@@ -228,6 +229,9 @@ class Database:
                 raise DependencyUnavailable(self.description, type(error).__name__) from error
             try:
                 return work(self._tx_on(connection, "postgresql"))
+            except StalePlan:
+                if fresh:
+                    raise
             except psycopg.OperationalError as error:
                 broken = connection.broken or connection.closed
                 if broken:
@@ -288,8 +292,8 @@ class Database:
                 # was rolled back; a fresh connection reads the current schema.
                 raise Conflict() from error
             raise DependencyUnavailable(self.description, str(error)) from error
-        except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as error:
-            raise Conflict() from error
+        except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected, StalePlan) as error:
+            raise Conflict() from error  # StalePlan: statements prepared anew on the next try
         except psycopg.OperationalError as error:
             self._forget_connection()
             raise DependencyUnavailable(self.description, type(error).__name__) from error

@@ -18,10 +18,18 @@ A statement is prepared the second time its text and parameter types are seen, a
 prepared on the fifth; one seen once (a migration) is sent unprepared. At most
 ``max_prepared`` statements are kept per connection; past that the rest run unprepared, so
 statements of varying text (an ``IN`` list of any length) cannot grow the server's memory.
+
+A schema change made by another connection while this one serves (a newer instance's
+migration adding a column) makes PostgreSQL refuse a prepared statement whose row type it
+changes ("cached plan must not change result type"). That error is :class:`StalePlan`: every
+statement of the connection is forgotten (and deallocated on the server once no transaction is
+open), and :class:`~services.common.database.Database` runs the read or the transaction again,
+which prepares them anew.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,9 +40,15 @@ from psycopg.adapt import PyFormat, Transformer
 from psycopg.pq.abc import PGresult
 
 Row = dict[str, Any]
+_PLAN_CHANGED = "cached plan must not change result type"
 Buffer = bytes | bytearray | memoryview
 _SUCCEEDED = frozenset({pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK})
 _TEXTS_KEPT = 4096  # distinct statement texts whose numbered form is remembered
+
+
+class StalePlan(psycopg.errors.FeatureNotSupported):
+    """A prepared statement's row type changed under it (see the module doc); nothing it was
+    asked to do ran, and running it again prepares it anew."""
 
 
 def numbered(sql: str) -> bytes:
@@ -71,6 +85,8 @@ class Statements:
         self._texts: dict[str, bytes] = {}
         self._uses: dict[tuple[bytes, Any], int] = {}
         self._prepared: dict[tuple[bytes, Any], bytes] = {}
+        self._names = itertools.count()
+        self._deallocate = False  # statements were forgotten: drop them on the server too
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run a statement; the number of rows it changed (or returned)."""
@@ -91,6 +107,8 @@ class Statements:
 
     def command(self, sql: bytes) -> None:
         """A statement without parameters or rows: BEGIN, COMMIT, ROLLBACK."""
+        if self._deallocate:
+            self._drop_forgotten()
         self._check(self._pgconn.exec_(sql))
 
     @property
@@ -104,6 +122,8 @@ class Statements:
         return self._pgconn.status == pq.ConnStatus.OK
 
     def _run(self, sql: str, params: Sequence[Any]) -> PGresult:
+        if self._deallocate:
+            self._drop_forgotten()
         text = self._texts.get(sql)
         if text is None:
             if len(self._texts) >= _TEXTS_KEPT:
@@ -138,7 +158,7 @@ class Statements:
                 self._uses.clear()
             self._uses[key] = uses
             return pgconn.exec_params(text, values, types, formats)
-        name = f"tsunagu_{len(self._prepared)}".encode()
+        name = f"tsunagu_{next(self._names)}".encode()
         self._check(pgconn.prepare(name, text, types))
         self._prepared[key] = name
         self._uses.pop(key, None)
@@ -151,10 +171,23 @@ class Statements:
         # leaves None out of the sequence's type, libpq and psycopg's C module take it.
         return self._pgconn.exec_prepared(name, values, formats)  # type: ignore[arg-type]
 
+    def _drop_forgotten(self) -> None:
+        """``DEALLOCATE ALL`` for statements forgotten after a StalePlan, once no transaction is
+        open (in a failed one the server would refuse it; in an open one it would be the
+        transaction's business)."""
+        if self._pgconn.transaction_status == pq.TransactionStatus.IDLE:
+            self._deallocate = False
+            self._check(self._pgconn.exec_(b"DEALLOCATE ALL"))
+
     def _check(self, result: PGresult) -> PGresult:
         if result.status in _SUCCEEDED:
             return result
         error = psycopg.errors.error_from_result(result, encoding=self._encoding)
+        if isinstance(error, psycopg.errors.FeatureNotSupported) and _PLAN_CHANGED in str(error):
+            self._prepared.clear()
+            self._uses.clear()
+            self._deallocate = True
+            raise StalePlan(str(error)) from error
         if not self.usable and not isinstance(error, psycopg.OperationalError):
             # The server went away mid-statement: libpq's own message, with no SQLSTATE.
             raise psycopg.OperationalError(str(error)) from error

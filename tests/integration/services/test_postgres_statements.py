@@ -161,3 +161,34 @@ async def test_a_large_parameter_and_result_cross_whole(postgres_dsn: str) -> No
         assert all(row["body"] == big for row in rows)
     finally:
         await database.close()
+
+
+async def test_a_column_added_by_another_connection_does_not_break_prepared_statements(
+    postgres_dsn: str,
+) -> None:
+    """A migration run by a newer instance (ADD COLUMN) while this one serves: PostgreSQL
+    refuses a prepared ``SELECT *`` whose row type changed ("cached plan must not change result
+    type"); the statements are prepared again and the read or write runs as asked."""
+    database = Database("things", postgres_dsn, workers=1)  # one thread: one connection, one cache
+    look = "SELECT * FROM things WHERE id = ?"
+    try:
+        await database.transact(lambda tx: tx.execute("CREATE TABLE things (id INT PRIMARY KEY)"))
+        await database.transact(lambda tx: tx.execute("INSERT INTO things (id) VALUES (?)", (1,)))
+        for _ in range(3):  # prepared from the second use on
+            assert await database.read(lambda tx: tx.query(look, (1,))) == [{"id": 1}]
+            assert await database.transact(lambda tx: tx.query(look, (1,))) == [{"id": 1}]
+        with psycopg.connect(postgres_dsn, autocommit=True) as migration:
+            migration.execute("ALTER TABLE things ADD COLUMN note TEXT NOT NULL DEFAULT 'new'")
+        assert await database.read(lambda tx: tx.query(look, (1,))) == [{"id": 1, "note": "new"}]
+
+        def write_after_look(tx: Tx) -> list[dict[str, Any]]:
+            rows = tx.query(look, (1,))
+            tx.execute("UPDATE things SET note = ? WHERE id = ?", ("seen", 1))
+            return rows
+
+        with psycopg.connect(postgres_dsn, autocommit=True) as migration:
+            migration.execute("ALTER TABLE things ADD COLUMN size INT NOT NULL DEFAULT 0")
+        assert await database.transact(write_after_look) == [{"id": 1, "note": "new", "size": 0}]
+        assert await database.read(lambda tx: tx.query(look, (1,))) == [{"id": 1, "note": "seen", "size": 0}]
+    finally:
+        await database.close()
