@@ -77,6 +77,14 @@ Child = TypeVar("Child", bound=Instance)
 Serve = Callable[[Child, Callable[[str], None], Callable[[Callable[[], Child]], Child]], Child]
 
 
+def ready_once(
+    child: Child, say: Callable[[str], None], spawn: Callable[[Callable[[], Child]], Child]
+) -> Child:
+    """The plain ``serve``: ``child`` once it is ready, never a replacement."""
+    child.ready(child.process)
+    return child
+
+
 class Fleet(Generic[Child]):
     """The launcher's children of each service, as operators change them."""
 
@@ -89,11 +97,12 @@ class Fleet(Generic[Child]):
         services: Sequence[str],
         say: Callable[[str], None] = print,
         stop_within: float = 30.0,
-        serve: Serve[Child] | None = None,
+        serve: Serve[Child] = ready_once,
     ) -> None:
         """``serve(child, say, spawn)`` blocks until a started instance serves and returns the
         one that does: the launcher's starts a replacement through ``spawn`` when the child
-        lost a port it was given to another process before binding it (None: ``child.ready``)."""
+        lost a port it was given to another process before binding it (:func:`ready_once` waits
+        for the child alone)."""
         self._supervisor = supervisor
         self._children = children
         self._start_instance = start_instance  # spawns (on the supervisor's thread) on a free port
@@ -172,11 +181,7 @@ class Fleet(Generic[Child]):
             return started[-1]
 
         try:
-            if self._serve is None:
-                child = started[0]
-                child.ready(child.process)
-            else:
-                child = self._serve(started[0], self._say, spawn)
+            child = self._serve(started[0], self._say, spawn)
         except BaseException:
             for failed in started:
                 if failed.process.poll() is None:
