@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from aio_pika.abc import AbstractIncomingMessage
+from aiormq.abc import DeliveredMessage
 
 from mesh.errors import DependencyUnavailable
 from services.common.database import Database, Tx
@@ -336,7 +336,7 @@ async def test_a_bug_outside_the_handler_is_logged_with_its_traceback_not_as_a_l
 ) -> None:
     poison, later = event(), event()
 
-    def buggy_decode(message: AbstractIncomingMessage) -> tuple[str, events_pb2.OrderEvent]:
+    def buggy_decode(message: DeliveredMessage) -> tuple[str, events_pb2.OrderEvent]:
         message_id, decoded = decode_order_event(message)
         if message_id == poison.event_id:
             raise KeyError("a bug in the consumer's own code")
