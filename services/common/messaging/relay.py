@@ -3,7 +3,8 @@
 It runs as a background task inside the service process. Each round it claims a batch of
 unsent outbox rows (oldest ``seq`` first, see :mod:`services.common.messaging.outbox`),
 publishes them one after the other on a channel with publisher confirms, and marks a row sent
-only once the broker has confirmed it. A crash or a lost connection between the confirm and
+only once the broker has confirmed it; the transaction that marks a batch sent also claims the
+next one, so a busy relay writes once per round. A crash or a lost connection between the confirm and
 the mark publishes that row again later: delivery is at least once, consumers deduplicate by
 ``message_id`` (the event id). Nothing is ever skipped: rows are found by ``sent_time IS NULL``,
 not by a cursor.
@@ -54,7 +55,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from mesh.errors import DependencyUnavailable
 from mesh.resilience import Backoff
-from services.common.database import Database
+from services.common.database import Database, Tx
 from services.common.messaging import outbox
 from services.common.messaging.outbox import OutboxMessage
 from services.common.messaging.topology import BROKER_ERRORS, broker_address, declare_exchange
@@ -265,15 +266,16 @@ class OutboxRelay:
                 log.info("RabbitMQ at %s reachable again; relaying the outbox", self._address)
             else:
                 log.info("outbox relay connected to RabbitMQ at %s", self._address)
+            rows: list[OutboxMessage] = []
             while True:
                 if connection.is_closed or channel.is_closed:
                     raise ConnectionError(f"connection to RabbitMQ at {self._address} closed")
-                full = await self._relay_batch(underlay)
+                rows = await (self._relay_batch(underlay, rows) if rows else self._take([]))
                 # Reset only after a whole round: a session that fails right after connecting
                 # (a bug, a flapping broker) keeps backing off further instead of spinning.
                 self._failures = 0
                 self._database_down = False
-                if not full:
+                if not rows:
                     await self._idle()
         finally:
             self.connected.clear()
@@ -296,39 +298,54 @@ class OutboxRelay:
         if self._metrics.pending is not None:
             self._metrics.pending.set(count)
 
-    async def _relay_batch(self, channel: AbstractChannel) -> bool:
-        """Publish one claimed batch; True when it was full (more may be waiting)."""
+    async def _take(self, confirmed: list[int], *, claim: bool = True) -> list[OutboxMessage]:
+        """Record the ``confirmed`` rows as sent and claim the next batch, in one transaction.
+
+        One write per round instead of a mark and then a claim: on a busy service each round
+        is a write transaction of its own (on SQLite with its fsync), and the relay's rounds
+        were about as many as the saga's own writes. Without ``claim`` it only records.
+        """
         s = self._settings
-        self._wakeup.clear()
+        if claim:
+            self._wakeup.clear()  # before the claim: a commit after it wakes the next idle wait
         parked = tuple(self._parked)
-        rows = await self._db.transact(
-            lambda tx: outbox.claim(tx, self._owner, self._clock(), s.claim_seconds, s.batch_size, parked)
-        )
-        if not rows:
-            return False
+        sent_time = utc_now()
+
+        def work(tx: Tx) -> list[OutboxMessage]:
+            if confirmed:
+                outbox.mark_sent(tx, confirmed, sent_time)
+            if not claim:
+                return []
+            return outbox.claim(tx, self._owner, self._clock(), s.claim_seconds, s.batch_size, parked)
+
+        rows = await self._db.transact(work)
+        self.published += len(confirmed)
+        return rows
+
+    async def _relay_batch(self, channel: AbstractChannel, rows: list[OutboxMessage]) -> list[OutboxMessage]:
+        """Publish one claimed batch; the next batch, claimed as this one is recorded."""
         # The whole batch goes out at once on the confirming channel (frames leave in claim
         # order) and its confirms are awaited together: one round trip per batch, not per row,
         # so a busy order process does not fall behind by a broker round trip per event.
         results = await asyncio.gather(*(self._publish(channel, row) for row in rows), return_exceptions=True)
         confirmed = [row.seq for row, result in zip(rows, results, strict=True) if result is None]
-        # Rows confirmed before a failure are recorded even when others failed (those stay
-        # unsent and go out again: at least once, consumers deduplicate by event_id).
-        if confirmed:
-            await self._db.transact(lambda tx: outbox.mark_sent(tx, confirmed, utc_now()))
-            self.published += len(confirmed)
-        outage: BaseException | None = None
+        stop: BaseException | None = None  # the broker failed, or this task is being cancelled
         for row, result in zip(rows, results, strict=True):
             if isinstance(result, BROKER_ERRORS):
-                outage = outage or result
+                stop = stop or result
             elif isinstance(result, Exception):
-                self._park(row, result)
+                self._park(row, result)  # before the next claim, which must skip it
             elif isinstance(result, BaseException):  # cancelled: stop now
-                raise result
-        if outage is not None:
-            raise outage
+                stop = result
+        # Rows confirmed before a failure are recorded even when others failed (those stay
+        # unsent and go out again: at least once, consumers deduplicate by event_id).
+        following = await self._take(confirmed, claim=stop is None) if confirmed or stop is None else []
+        if stop is not None:
+            raise stop
+        s = self._settings
         if self._metrics.pending is not None and self._clock() - self._gauge_time >= s.gauge_interval_seconds:
             self._set_pending(await self._db.transact(outbox.pending))
-        return len(rows) == s.batch_size
+        return following
 
     def _park(self, row: OutboxMessage, error: Exception) -> None:
         """Skip a row a bug keeps from being relayed; logged once, with the traceback."""

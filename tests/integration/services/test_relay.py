@@ -429,3 +429,33 @@ async def test_a_row_that_cannot_become_a_message_is_a_bug_not_an_outage(
         lambda tx: tx.one("SELECT sent_time, attempts, claimed_by FROM outbox WHERE event_id = ?", (poison,))
     )
     assert row == {"sent_time": None, "attempts": 1, "claimed_by": ""}
+
+
+async def test_a_busy_relay_records_a_batch_and_claims_the_next_in_one_transaction(
+    sqlite_db: Database, messaging: MessagingSettings, listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Draining a backlog of three batches takes four transactions (the first claim, then one
+    "mark sent + claim the next" per batch), not a claim and a mark per batch: on a busy order
+    service every relay transaction is a write with its fsync."""
+    ids = await add_events(sqlite_db, 3 * FAST.batch_size)
+    transactions = 0
+    transact = sqlite_db.transact
+
+    async def counted(work: Callable[[Any], Any]) -> Any:
+        nonlocal transactions
+        transactions += 1
+        return await transact(work)
+
+    monkeypatch.setattr(sqlite_db, "transact", counted)
+    relay = OutboxRelay(sqlite_db, messaging, replace(FAST, poll_seconds=30.0))  # no poll's claim
+
+    async def all_sent() -> bool:  # through the uncounted method: only the relay's count
+        return await transact(outbox.pending) == 0
+
+    async with running(relay):
+        await listener.wait_for(set(ids))
+        await until(all_sent, what="rows marked sent")
+        drained = transactions
+    assert first_seen(listener.received) == ids
+    assert relay.published == len(ids)
+    assert drained == 4
