@@ -289,8 +289,11 @@ class OutboxRelay:
             and now - self._gauge_time >= self._settings.gauge_interval_seconds
         ):
             self._set_pending(await self._db.transact(outbox.pending))
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps the wait in a task of its
+        # own, and a busy relay goes idle between most of its rounds.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout=self._settings.poll_seconds)
+            async with asyncio.timeout(self._settings.poll_seconds):
+                await self._wakeup.wait()
         self._wakeup.clear()
 
     def _set_pending(self, count: int) -> None:

@@ -459,3 +459,17 @@ async def test_a_busy_relay_records_a_batch_and_claims_the_next_in_one_transacti
     assert first_seen(listener.received) == ids
     assert relay.published == len(ids)
     assert drained == 4
+
+
+async def test_rows_nobody_woke_the_relay_for_are_found_by_its_poll(
+    sqlite_db: Database, messaging: MessagingSettings, listener: Listener
+) -> None:
+    """Another instance's commits do not wake this relay: its idle wait ends at ``poll_seconds``
+    and the rows go out anyway, again and again (the wait is re-armed after each timeout)."""
+    async with running(OutboxRelay(sqlite_db, messaging, FAST)) as relay:
+        await asyncio.wait_for(relay.connected.wait(), 20)
+        for _ in range(3):
+            ids = await add_events(sqlite_db, 2)  # no relay.wake()
+            await listener.wait_for(set(ids), within=10.0)
+        await until(lambda: _zero(sqlite_db), what="rows marked sent")
+    assert relay.published == 6
