@@ -4,10 +4,10 @@ It runs as a background task inside the service process. Each round it claims a 
 unsent outbox rows (oldest ``seq`` first, see :mod:`services.common.messaging.outbox`),
 publishes them one after the other on a channel with publisher confirms, and marks a row sent
 only once the broker has confirmed it; the transaction that marks a batch sent also claims the
-next one, so a busy relay writes once per round. A crash or a lost connection between the confirm and
-the mark publishes that row again later: delivery is at least once, consumers deduplicate by
-``message_id`` (the event id). Nothing is ever skipped: rows are found by ``sent_time IS NULL``,
-not by a cursor.
+next one, so a busy relay writes once per round. A crash or a lost connection between the
+confirm and the mark publishes that row again later: delivery is at least once, consumers
+deduplicate by ``message_id`` (the event id). Nothing is ever skipped: rows are found by
+``sent_time IS NULL``, not by a cursor.
 
 Messages are persistent, carry ``message_id`` = event id, ``type``, ``content_type`` and a
 timestamp (the event's commit time), and are published ``mandatory``. A message the broker
