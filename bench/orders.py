@@ -129,9 +129,9 @@ def context_switches(pid: int) -> int:
 
 def shared_server_cpu() -> dict[str, float]:
     """CPU seconds of the machine's RabbitMQ (beam.smp) and PostgreSQL (every ``postgres``
-    process: a backend per connection), read from /proc, per PID so a difference can skip
-    processes that came or went. Whole processes: other work on this machine would count too
-    (none runs during a bench); under SQLite PostgreSQL's share is its idle housekeeping.
+    process: a backend per connection), read from /proc, per PID (see cpu_per_order for the
+    ones that come or go). Whole processes: other work on this machine would count too (none
+    runs during a bench); under SQLite PostgreSQL's share is its idle housekeeping.
     """
     found: dict[str, float] = {}
     for entry in Path("/proc").iterdir():
@@ -149,12 +149,20 @@ def shared_server_cpu() -> dict[str, float]:
 
 def cpu_per_order(before: dict[str, float], after: dict[str, float], confirmed: int) -> dict[str, float]:
     """Milliseconds of CPU per confirmed order between two snapshots, by process (servers
-    summed over their PIDs present in both)."""
+    summed over their PIDs).
+
+    A server process that started between the snapshots counts from zero: all its CPU was
+    spent in the phase. PostgreSQL forks a backend for each connection, and the services open
+    theirs as their worker threads first need one, many of them during the phase: leaving
+    those out (as this did until 2026-12-07) hid 2-4 ms of PostgreSQL's CPU per order. A PID
+    whose CPU went down is a new process that reused it. One that ended in between is lost;
+    its CPU can no longer be read.
+    """
     spent: dict[str, float] = {}
     for key, seconds in after.items():
-        if key in before:
-            name = key.split(":", 1)[0]
-            spent[name] = spent.get(name, 0.0) + seconds - before[key]
+        name = key.split(":", 1)[0]
+        start = before.get(key, 0.0)
+        spent[name] = spent.get(name, 0.0) + seconds - (start if start <= seconds else 0.0)
     return {name: round(seconds * 1000 / max(confirmed, 1), 2) for name, seconds in spent.items()}
 
 
