@@ -30,11 +30,10 @@ burn their attempts for one message's bug.
 Messages are applied in the order they arrived, but for one that fails (it comes back later)
 or is held through a database outage (those behind it may get through first). Those already
 waiting when the consumer turns to its inbox are started together when the database applies
-writes in the order they were started (SQLite, through its group commit:
+writes in the order they were started (through its group commit, on both engines:
 :attr:`Database.writes_keep_call_order`): their transactions then share commits and their
-acks leave together. Measured on a backlog, a consumed event cost ~490 us of CPU one at a time
-and ~170 us so (``bench/consumer_backlog.py``). On PostgreSQL, whose worker threads would run
-them side by side in any order, they are applied one at a time.
+acks leave together. Measured on a backlog on SQLite, a consumed event cost ~490 us of CPU one
+at a time and ~170 us so (``bench/consumer_backlog.py``).
 
 The connection is this module's own (no robust connection): when the broker is down or
 restarts, the consumer reconnects with capped exponential backoff and jitter, logging once

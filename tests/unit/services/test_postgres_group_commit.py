@@ -1,0 +1,121 @@
+"""PostgresGroupCommit's rules for a lost connection, on a scripted statement runner.
+
+The batch paths that a real server can show are tested against one
+(tests/integration/services/test_group_commit_postgres.py). A connection lost exactly while a
+COMMIT is out is not one of them, and it is the case that must never run a write twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psycopg
+
+from mesh.errors import DependencyUnavailable
+from services.common.group_commit import PostgresGroupCommit
+
+
+class ScriptedStatements:
+    """Answers BEGIN, COMMIT and ROLLBACK; ``failing`` commands raise OperationalError."""
+
+    def __init__(self, failing: set[bytes]) -> None:
+        self.failing = failing
+        self.sent: list[bytes] = []
+        self.in_failed_transaction = False
+        self.usable = True
+
+    def command(self, sql: bytes) -> None:
+        self.sent.append(sql)
+        if sql in self.failing:
+            self.usable = False
+            raise psycopg.OperationalError(f"server closed the connection during {sql.decode()}")
+
+
+class Harness:
+    """A group commit over scripted statements, whose first batch holds every write queued."""
+
+    def __init__(self, failing: set[bytes]) -> None:
+        self.statements = ScriptedStatements(failing)
+        self.alone: list[Callable[[Any], Any]] = []
+        self.lost = 0
+        self.executor = ThreadPoolExecutor(max_workers=1)
+        self.group = PostgresGroupCommit(
+            self.executor,
+            lambda: self.statements,  # type: ignore[arg-type,return-value]
+            lambda statements: statements,  # type: ignore[arg-type,return-value]
+            self._one_at_a_time,
+            self._lose,
+            lambda error: DependencyUnavailable("items database (postgresql)", type(error).__name__),
+        )
+
+    def _one_at_a_time(self, work: Callable[[Any], Any]) -> Any:
+        self.alone.append(work)
+        return work(None)
+
+    def _lose(self) -> None:
+        self.lost += 1
+
+    async def run(self, works: list[Callable[[Any], Any]]) -> list[Any]:
+        held = threading.Event()
+        self.executor.submit(held.wait)  # the drain starts only once every write is queued
+        tasks = [asyncio.ensure_future(self.group.write(work)) for work in works]
+        await asyncio.sleep(0)
+        held.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        self.executor.shutdown()
+        return results
+
+
+async def test_a_batch_whose_connection_is_lost_during_commit_runs_nothing_again() -> None:
+    """It may have committed: every caller hears UNAVAILABLE, and no write runs a second time."""
+    harness = Harness(failing={b"COMMIT"})
+    ran: list[int] = []
+    results = await harness.run([lambda tx, n=n: ran.append(n) for n in range(3)])
+    assert ran == [0, 1, 2]  # once each, in the batch
+    assert harness.alone == []
+    assert all(isinstance(result, DependencyUnavailable) for result in results)
+    assert "items database (postgresql)" in str(results[0])
+    assert harness.lost == 1  # the connection is not used again
+    assert harness.statements.sent == [b"BEGIN", b"COMMIT"]
+
+
+async def test_a_batch_that_cannot_begin_runs_each_write_alone_on_a_fresh_connection() -> None:
+    """Nothing of the batch ran, so each write goes down the ordinary path (which connects anew)."""
+    harness = Harness(failing={b"BEGIN"})
+    results = await harness.run([lambda tx, n=n: n for n in range(3)])
+    assert results == [0, 1, 2]
+    assert len(harness.alone) == 3
+    assert harness.lost == 1
+
+
+async def test_a_write_that_raises_in_a_batch_rolls_it_back_and_each_runs_alone() -> None:
+    harness = Harness(failing=set())
+    attempts: list[int] = []
+
+    def refuse(tx: Any) -> None:
+        raise ValueError("refused")
+
+    def count(n: int) -> Callable[[Any], int]:
+        def work(tx: Any) -> int:
+            attempts.append(n)
+            return n
+
+        return work
+
+    results = await harness.run([count(0), refuse, count(2)])
+    assert results[0] == 0 and results[2] == 2
+    assert isinstance(results[1], ValueError)
+    assert attempts == [0, 0, 2]  # 0 ran in the rolled-back batch, then each alone
+    assert harness.statements.sent == [b"BEGIN", b"ROLLBACK"]
+
+
+async def test_a_batch_of_one_takes_the_ordinary_path() -> None:
+    harness = Harness(failing=set())
+    results = await harness.run([lambda tx: "done"])
+    assert results == ["done"]
+    assert harness.statements.sent == []  # no BEGIN of the batch's own
+    assert len(harness.alone) == 1
