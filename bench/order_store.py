@@ -11,9 +11,9 @@ be empty; its tables are dropped after).
 
 Reported: ``orders_per_s``, ``cpu_ms_per_order`` (this process's user + system CPU, every
 thread, over the timed orders), ``transactions_per_order`` (calls of ``Database.transact``),
-``reads_per_order`` (calls of ``Database.read``) and,
-on SQLite, ``commits_per_order`` (COMMITs actually written: group commit folds transactions
-queued meanwhile into one). The last line printed is one JSON object.
+``reads_per_order`` (calls of ``Database.read``) and ``commits_per_order`` (COMMITs actually
+written: group commit folds transactions queued meanwhile into one, on both engines). The last
+line printed is one JSON object.
 
     .venv/bin/python bench/order_store.py                 # 2000 orders, 16 in flight, SQLite
     .venv/bin/python bench/order_store.py --concurrency 1 # one at a time: no grouping possible

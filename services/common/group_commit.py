@@ -243,8 +243,10 @@ class PostgresGroupCommit(GroupCommit):
         self._unavailable = unavailable
 
     def _write_batch(self, batch: list[_Write]) -> list[_Outcome]:
-        if len(batch) == 1:
-            return [self._alone(batch[0])]  # nothing to share: the ordinary path, as before
+        if len(batch) == 1:  # nothing to share: the ordinary path, as before
+            outcome = self._alone(batch[0])
+            self.commits += outcome.error is None
+            return [outcome]
         try:
             statements = self._statements()
             statements.command(b"BEGIN")

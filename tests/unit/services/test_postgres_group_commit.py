@@ -81,6 +81,7 @@ async def test_a_batch_whose_connection_is_lost_during_commit_runs_nothing_again
     assert "items database (postgresql)" in str(results[0])
     assert harness.lost == 1  # the connection is not used again
     assert harness.statements.sent == [b"BEGIN", b"COMMIT"]
+    assert harness.group.commits == 0
 
 
 async def test_a_batch_that_cannot_begin_runs_each_write_alone_on_a_fresh_connection() -> None:
@@ -119,3 +120,4 @@ async def test_a_batch_of_one_takes_the_ordinary_path() -> None:
     assert results == ["done"]
     assert harness.statements.sent == []  # no BEGIN of the batch's own
     assert len(harness.alone) == 1
+    assert harness.group.commits == 1
