@@ -39,22 +39,15 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-SERVER = """
-import grpc, uvloop
-async def echo(request, context):
-    return request
-async def main():
-    server = grpc.aio.server()
-    handler = grpc.unary_unary_rpc_method_handler(echo)
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler})])
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(port, flush=True)
-    await server.wait_for_termination()
-uvloop.run(main())
-"""
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.server_modes import SERVER as SERVERS  # noqa: E402
+
+ECHO_SERVER = SERVERS["aio_uvloop"]  # the same bare echo bench/server_modes.py serves
 
 DRIVE = """
 import asyncio, json, resource, sys, time, uvloop
@@ -158,7 +151,7 @@ def main() -> None:
     modes = ["aio", "sync_future"] + (["grpclib"] if args.grpclib else [])
     levels = [int(level) for level in args.concurrency.split(",")]
     started = time.monotonic()
-    server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True)
     runs: dict[int, dict[str, list[dict[str, float]]]] = {
         level: {mode: [] for mode in modes} for level in levels
     }
