@@ -64,7 +64,7 @@ async def queued_behind_a_locked_row(
     first = asyncio.ensure_future(
         database.transact(write("UPDATE items SET key = 'opened' WHERE id = 'gate'"))
     )
-    await wait_for_a_lock_waiter()
+    await wait_for_a_lock_waiter(gate.info.dbname)
     tasks = [asyncio.ensure_future(database.transact(work)) for work in writes]
     await asyncio.sleep(0)  # one turn: every task queues its write
     gate.commit()
@@ -73,12 +73,16 @@ async def queued_behind_a_locked_row(
     return tasks
 
 
-async def wait_for_a_lock_waiter() -> None:
-    """Until a backend waits for a row lock (the first write, blocked by the gate)."""
+async def wait_for_a_lock_waiter(database: str) -> None:
+    """Until a backend of ``database`` waits for a lock (the first write, blocked by the gate).
+    Other tests run beside this one: a lock wait in their databases must not count."""
     with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as admin:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            waiting = admin.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()
+            waiting = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
+                (database,),
+            ).fetchone()
             if waiting is not None and waiting[0] > 0:
                 return
             await asyncio.sleep(0.01)
