@@ -167,17 +167,12 @@ class Database:
         """A name for errors and logs that never includes credentials."""
         return f"{self.name} database ({self.dialect})"
 
-    @property
-    def writes_keep_call_order(self) -> bool:
-        """Whether writes started one after another, without awaiting each, are applied in the
-        order they were started: they are, through the group-commit queue, on both engines."""
-        return True
-
     async def transact(self, work: Callable[[Tx], T]) -> T:
         """Run ``work`` in one transaction on a worker thread; commit if it returns.
 
         That transaction may be shared with the writes queued with it (group commit: see the
-        module docstring).
+        module docstring), and writes started one after another, without awaiting each, are
+        applied in the order they were started.
         """
         return await self._group.write(work)
 

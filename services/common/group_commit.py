@@ -245,7 +245,8 @@ class PostgresGroupCommit(GroupCommit):
     def _write_batch(self, batch: list[_Write]) -> list[_Outcome]:
         if len(batch) == 1:  # nothing to share: the ordinary path, as before
             outcome = self._alone(batch[0])
-            self.commits += outcome.error is None
+            if outcome.error is None:
+                self.commits += 1
             return [outcome]
         try:
             statements = self._statements()

@@ -29,11 +29,10 @@ burn their attempts for one message's bug.
 
 Messages are applied in the order they arrived, but for one that fails (it comes back later)
 or is held through a database outage (those behind it may get through first). Those already
-waiting when the consumer turns to its inbox are started together when the database applies
-writes in the order they were started (through its group commit, on both engines:
-:attr:`Database.writes_keep_call_order`): their transactions then share commits and their
-acks leave together. Measured on a backlog on SQLite, a consumed event cost ~490 us of CPU one
-at a time and ~170 us so (``bench/consumer_backlog.py``).
+waiting when the consumer turns to its inbox are started together: the database's group
+commit applies writes in the order they were started (:meth:`Database.transact`), so their
+transactions share commits and their acks leave together. Measured on a backlog on SQLite, a
+consumed event cost ~490 us of CPU one at a time and ~170 us so (``bench/consumer_backlog.py``).
 
 The connection is this module's own (no robust connection): when the broker is down or
 restarts, the consumer reconnects with capped exponential backoff and jitter, logging once
@@ -274,10 +273,9 @@ class EventConsumer:
             raise worker.exception()  # type: ignore[misc]
 
     async def _work(self, inbox: asyncio.Queue[DeliveredMessage]) -> None:
-        together = self._db.writes_keep_call_order
         while True:
             waiting = [await inbox.get()]
-            while together and not inbox.empty() and len(waiting) < self._settings.prefetch:
+            while not inbox.empty() and len(waiting) < self._settings.prefetch:
                 waiting.append(inbox.get_nowait())
             if len(waiting) == 1:
                 await self._process(waiting[0])
