@@ -181,11 +181,16 @@ class XdsClient:
             self.process.communicate()
 
     def calls(self) -> list[Call]:
-        """Every call recorded so far, in start order."""
+        """Every call recorded so far, in start order.
+
+        The client may be writing a line while this reads: only newline-terminated lines
+        are whole, so a trailing fragment waits for the next read.
+        """
         if not self.out.exists():
             return []
+        text = self.out.read_text()
         calls = []
-        for line in self.out.read_text().splitlines():
+        for line in text[: text.rfind("\n") + 1].splitlines():
             if line.strip():
                 raw = json.loads(line)
                 calls.append(
