@@ -36,6 +36,15 @@ one batch is written share the next batch's single transaction and COMMIT
 commit's fsync cost more than the write it ended. On PostgreSQL a batch has no savepoints, and
 any error sends its writes down the ordinary path one at a time: BEGIN and COMMIT were two of a
 small write's three or four round trips.
+
+A PostgreSQL write waits for a row lock held by another transaction (an operator's open
+``psql`` session, another instance mid-batch) for at most ``lock_timeout``: 2 s unless the DSN,
+the role or the database sets one of its own. Past it the write fails with UNAVAILABLE naming
+the database and the lock. Without a bound one forgotten lock stalled the write for good, and,
+as a process's writes go out in call order on one connection, every write queued behind it.
+Two seconds is past ``deadlock_timeout`` (1 s by default), so PostgreSQL still breaks a
+deadlock between two batches first, and short of the mesh's 5 s default call timeout, so the
+caller hears why.
 """
 
 from __future__ import annotations
@@ -69,6 +78,9 @@ MAX_CONFLICT_RETRIES = 20
 # Conflicts clear in milliseconds (the other writer commits): start small, cap at 0.1 s.
 CONFLICT_BACKOFF = Backoff(initial=0.002, multiplier=2.0, maximum=0.1)
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+# How long a PostgreSQL statement waits for another transaction's lock (see the module doc).
+LOCK_TIMEOUT_MS = 2000
+LOCK_WAIT_DETAIL = "a lock held by another transaction outlasted lock_timeout"
 
 
 class Conflict(Exception):
@@ -132,11 +144,20 @@ class Database:
     """A service's database. Create with :func:`open_database`; close with :meth:`close`."""
 
     def __init__(
-        self, name: str, url: str, workers: int = 4, *, conflict_backoff: Backoff = CONFLICT_BACKOFF
+        self,
+        name: str,
+        url: str,
+        workers: int = 4,
+        *,
+        conflict_backoff: Backoff = CONFLICT_BACKOFF,
+        lock_timeout_ms: int = LOCK_TIMEOUT_MS,
     ) -> None:
+        """``lock_timeout_ms``: PostgreSQL's lock wait on this database's connections, where the
+        DSN, role or database sets none."""
         self.name = name
         self.url = url
         self._conflict_backoff = conflict_backoff
+        self._lock_timeout_ms = lock_timeout_ms
         self.dialect = "postgresql" if url.startswith(POSTGRES_SCHEMES) else "sqlite"
         self._local = threading.local()
         self._connections: list[Any] = []
@@ -159,13 +180,20 @@ class Database:
                 PostgresTx,
                 self._transact_with_retries,
                 self._forget_connection,
-                lambda error: DependencyUnavailable(self.description, type(error).__name__),
+                self._unavailable,
             )
 
     @property
     def description(self) -> str:
         """A name for errors and logs that never includes credentials."""
         return f"{self.name} database ({self.dialect})"
+
+    def _unavailable(self, error: BaseException) -> DependencyUnavailable:
+        """What a caller hears when PostgreSQL could not do its work: the database by name, and
+        why in words that never include the server's message (it may quote row values)."""
+        if isinstance(error, psycopg.errors.LockNotAvailable):
+            return DependencyUnavailable(self.description, LOCK_WAIT_DETAIL)
+        return DependencyUnavailable(self.description, type(error).__name__)
 
     async def transact(self, work: Callable[[Tx], T]) -> T:
         """Run ``work`` in one transaction on a worker thread; commit if it returns.
@@ -232,7 +260,7 @@ class Database:
             try:
                 connection = self._connection()
             except psycopg.OperationalError as error:  # the server refuses or is away
-                raise DependencyUnavailable(self.description, type(error).__name__) from error
+                raise self._unavailable(error) from error
             try:
                 return work(self._tx_on(connection, "postgresql"))
             except StalePlan:
@@ -243,7 +271,7 @@ class Database:
                 if broken:
                     self._forget_connection()
                 if fresh or not broken:
-                    raise DependencyUnavailable(self.description, type(error).__name__) from error
+                    raise self._unavailable(error) from error
         raise AssertionError("unreachable: the second try returns or raises")
 
     def _drop_reader(self) -> None:
@@ -300,9 +328,14 @@ class Database:
             raise DependencyUnavailable(self.description, str(error)) from error
         except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected, StalePlan) as error:
             raise Conflict() from error  # StalePlan: statements prepared anew on the next try
+        except psycopg.errors.LockNotAvailable as error:
+            # Not a conflict to retry: the holder kept its lock past lock_timeout already, and
+            # trying again would hold every write queued behind this one that long once more.
+            # The transaction was rolled back; the connection is sound.
+            raise self._unavailable(error) from error
         except psycopg.OperationalError as error:
             self._forget_connection()
-            raise DependencyUnavailable(self.description, type(error).__name__) from error
+            raise self._unavailable(error) from error
 
     def _sqlite_tx(self, connection: sqlite3.Connection, work: Callable[[Tx], T]) -> T:
         with self._sqlite_writer:
@@ -402,7 +435,16 @@ class Database:
 
     def _connect(self, busy_timeout_ms: int = 10000) -> Any:
         if self.dialect == "postgresql":
-            return psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+            server = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+            try:  # one round trip per connection; a lock_timeout the DSN, role or database set wins
+                server.execute(
+                    "SELECT set_config('lock_timeout', %s, false) WHERE current_setting('lock_timeout') = '0'",
+                    (f"{int(self._lock_timeout_ms)}ms",),
+                )
+            except BaseException:
+                server.close()
+                raise
+            return server
         path = Path(self.url.removeprefix("sqlite:///").removeprefix("sqlite://"))
         path.parent.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(path, isolation_level=None, timeout=10, check_same_thread=False)

@@ -31,8 +31,10 @@ conflict retries rely on). The engines differ in how a batch gets there:
   runs its writes again one at a time on the ordinary path. Writes on the paths that batch
   rarely fail (a request that fails is mostly refused before it writes), so that costs little.
   The one batch never run again is one whose connection was lost while its COMMIT was out: it
-  may have committed, so every caller hears UNAVAILABLE, as each would have alone. A batch of
-  one takes the ordinary path at once, as there is nothing to share.
+  may have committed, so every caller hears UNAVAILABLE, as each would have alone. Nor does a
+  write that waited ``lock_timeout`` for a lock held outside the batch run again: its caller
+  hears UNAVAILABLE at once and only the others go down the ordinary path. A batch of one takes
+  the ordinary path at once, as there is nothing to share.
 
 A write whose caller was cancelled before its batch began is skipped, as a job not yet started
 on an executor is.
@@ -51,6 +53,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
+import psycopg.errors
 
 if TYPE_CHECKING:  # database.py imports this module
     from services.common.database import Tx
@@ -80,7 +83,12 @@ class _Outcome:
 
 class RunAlone(Exception):
     """A batch was rolled back for a reason that is not one write's answer: each of its writes
-    runs again alone, on the ordinary path."""
+    runs again alone, on the ordinary path, except those ``answered`` already (by their index
+    in the batch: the error their caller gets instead)."""
+
+    def __init__(self, answered: dict[int, BaseException] | None = None) -> None:
+        super().__init__()
+        self.answered = answered or {}
 
 
 class GroupCommit:
@@ -138,8 +146,12 @@ class GroupCommit:
             try:
                 try:
                     outcomes = self._write_batch(batch)
-                except RunAlone:
-                    outcomes = [self._alone(write) for write in batch]
+                except RunAlone as rolled_back:
+                    answered = rolled_back.answered
+                    outcomes = [
+                        _Outcome(write, error=answered[index]) if index in answered else self._alone(write)
+                        for index, write in enumerate(batch)
+                    ]
             except BaseException as error:  # a bug here must not leave callers waiting forever
                 outcomes = [_Outcome(write, error=error) for write in batch]
             self._settle(outcomes)
@@ -235,7 +247,8 @@ class PostgresGroupCommit(GroupCommit):
     ) -> None:
         """``statements``: the calling thread's statement runner on its connection; ``tx_of``:
         the Tx the writes get; ``lost``: forgets the calling thread's connection;
-        ``unavailable``: the error for a caller whose batch lost its connection mid-COMMIT."""
+        ``unavailable``: the error for a caller whose batch lost its connection mid-COMMIT, or
+        whose write waited past lock_timeout."""
         super().__init__(executor, one_at_a_time, max_batch)
         self._statements = statements
         self._tx_of = tx_of
@@ -261,6 +274,11 @@ class PostgresGroupCommit(GroupCommit):
                 outcomes.append(_Outcome(write, write.work(tx)))
                 if statements.in_failed_transaction:  # the write swallowed a failed statement
                     raise RunAlone()
+        except psycopg.errors.LockNotAvailable as error:
+            # This write waited lock_timeout for a lock held outside the batch. Alone it would
+            # wait as long again, holding up every write behind it: it gets its answer now.
+            self._roll_back(statements)
+            raise RunAlone({len(outcomes): self._unavailable(error)}) from error
         except Exception as error:
             self._roll_back(statements)
             raise RunAlone() from error

@@ -41,6 +41,9 @@ async def migrate(database: Database, folder: Path) -> list[int]:
 
     def apply(tx: Tx) -> list[int]:
         if tx.dialect == "postgresql":
+            # Another instance's migrations may hold the lock for longer than a request's write
+            # may wait (the database's lock_timeout): wait for them, for this transaction only.
+            tx.execute("SELECT set_config('lock_timeout', '0', true)")
             tx.execute("SELECT pg_advisory_xact_lock(?)", (lock_key,))
         tx.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT)")
         done = {row["version"] for row in tx.query("SELECT version FROM schema_migrations")}
