@@ -128,9 +128,18 @@ class InventoryStore:
 
         def work(tx: Tx) -> ReservationRecord:
             claim(tx, key, DOMAIN)
-            existing = tx.one("SELECT * FROM reservations WHERE reservation_id = ?", (reservation_id,))
-            if existing is not None:
-                first = _reservation(existing)
+            now = utc_now()
+            items = json.dumps([{"sku": line.sku, "quantity": line.quantity} for line in lines])
+            # The common case first: a new reservation is written with no read before it, then
+            # its stock taken; a line that cannot be held raises, and that rolls both back. A
+            # re-send, or a concurrent twin that committed first, finds the id taken.
+            row = tx.one(
+                "INSERT INTO reservations (reservation_id, order_id, items, state, create_time, update_time) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (reservation_id) DO NOTHING RETURNING *",
+                (reservation_id, order_id, items, ReservationState.HELD.value, now, now),
+            )
+            if row is None:
+                first = self._reservation_in(tx, reservation_id)
                 check(
                     "reservation_id",
                     reservation_id,
@@ -139,7 +148,6 @@ class InventoryStore:
                     DOMAIN,
                 )
                 return first
-            now = utc_now()
             for line in lines:
                 # One conditional UPDATE: atomic on both engines, so stock can never go negative.
                 taken = tx.execute(
@@ -151,13 +159,6 @@ class InventoryStore:
                     if product is None:
                         raise NotFound(f"product '{line.sku}' not found")
                     raise insufficient_stock(line.sku, line.quantity, int(product["stock"]))
-            items = json.dumps([{"sku": line.sku, "quantity": line.quantity} for line in lines])
-            row = tx.one(
-                "INSERT INTO reservations (reservation_id, order_id, items, state, create_time, update_time) "
-                "VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
-                (reservation_id, order_id, items, ReservationState.HELD.value, now, now),
-            )
-            assert row is not None  # an INSERT without ON CONFLICT returns its row or raises
             return _reservation(row)
 
         return await self._db.transact(work)
@@ -188,6 +189,14 @@ class InventoryStore:
 
         def work(tx: Tx) -> ReservationRecord:
             claim(tx, key, DOMAIN)
+            # The common case first: a held reservation moves in one UPDATE, no read first.
+            row = tx.one(
+                "UPDATE reservations SET state = ?, update_time = ? WHERE reservation_id = ? AND state = ? "
+                "RETURNING *",
+                (ReservationState.COMMITTED.value, utc_now(), reservation_id, ReservationState.HELD.value),
+            )
+            if row is not None:
+                return _reservation(row)
             record = self._reservation_in(tx, reservation_id)
             if can_commit(record.state):
                 record = self._set_state(tx, reservation_id, ReservationState.COMMITTED, utc_now())

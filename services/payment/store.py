@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from mesh.identity import Principal
 from services.common.database import Database, Row, Tx
-from services.common.errors import NotFound
+from services.common.errors import FailedPrecondition, NotFound
 from services.common.idempotency import RequestKey, claim
 from services.common.values import utc_now
 from services.payment.domain import (
@@ -98,11 +98,16 @@ class PaymentStore:
 
         def work(tx: Tx) -> PaymentRecord:
             claim(tx, key, DOMAIN)
-            existing = self._find(tx, authorization.payment_id)
-            if existing is None:
+            try:
                 check_limit(authorization, policy)
+            except FailedPrecondition:
+                existing = self._find(tx, authorization.payment_id)  # authorized before the limit fell?
+                if existing is None:
+                    raise
+            else:
+                # A new payment is one INSERT, no read first. A re-send, or a concurrent twin that
+                # committed first, finds the payment id taken and is compared with what is stored.
                 now = utc_now()
-                # ON CONFLICT: a concurrent twin that committed first wins; we then compare with it.
                 row = tx.one(
                     "INSERT INTO payments (payment_id, order_id, user_id, amount_minor, currency, state, "
                     "create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (payment_id) DO NOTHING "
@@ -137,6 +142,16 @@ class PaymentStore:
 
         def work(tx: Tx) -> PaymentRecord:
             claim(tx, key, DOMAIN)
+            # The common case first: an authorized payment moves in one UPDATE, no read first.
+            # One the caller may not see is refused after it, and the refusal rolls it back.
+            row = tx.one(
+                "UPDATE payments SET state = ?, update_time = ? WHERE payment_id = ? AND state = ? RETURNING *",
+                (PaymentState.CAPTURED.value, utc_now(), payment_id, PaymentState.AUTHORIZED.value),
+            )
+            if row is not None:
+                if not caller.may_act_for(row["user_id"]):
+                    raise NotFound(f"payment '{payment_id}' not found")
+                return _payment(row)
             return self._move(tx, self._visible(tx, payment_id, caller), may_capture, PaymentState.CAPTURED)[
                 0
             ]

@@ -11,7 +11,7 @@ from datetime import datetime
 
 from mesh.identity import Principal
 from services.common.database import Database, Row, Tx
-from services.common.errors import NotFound
+from services.common.errors import FailedPrecondition, NotFound
 from services.common.idempotency import RequestKey, claim
 from services.common.values import utc_now
 from services.shipping.domain import (
@@ -77,15 +77,20 @@ class ShippingStore:
 
         def work(tx: Tx) -> ShipmentRecord:
             claim(tx, key, DOMAIN)
-            existing = self._find(tx, schedule.shipment_id)
-            if existing is None:
+            try:
                 check_destination(schedule, policy)
+            except FailedPrecondition:
+                existing = self._find(tx, schedule.shipment_id)  # scheduled before the rule changed?
+                if existing is None:
+                    raise
+            else:
+                # A new shipment is one INSERT, no read first. A re-send, or a concurrent twin that
+                # committed first, finds the shipment id taken and is compared with what is stored.
                 now = utc_now()
                 eta = estimated_delivery(datetime.fromisoformat(now), policy).isoformat(
                     timespec="microseconds"
                 )
                 a = schedule.address
-                # ON CONFLICT: a concurrent twin that committed first wins; we then compare with it.
                 row = tx.one(
                     "INSERT INTO shipments (shipment_id, order_id, user_id, recipient, line1, city, postal_code, "
                     "country_code, state, tracking_number, estimated_delivery_time, create_time, update_time) "

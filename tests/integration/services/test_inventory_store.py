@@ -68,6 +68,17 @@ async def test_insufficient_stock_reserves_nothing(store: InventoryStore) -> Non
         await store.get_reservation("r1")
 
 
+async def test_an_unknown_product_reserves_nothing(store: InventoryStore) -> None:
+    """The reservation row is written before the stock is taken: a line refused after it must
+    take the row back with it."""
+    with pytest.raises(NotFound, match="NOPE"):
+        await store.reserve("r1", "o1", [Line("TEA", 1), Line("NOPE", 1)])
+    assert (await store.get_product("TEA")).stock == 50
+    with pytest.raises(NotFound):
+        await store.get_reservation("r1")
+    assert (await store.reserve("r1", "o1", [Line("TEA", 1)])).items == (Line("TEA", 1),)
+
+
 async def test_release_of_unknown_reservation_is_a_noop(store: InventoryStore) -> None:
     assert await store.release("never-made") is None
 

@@ -270,6 +270,16 @@ async def test_other_users_cannot_see_or_move_a_payment(store: PaymentStore, dat
     assert await store.get_invoice(invoice.invoice_id, SAGA) == invoice
 
 
+async def test_a_stranger_cannot_capture_an_authorized_payment(store: PaymentStore) -> None:
+    """Capture moves an authorized payment before it looks at the owner: the refusal must undo
+    that move."""
+    await store.authorize(terms(), POLICY)
+    with pytest.raises(NotFound):
+        await store.capture("p-1", STRANGER)
+    assert (await store.get_payment("p-1", ADMIN)).state is PaymentState.AUTHORIZED
+    assert (await store.capture("p-1", OWNER)).state is PaymentState.CAPTURED
+
+
 async def test_invoices_are_listed_newest_first_in_pages(store: PaymentStore, database: Database) -> None:
     for n, user in enumerate(("u-1", "u-2", "u-1", "u-1")):
         await bill(database, f"p-{n}", user_id=user)
