@@ -34,8 +34,8 @@ Writes made through :meth:`Database.transact` are grouped on both engines: those
 one batch is written share the next batch's single transaction and COMMIT
 (:mod:`services.common.group_commit`). On SQLite each write has a savepoint of its own: a
 commit's fsync cost more than the write it ended. On PostgreSQL a batch has no savepoints, and
-any error sends its writes down the ordinary path one at a time: BEGIN and COMMIT were two of a
-small write's three or four round trips.
+a write that raises is run again alone while the others are batched anew: BEGIN and COMMIT were
+two of a small write's three or four round trips.
 
 A PostgreSQL write waits for a row lock held by another transaction (an operator's open
 ``psql`` session, another instance mid-batch) for at most ``lock_timeout``: 2 s unless the DSN,

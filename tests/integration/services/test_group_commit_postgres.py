@@ -158,3 +158,76 @@ async def test_an_error_in_a_postgresql_batch_sends_each_write_down_the_ordinary
         ]
     finally:
         await database.close()
+
+
+async def test_a_write_that_raises_splits_its_batch_and_the_others_still_share_commits(
+    postgres_dsn: str, gate: psycopg.Connection[Any], commits: list[bytes]
+) -> None:
+    """A failing request (a declined payment, a sale's last unit gone) must not turn the writes
+    batched with it into a transaction each: the writes before it are batched again, it runs
+    alone, and the writes after it join the next batch, in call order throughout."""
+    database = await prepared(postgres_dsn)
+    refused_runs = 0
+
+    def refused(tx: Tx) -> None:
+        nonlocal refused_runs
+        refused_runs += 1
+        tx.execute("INSERT INTO items (id, key) VALUES ('refused', 'k')")
+        raise ValueError("refused after its insert")
+
+    try:
+        before = len(commits)
+        works = [
+            insert_and_count(0),
+            insert_and_count(1),
+            refused,
+            *(insert_and_count(n) for n in range(2, 12)),
+        ]
+        tasks = await queued_behind_a_locked_row(database, gate, works)
+        with pytest.raises(ValueError, match="refused after its insert"):
+            tasks[2].result()
+        assert refused_runs == 2  # in the batch, then alone for its own answer
+        counts = [task.result() for index, task in enumerate(tasks) if index != 2]
+        assert counts == list(range(2, 14))  # call order: each saw the gate and the ones before
+        # The gate's write alone, the two before the refused one, then the ten after it.
+        assert len(commits) - before == 3
+    finally:
+        await database.close()
+
+
+async def test_after_many_refused_writes_each_write_of_a_batch_gets_a_savepoint(
+    postgres_dsn: str, gate: psycopg.Connection[Any], commits: list[bytes]
+) -> None:
+    """Splitting runs the writes before a failing one twice, which stops paying when many
+    writes fail: a client whose requests are all refused would make everyone's writes dearer.
+    Past a share of failing writes, a batch gives each write a savepoint: nothing runs twice,
+    and the batch still commits once."""
+    database = await prepared(postgres_dsn)
+    runs: list[str] = []
+
+    def refused(name: str) -> Callable[[Tx], None]:
+        def work(tx: Tx) -> None:
+            runs.append(name)
+            tx.execute("INSERT INTO items (id, key) VALUES (?, 'k')", (name,))
+            raise ValueError(f"{name} refused after its insert")
+
+        return work
+
+    try:
+        for n in range(10):  # one client's refused requests, one after another
+            with pytest.raises(ValueError):
+                await database.transact(refused(f"early-{n}"))
+        runs.clear()
+        before = len(commits)
+        works: list[Callable[[Tx], Any]] = []
+        for n in range(6):
+            works += [insert_and_count(n), refused(f"late-{n}")]
+        tasks = await queued_behind_a_locked_row(database, gate, works)
+        assert runs == [f"late-{n}" for n in range(6)]  # each once, in the batch
+        for n in range(6):
+            with pytest.raises(ValueError, match=f"late-{n} refused"):
+                tasks[2 * n + 1].result()
+        assert [tasks[2 * n].result() for n in range(6)] == list(range(2, 8))
+        assert len(commits) - before == 2  # the gate's write alone, then the batch
+    finally:
+        await database.close()
