@@ -34,11 +34,12 @@ conflict retries rely on). The engines differ in how a batch gets there:
   rollback. When many recent writes raised (a client sending requests that are all refused),
   each write of a batch gets a savepoint instead, as on SQLite, so however many such requests
   one client sends, the others' writes still share commits. What is no one write's doing
-  (BEGIN failing, a COMMIT the server refused) runs every write of the batch alone. The one batch never run again is one whose
-  connection was lost while its COMMIT was out: it may have committed, so every caller hears
-  UNAVAILABLE, as each would have alone. Nor does a write that waited ``lock_timeout`` for a
-  lock held outside the batch run again: its caller hears UNAVAILABLE at once. A batch of one
-  takes the ordinary path at once, as there is nothing to share.
+  (BEGIN failing, a COMMIT the server refused) runs every write of the batch alone. The one
+  batch never run again is one whose connection was lost while its COMMIT was out: it may
+  have committed, so every caller hears UNAVAILABLE, as each would have alone. Nor does a
+  write that waited ``lock_timeout`` for a lock held outside the batch run again: its caller
+  hears UNAVAILABLE at once. A batch of one takes the ordinary path at once, as there is
+  nothing to share.
 
 A write whose caller was cancelled before its batch began is skipped, as a job not yet started
 on an executor is.
