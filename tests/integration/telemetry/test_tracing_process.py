@@ -57,8 +57,14 @@ async def start_shop(start_service: StartService, otlp_port: int) -> dict[str, S
     return processes
 
 
+def whole_lines(process: ServiceProcess) -> list[str]:
+    """The process's log lines written so far; one still being written waits for the next read."""
+    text = process.logs()
+    return text[: text.rfind("\n") + 1].splitlines()
+
+
 def rpc_lines(process: ServiceProcess, method: str) -> list[dict[str, Any]]:
-    lines = (json.loads(line) for line in process.logs().splitlines() if line.startswith("{"))
+    lines = (json.loads(line) for line in whole_lines(process) if line.startswith("{"))
     return [line for line in lines if line.get("event") == "rpc" and line.get("method") == method]
 
 
@@ -112,5 +118,5 @@ async def test_one_create_order_is_one_trace_across_every_service(
     assert line["trace_id"] == trace_id and line["span_id"] == root.span_id.hex()
     assert line["duration_ms"] > 0 and line["peer"] and line["service"] == "order"
     for name in ("payment", "inventory", "shipping"):
-        lines = [json.loads(x) for x in processes[name].logs().splitlines() if '"event": "rpc"' in x]
+        lines = [json.loads(x) for x in whole_lines(processes[name]) if '"event": "rpc"' in x]
         assert lines and all(x["trace_id"] == trace_id for x in lines), lines
