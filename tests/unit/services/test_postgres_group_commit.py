@@ -1,4 +1,4 @@
-"""PostgresGroupCommit's rules for a lost connection, on a scripted statement runner.
+"""PostgresGroupCommit's rules for a lost connection and a split batch, on a scripted runner.
 
 The batch paths that a real server can show are tested against one
 (tests/integration/services/test_group_commit_postgres.py). A connection lost exactly while a
@@ -41,6 +41,7 @@ class Harness:
     def __init__(self, failing: set[bytes]) -> None:
         self.statements = ScriptedStatements(failing)
         self.alone: list[Callable[[Any], Any]] = []
+        self.down: set[Callable[[Any], Any]] = set()  # writes the ordinary path finds the server away for
         self.lost = 0
         self.executor = ThreadPoolExecutor(max_workers=1)
         self.group = PostgresGroupCommit(
@@ -54,6 +55,8 @@ class Harness:
 
     def _one_at_a_time(self, work: Callable[[Any], Any]) -> Any:
         self.alone.append(work)
+        if work in self.down:
+            raise DependencyUnavailable("items database (postgresql)", "OperationalError")
         return work(None)
 
     def _lose(self) -> None:
@@ -93,25 +96,48 @@ async def test_a_batch_that_cannot_begin_runs_each_write_alone_on_a_fresh_connec
     assert harness.lost == 1
 
 
-async def test_a_write_that_raises_in_a_batch_rolls_it_back_and_each_runs_alone() -> None:
+def counting(attempts: list[int], n: int) -> Callable[[Any], int]:
+    def work(tx: Any) -> int:
+        attempts.append(n)
+        return n
+
+    return work
+
+
+async def test_a_write_that_raises_splits_the_batch_around_it() -> None:
+    """The writes before it are batched again, it runs alone, the writes after it make the
+    next batch: three transactions, not one per write."""
     harness = Harness(failing=set())
     attempts: list[int] = []
 
     def refuse(tx: Any) -> None:
         raise ValueError("refused")
 
-    def count(n: int) -> Callable[[Any], int]:
-        def work(tx: Any) -> int:
-            attempts.append(n)
-            return n
+    results = await harness.run([counting(attempts, 0), counting(attempts, 1), refuse, counting(attempts, 3)])
+    assert results[:2] == [0, 1] and results[3] == 3
+    assert isinstance(results[2], ValueError)
+    assert attempts == [0, 1, 0, 1, 3]  # 0 and 1 in the rolled-back batch and again; 3 once
+    assert harness.alone[0] is refuse and len(harness.alone) == 2  # 3, a batch of one, alone too
+    assert harness.statements.sent == [b"BEGIN", b"ROLLBACK", b"BEGIN", b"COMMIT"]
 
-        return work
 
-    results = await harness.run([count(0), refuse, count(2)])
-    assert results[0] == 0 and results[2] == 2
-    assert isinstance(results[1], ValueError)
-    assert attempts == [0, 0, 2]  # 0 ran in the rolled-back batch, then each alone
-    assert harness.statements.sent == [b"BEGIN", b"ROLLBACK"]
+async def test_a_connection_lost_during_a_write_batches_the_writes_before_it_anew() -> None:
+    """Nothing was committed: the writes before it run again in a batch (on a fresh connection),
+    and the one whose statement met the lost connection takes the ordinary path."""
+    harness = Harness(failing=set())
+    attempts: list[int] = []
+
+    def lost(tx: Any) -> None:
+        harness.statements.usable = False
+        raise psycopg.OperationalError("server closed the connection")
+
+    harness.down.add(lost)
+    results = await harness.run([counting(attempts, 0), counting(attempts, 1), lost])
+    assert results[:2] == [0, 1]
+    assert isinstance(results[2], DependencyUnavailable)
+    assert attempts == [0, 1, 0, 1]
+    assert harness.lost == 1  # the connection that could not even roll back is not used again
+    assert harness.statements.sent == [b"BEGIN", b"BEGIN", b"COMMIT"]
 
 
 async def test_a_batch_of_one_takes_the_ordinary_path() -> None:
