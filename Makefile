@@ -81,7 +81,7 @@ prometheus-tools:
 	@tools/ensure-prometheus.sh >/dev/null
 
 test: tools host-tools chromium prometheus-tools
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q --durations=25
 
 lint: tools
 	$(VENV)/bin/ruff check .
