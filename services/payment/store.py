@@ -144,10 +144,7 @@ class PaymentStore:
             claim(tx, key, DOMAIN)
             # The common case first: an authorized payment moves in one UPDATE, no read first.
             # One the caller may not see is refused after it, and the refusal rolls it back.
-            row = tx.one(
-                "UPDATE payments SET state = ?, update_time = ? WHERE payment_id = ? AND state = ? RETURNING *",
-                (PaymentState.CAPTURED.value, utc_now(), payment_id, PaymentState.AUTHORIZED.value),
-            )
+            row = _move_from(tx, payment_id, PaymentState.AUTHORIZED, PaymentState.CAPTURED)
             if row is not None:
                 if not caller.may_act_for(row["user_id"]):
                     raise NotFound(f"payment '{payment_id}' not found")
@@ -225,10 +222,7 @@ class PaymentStore:
         forward, so this ends).
         """
         while allowed(record.state):
-            row = tx.one(
-                "UPDATE payments SET state = ?, update_time = ? WHERE payment_id = ? AND state = ? RETURNING *",
-                (target.value, utc_now(), record.payment_id, record.state.value),
-            )
+            row = _move_from(tx, record.payment_id, record.state, target)
             if row is not None:
                 return _payment(row), True
             record = self._payment_in(tx, record.payment_id)
@@ -251,3 +245,11 @@ class PaymentStore:
         if row is None:
             raise NotFound(f"payment '{payment_id}' not found")
         return _payment(row)
+
+
+def _move_from(tx: Tx, payment_id: str, seen: PaymentState, target: PaymentState) -> Row | None:
+    """Move the payment to ``target`` if it is still in ``seen``; the row as written, or None."""
+    return tx.one(
+        "UPDATE payments SET state = ?, update_time = ? WHERE payment_id = ? AND state = ? RETURNING *",
+        (target.value, utc_now(), payment_id, seen.value),
+    )
