@@ -32,9 +32,9 @@ and the launcher says loudly that it is on.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -72,7 +72,6 @@ TOKEN_DIR = RUN_DIR / "tokens"
 START_ORDER = SERVICES  # user first (it issues tokens), order last (it calls the rest)
 DEFAULT_CONSUL = "127.0.0.1:8500"
 TOKEN_VARIABLES = ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE")
-PR_SET_PDEATHSIG = 1
 GATEWAY_PORT = 8080
 XDS_PORT = 18000
 DASHBOARD_PORT = 8081
@@ -208,15 +207,28 @@ def broker_line(env: dict[str, str], timeout: float = 1.0) -> str:
     return f"  {'rabbitmq':<10} {address}  answers (exchange {messaging.exchange})"
 
 
-def _terminate_with_parent() -> None:
-    """In the child, before exec: ask Linux for SIGTERM should the launcher die (even by SIGKILL).
+def tied_to_launcher() -> list[str]:
+    """The command prefix that asks Linux for SIGTERM should the launcher die (even by SIGKILL).
 
-    The children run in their own session, so without this a killed launcher would leave
-    the whole shop running with nobody to stop it.
+    The children run in their own session, so without it a killed launcher would leave the
+    whole shop running with nobody to stop it. util-linux's ``setpriv --pdeathsig`` sets the
+    signal and execs the command, so the PID stays the child's own.
+
+    Not a ``preexec_fn`` doing the prctl: one makes CPython fork() where it would vfork(), and
+    fork() runs gRPC's fork handlers in the child. grpcio 1.8x restarts its poller thread
+    there, subprocess then closes that poller's epoll descriptor before exec, and the child
+    aborts ("epoll_wait error: Bad file descriptor", grpc/grpc#43055). The launcher holds gRPC
+    channels while it starts children (readiness probes, restarts): about one start in a few
+    hundred died so.
     """
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if sys.platform != "linux":
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise LaunchError(
+            "setpriv (util-linux) is not on PATH: the launcher ties its children to its life with it"
+        )
+    return [setpriv, "--pdeathsig", "TERM"]
 
 
 def spawn(
@@ -239,13 +251,12 @@ def spawn(
         # Own session: a terminal's Ctrl-C reaches only the launcher, which then sends each
         # child exactly one SIGTERM (a second signal would make a child skip its drain).
         return subprocess.Popen(
-            [*host, sys.executable, "-m", module, *args],
+            [*tied_to_launcher(), *host, sys.executable, "-m", module, *args],
             cwd=ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_terminate_with_parent,
         )
 
 
@@ -276,7 +287,7 @@ def start_consul(
         # with the same token secrets (the files the children hold), then each service's
         # registrar re-registers (anti-entropy). Blocks a few seconds of the supervisor's loop.
         try:
-            agent.start(new_session=True, preexec=_terminate_with_parent)
+            agent.start(new_session=True, command_prefix=tied_to_launcher())
             token_files.update(mesh_policy.apply(agent.http_addr, agent.master_token, TOKEN_DIR, policy))
         except (KeyboardInterrupt, ConsulAclError):  # no Child holds this agent yet
             agent.stop()

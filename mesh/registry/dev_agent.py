@@ -38,7 +38,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,11 +173,12 @@ class ConsulDevAgent:
         self.ports.update(zip(missing, fresh, strict=True))
         return self.ports
 
-    def start(self, new_session: bool = False, preexec: Callable[[], None] | None = None) -> ConsulDevAgent:
+    def start(self, new_session: bool = False, command_prefix: Sequence[str] = ()) -> ConsulDevAgent:
         """Start (or restart on the same ports) and wait until ready.
 
-        ``preexec`` runs in the child before exec: a launcher ties the agent to its own life
-        with it, as it does its other children, so a killed launcher leaves no agent behind.
+        ``command_prefix`` runs the agent through a command that execs it: a launcher ties the
+        agent to its own life with one (``setpriv --pdeathsig``), as it does its other
+        children, so a killed launcher leaves no agent behind.
 
         A port this start picked can be taken by another process between the probe and
         Consul's bind ("address already in use"); the agent is then started again with those
@@ -189,18 +190,18 @@ class ConsulDevAgent:
             self.assign_ports()
             logged = self.log_path.stat().st_size if self.log_path.exists() else 0
             try:
-                return self._start_once(new_session, preexec)
+                return self._start_once(new_session, command_prefix)
             except RuntimeError:
                 if not picked or b"address already in use" not in self.log_path.read_bytes()[logged:]:
                     raise
             for name in picked:
                 del self.ports[name]
         self.assign_ports()
-        return self._start_once(new_session, preexec)
+        return self._start_once(new_session, command_prefix)
 
-    def _start_once(self, new_session: bool, preexec: Callable[[], None] | None) -> ConsulDevAgent:
+    def _start_once(self, new_session: bool, command_prefix: Sequence[str]) -> ConsulDevAgent:
         binary = os.path.abspath(self.binary) if os.sep in self.binary else self.binary  # cwd below
-        command = [binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1"]
+        command = [*command_prefix, binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1"]
         for name in PORT_NAMES:
             command += [f"-{name.replace('_', '-')}-port", str(self.ports[name])]
         command += ["-dns-port", "-1", "-log-level", "warn"]
@@ -221,7 +222,6 @@ class ConsulDevAgent:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=new_session,
-                    preexec_fn=preexec,
                 )
             self._wait_ready()
         finally:
