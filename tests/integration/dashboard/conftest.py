@@ -18,12 +18,14 @@ tests read one running mesh in order (load, then a frozen instance, then its tra
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -232,6 +234,67 @@ class Load:
             with self._lock:
                 self.answers[status] = self.answers.get(status, 0) + 1
             self._stop.wait(self.pause)
+
+
+class VerdictWatch:
+    """Notes when one instance first reads critical in Consul and in the dashboard's view.
+
+    So a page that is late says whose lateness it was: Consul's verdict, the dashboard's
+    sample, or the page's render of it.
+    """
+
+    def __init__(self, mesh: Mesh, service: str, instance: str) -> None:
+        self.mesh = mesh
+        self.service = service
+        self.instance = instance
+        self.consul_at: float | None = None
+        self.view_at: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> VerdictWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while (self.consul_at is None or self.view_at is None) and not self._stop.is_set():
+            if self.consul_at is None and self._consul_says_critical():
+                self.consul_at = time.monotonic()
+            if self.view_at is None and self._view_says_critical():
+                self.view_at = time.monotonic()
+            self._stop.wait(0.05)
+
+    def _consul_says_critical(self) -> bool:
+        try:
+            checks = self.mesh.consul.get(f"/v1/health/checks/{self.service}")
+        except OSError:
+            return False
+        assert isinstance(checks, list)
+        return any(c["ServiceID"] == self.instance and c["Status"] == "critical" for c in checks)
+
+    def _view_says_critical(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.mesh.dashboard.url}api/view", timeout=2) as reply:
+                view = json.loads(reply.read())
+        except OSError:
+            return False
+        return any(
+            instance["instance_id"] == self.instance and instance["health"] == "critical"
+            for service in view["services"]
+            for instance in service["instances"]
+        )
+
+    def since(self, started: float) -> str:
+        """When each said critical, in seconds after ``started``."""
+
+        def after(at: float | None) -> str:
+            return "not yet" if at is None else f"after {at - started:.2f}s"
+
+        return f"critical in Consul {after(self.consul_at)}, in the dashboard's view {after(self.view_at)}"
 
 
 @pytest.fixture(scope="package")

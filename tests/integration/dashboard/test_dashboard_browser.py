@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from tests.integration.dashboard.conftest import Load, Mesh, wait_until
+from tests.integration.dashboard.conftest import Load, Mesh, VerdictWatch, wait_until
 from tests.integration.gateway.conftest import http_request, register
 
 pytestmark = pytest.mark.xdist_group("dashboard-browser")  # one mesh, read in order
@@ -114,14 +115,19 @@ def test_a_frozen_instance_turns_critical_within_3_seconds_and_its_retries_show(
     instance = mesh.instance_id(frozen)
     marker = f'[data-instance="{instance}"]'
     page.wait_for_selector(f'{marker}[data-health="passing"]', state="attached", timeout=15_000)
-    with Load(mesh.gateway, threads=6) as load:
+    with Load(mesh.gateway, threads=6) as load, VerdictWatch(mesh, "inventory", instance) as verdict:
         time.sleep(1.0)  # some calls in flight to both instances before the freeze
         started = time.monotonic()
         os.kill(frozen.pid, signal.SIGSTOP)
         try:
-            page.wait_for_selector(f'{marker}[data-health="critical"]', state="attached", timeout=3_000)
+            try:
+                page.wait_for_selector(f'{marker}[data-health="critical"]', state="attached", timeout=3_000)
+            except PlaywrightTimeout:
+                raise AssertionError(
+                    f"not critical on the page 3s after SIGSTOP; {verdict.since(started)}"
+                ) from None
             took = time.monotonic() - started
-            print(f"critical on the page {took:.2f}s after SIGSTOP")
+            print(f"critical on the page {took:.2f}s after SIGSTOP; {verdict.since(started)}")
             row = page.locator(f'#instances tr[data-instance-row="{instance}"]')
             assert row.get_attribute("data-health") == "critical"
             node = page.locator('[data-service="inventory"]')
