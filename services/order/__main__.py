@@ -75,7 +75,7 @@ async def build(context: ServiceContext, own: OrderSettings) -> Sequence[HostedS
             # connection would only contend for the lock through the busy handler's sleeps.
             relay_database = Database(context.database.name, context.database.url, workers=1)
             context.resources.push_async_callback(relay_database.close)
-        relay = OutboxRelay(relay_database, settings.messaging, registry=context.registry)
+        relay = OutboxRelay(relay_database, settings.messaging, own.relay, registry=context.registry)
         relay.start()
         context.resources.push_async_callback(relay.close)  # before its database closes
     store = OrderStore(context.database, on_event=relay.wake if relay is not None else None)

@@ -46,6 +46,8 @@ SAGA_ENV = {
     "ORDER_SAGA_LEASE_SECONDS": "1.5",
     "ORDER_SAGA_RETRY_BASE_SECONDS": "0.05",
     "ORDER_SAGA_RETRY_MAX_SECONDS": "0.5",
+    # A crashed instance's relay may hold a claim on events: taken over after 1.5 s, not 10.
+    "ORDER_OUTBOX_CLAIM_SECONDS": "1.5",
     # Sagas retrying against participants that are down open the order service's breakers;
     # half-open after 2 s instead of 60 s, so a restarted shop is called again within the bound.
     "MESH_POLICY__defaults__breaker__open_wait": "2",

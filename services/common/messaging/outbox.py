@@ -93,6 +93,14 @@ def mark_sent(tx: Tx, seqs: Sequence[int], sent_time: str) -> int:
     )
 
 
+def renew(tx: Tx, owner: str, until: float) -> int:
+    """Extend ``owner``'s claims on unsent rows to ``until``; how many it still held."""
+    return tx.execute(
+        "UPDATE outbox SET claim_until = ? WHERE claimed_by = ? AND sent_time IS NULL",
+        (until, owner),
+    )
+
+
 def release(tx: Tx, owner: str) -> int:
     """Give up ``owner``'s claims on unsent rows (after a broker failure, at shutdown)."""
     return tx.execute(

@@ -43,9 +43,11 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
+from typing import Any
 
 import aiormq.exceptions
 from aio_pika.connection import Connection, make_url
@@ -53,7 +55,8 @@ from aiormq.abc import AbstractChannel
 from pamqp.commands import Basic
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
-from mesh.errors import DependencyUnavailable
+from mesh.config import env_float
+from mesh.errors import ConfigError, DependencyUnavailable
 from mesh.resilience import Backoff
 from services.common.database import Database, Tx
 from services.common.messaging import outbox
@@ -79,14 +82,27 @@ class RelaySettings:
     # Local commits wake the relay at once; the poll only finds rows other instances wrote (or
     # left behind). Not faster: each poll is a (short) write transaction on SQLite.
     poll_seconds: float = 0.1
-    # How long a claimed batch is this relay's alone; another instance takes over after it.
-    claim_seconds: float = 30.0
+    # How long a claimed batch is this relay's alone: another instance takes over a dead
+    # relay's rows after it. Renewed every third of it while the broker's confirms are awaited,
+    # so a slow broker does not hand a live relay's rows to a second one (_holding_claim).
+    claim_seconds: float = 10.0
     backoff_base_seconds: float = 0.1
     backoff_max_seconds: float = 5.0
     connect_timeout_seconds: float = 5.0
     publish_timeout_seconds: float = 10.0
     # How often the pending gauge is refreshed while idle (a COUNT over the unsent index).
     gauge_interval_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.claim_seconds > 0:
+            raise ConfigError(f"ORDER_OUTBOX_CLAIM_SECONDS must be > 0, got {self.claim_seconds}")
+
+
+def relay_settings_from_env(environ: Mapping[str, str]) -> RelaySettings:
+    """``ORDER_OUTBOX_CLAIM_SECONDS``: how soon another instance takes over a dead relay's events."""
+    return RelaySettings(
+        claim_seconds=env_float(environ, "ORDER_OUTBOX_CLAIM_SECONDS", RelaySettings.claim_seconds)
+    )
 
 
 class RelayMetrics:
@@ -330,7 +346,8 @@ class OutboxRelay:
         # The whole batch goes out at once on the confirming channel (frames leave in claim
         # order) and its confirms are awaited together: one round trip per batch, not per row,
         # so a busy order process does not fall behind by a broker round trip per event.
-        results = await asyncio.gather(*(self._publish(channel, row) for row in rows), return_exceptions=True)
+        publishing = asyncio.gather(*(self._publish(channel, row) for row in rows), return_exceptions=True)
+        results = await self._holding_claim(publishing)
         confirmed = [row.seq for row, result in zip(rows, results, strict=True) if result is None]
         stop: BaseException | None = None  # the broker failed, or this task is being cancelled
         for row, result in zip(rows, results, strict=True):
@@ -349,6 +366,28 @@ class OutboxRelay:
         if self._metrics.pending is not None and self._clock() - self._gauge_time >= s.gauge_interval_seconds:
             self._set_pending(await self._db.transact(outbox.pending))
         return following
+
+    async def _holding_claim(self, publishing: asyncio.Future[list[Any]]) -> list[Any]:
+        """The batch's results once the broker confirmed it; the claim is renewed meanwhile.
+
+        A claim must outlive the round that holds it, and a round waits for confirms up to
+        ``publish_timeout_seconds``. Renewed every third of its length while it waits, the
+        claim stays short (a dead relay's rows are taken over soon) without a slow broker
+        letting a second relay publish the same rows again, out of order. Anything that ends
+        the wait (a cancellation, the database down for the renewal) ends the batch too.
+        """
+        s = self._settings
+        try:
+            while True:
+                done, _ = await asyncio.wait({publishing}, timeout=s.claim_seconds / 3)
+                if done:
+                    return publishing.result()
+                await self._db.transact(
+                    partial(outbox.renew, owner=self._owner, until=self._clock() + s.claim_seconds)
+                )
+        except BaseException:
+            publishing.cancel()
+            raise
 
     def _park(self, row: OutboxMessage, error: Exception) -> None:
         """Skip a row a bug keeps from being relayed; logged once, with the traceback."""

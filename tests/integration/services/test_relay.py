@@ -473,3 +473,31 @@ async def test_rows_nobody_woke_the_relay_for_are_found_by_its_poll(
             await listener.wait_for(set(ids), within=10.0)
         await until(lambda: _zero(sqlite_db), what="rows marked sent")
     assert relay.published == 6
+
+
+async def test_a_relay_waiting_on_slow_confirms_keeps_its_claim_and_nobody_publishes_its_rows(
+    any_db: Database, messaging: MessagingSettings, listener: Listener, forwarder: Forwarder
+) -> None:
+    """A claim is short (a dead relay's rows are taken over soon), so a live relay renews it
+    while the broker's confirms are slow: the other instance's relay claims nothing meanwhile
+    and publishes none of those rows a second time, out of order."""
+    claim = 0.6
+    held = 4 * claim  # the confirms are late by several claim lengths
+    forwarder.forwarding = True
+    slow = MessagingSettings(amqp_url=forwarder.url(), namespace=messaging.namespace)
+    first = OutboxRelay(any_db, slow, replace(FAST, claim_seconds=claim), owner="first")
+    second = OutboxRelay(any_db, messaging, replace(FAST, claim_seconds=claim), owner="second")
+    async with running(first):
+        await asyncio.wait_for(first.connected.wait(), 20)
+        forwarder.replies.clear()  # the publications reach the broker, its confirms do not
+        ids = await add_events(any_db, 5)
+        first.wake()
+        await listener.wait_for(set(ids))  # published once, by the first relay
+        async with running(second):
+            await asyncio.wait_for(second.connected.wait(), 20)
+            await asyncio.sleep(held)  # the broker's slowness: how long its confirms stay late
+            assert second.published == 0 and await unsent(any_db) == 5
+            forwarder.replies.set()
+            await until(lambda: _zero(any_db), what="rows marked sent")
+        assert (first.published, second.published) == (5, 0)
+    assert [m.message_id for m in await listener.drain()] == ids  # each once, in order

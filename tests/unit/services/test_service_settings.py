@@ -8,6 +8,7 @@ import pytest
 
 from mesh.errors import ConfigError
 from services.common.messaging.consumer_settings import ConsumerSettings, consumer_settings_from_env
+from services.common.messaging.relay import RelaySettings
 from services.common.settings import ServiceSettings, env_bool, service_settings_from_env, service_variables
 from services.inventory.settings import InventorySettings, inventory_settings_from_env
 from services.order.saga.faults import CrashAt
@@ -99,9 +100,16 @@ def test_order_settings() -> None:
             "ORDER_SAGA_RETRY_BASE_SECONDS": "0.5",
             "ORDER_SAGA_RETRY_MAX_SECONDS": "4",
             "ORDER_FAULT_CRASH_AT": "compensating:undo_payment",
+            "ORDER_OUTBOX_CLAIM_SECONDS": "2.5",
         }
     )
-    assert own == OrderSettings(SagaSettings(3.0, 0.5, 4.0), CrashAt("compensating", "undo_payment"))
+    assert own == OrderSettings(
+        SagaSettings(3.0, 0.5, 4.0), CrashAt("compensating", "undo_payment"), RelaySettings(claim_seconds=2.5)
+    )
+    assert order_settings_from_env({}).relay.claim_seconds == 10.0
+    for bad, message in (("soon", "must be a number"), ("0", "must be > 0")):
+        with pytest.raises(ConfigError, match=f"ORDER_OUTBOX_CLAIM_SECONDS {message}"):
+            order_settings_from_env({"ORDER_OUTBOX_CLAIM_SECONDS": bad})
     with pytest.raises(ConfigError, match="ORDER_SAGA_RETRY_BASE_SECONDS must be a number"):
         order_settings_from_env({"ORDER_SAGA_RETRY_BASE_SECONDS": "fast"})
     with pytest.raises(ConfigError, match="ORDER_FAULT_CRASH_AT"):
