@@ -6,20 +6,30 @@ run as a person runs them, by bash, against a launcher started on free ports.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import signal
 import subprocess
 import threading
 import time
+from typing import IO
 
 from tests.support.processes import ROOT
+
+
+def _forward(stream: IO[str], lines: queue.Queue[str]) -> None:
+    """Put each line of ``stream`` on ``lines`` until it ends, or is closed under the reader:
+    a test that stops the launcher with ``communicate()`` closes it when done."""
+    with contextlib.suppress(ValueError):
+        for line in stream:
+            lines.put(line)
 
 
 def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> str:
     """Lines the process prints, up to the one containing ``marker`` (read on a thread)."""
     assert process.stdout is not None
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout or ()], daemon=True).start()
+    threading.Thread(target=_forward, args=(process.stdout, lines), daemon=True).start()
     seen: list[str] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
