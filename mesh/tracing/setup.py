@@ -28,6 +28,23 @@ from mesh.config import env_str
 from mesh.errors import ConfigError
 
 EXPORTERS = ("none", "otlp", "console")
+CLOSE_FLUSH_MILLIS = 1000
+"""How long a closing process gives its last spans: the SDK's own shutdown waits up to 30 s,
+and its export retries an unreachable collector until the exporter's 10 s timeout (a service
+whose collector was down took 7.5 s to exit after SIGTERM, past its 5 s grace)."""
+
+
+class BoundedBatchSpanProcessor(BatchSpanProcessor):
+    """The SDK's batch processor, whose shutdown gives the last export :data:`CLOSE_FLUSH_MILLIS`.
+
+    After that the exporter is shut down, which ends a retry in progress, so a process whose
+    collector is away stops on time and loses only the spans it could not send anyway. It
+    reaches into ``_batch_processor``: the SDK is pinned to one version (pyproject.toml), and
+    tests/integration/telemetry/test_tracing_shutdown.py times a real service's stop.
+    """
+
+    def shutdown(self) -> None:
+        self._batch_processor.shutdown(timeout_millis=CLOSE_FLUSH_MILLIS)
 
 
 @dataclass(frozen=True)
@@ -87,7 +104,7 @@ def tracer_provider(settings: TracingSettings) -> TracerProvider | None:
     """A provider exporting as configured (batched; console spans at once), or ``None``.
 
     The batch processor honours ``OTEL_BSP_*`` (schedule delay, queue size); call
-    ``shutdown()`` on exit so the last spans are flushed.
+    ``shutdown()`` on exit so the last spans are flushed (for at most :data:`CLOSE_FLUSH_MILLIS`).
     """
     if not settings.enabled:
         return None
@@ -96,5 +113,5 @@ def tracer_provider(settings: TracingSettings) -> TracerProvider | None:
     if settings.exporter == "console":
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     else:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        provider.add_span_processor(BoundedBatchSpanProcessor(exporter))
     return provider
