@@ -15,7 +15,7 @@ import pytest
 
 from mesh.identity import generate_keypair
 from mesh.registry.dev_agent import ConsulDevAgent, find_consul
-from tests.support.processes import ROOT, ServiceProcess, free_port, service_env
+from tests.support.processes import ROOT, ServiceProcess, free_port, service_env, stop_all
 from tests.support.tokens import KeyPair
 
 POSTGRES_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -76,8 +76,7 @@ def start_service(tmp_path: Path, jwt_keys: KeyPair) -> Iterator[StartService]:
         return process.start()
 
     yield start
-    for process in reversed(started):
-        process.terminate()
+    stop_all(reversed(started))
 
 
 def pytest_configure(config: pytest.Config) -> None:

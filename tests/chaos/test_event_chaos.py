@@ -20,7 +20,6 @@ Runs on its own xdist worker (``-n 2 --dist loadgroup``).
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 import uuid
 from collections import Counter
@@ -41,7 +40,7 @@ from shop.order.v1 import order_pb2 as pb
 from shop.order.v1.order_pb2_grpc import OrderServiceStub
 from shop.shipping.v1 import shipping_pb2 as ship
 from tests.support.invariants import ShopDatabases, rows, violations
-from tests.support.processes import ServiceProcess, free_port, service_env
+from tests.support.processes import ServiceProcess, free_port, service_env, stop_all
 from tests.support.rabbit_node import RabbitNode
 from tests.support.saga_shop import SAGA_ENV, login
 from tests.support.tokens import KeyPair
@@ -109,11 +108,7 @@ class EventShop:
         self.processes["order"] = self._process("order", **upstreams, **SAGA_ENV).start()
 
     def stop(self) -> None:
-        """Signal every process first, then wait: the drains overlap instead of adding up."""
-        for process in self.processes.values():
-            process.signal(signal.SIGTERM)
-        for process in self.processes.values():
-            process.terminate()
+        stop_all(self.processes.values())
 
     def logs(self, size: int = 3000) -> str:
         return "\n".join(f"--- {n} ---\n{p.logs()[-size:]}" for n, p in self.processes.items())

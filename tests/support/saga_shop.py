@@ -17,7 +17,6 @@ a proxy between the order service and a participant. The test itself calls as ``
 
 from __future__ import annotations
 
-import signal
 import uuid
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +35,7 @@ from shop.user.v1.user_pb2_grpc import UserServiceStub
 from tests.support.bus import Bus, bus_namespace
 from tests.support.invariants import ShopDatabases
 from tests.support.mtls_client import MeshClients, allow_shop_calls
-from tests.support.processes import ROOT, ServiceProcess, free_port, service_env
+from tests.support.processes import ROOT, ServiceProcess, free_port, service_env, stop_all
 from tests.support.tokens import KeyPair
 
 PARTICIPANTS = ("user", "inventory", "payment", "shipping")
@@ -164,11 +163,7 @@ class SagaShop:
             self.bus.wait_consumer(consumer)
 
     def stop(self) -> None:
-        """Signal every process first, then wait: the drains overlap instead of adding up."""
-        for process in reversed(self.started):
-            process.signal(signal.SIGTERM)
-        for process in reversed(self.started):
-            process.terminate()
+        stop_all(reversed(self.started))
 
 
 def login(channel: grpc.Channel, email: str) -> Metadata:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from gateway.settings import DEFAULT_UPSTREAMS
-from tests.support.processes import ROOT, ServiceProcess, free_port, service_env
+from tests.support.processes import ROOT, ServiceProcess, free_port, service_env, stop_all
 from tests.support.tokens import KeyPair
 
 SERVICES = tuple(DEFAULT_UPSTREAMS)
@@ -66,8 +66,7 @@ def start_shop(directory: Path, keys: KeyPair) -> Shop:
 
 
 def stop_shop(shop: Shop) -> None:
-    for process in shop.processes.values():
-        process.terminate()
+    stop_all(shop.processes.values())
 
 
 @pytest.fixture(scope="package")

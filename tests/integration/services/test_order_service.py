@@ -29,7 +29,7 @@ from shop.shipping.v1.shipping_pb2_grpc import ShippingServiceStub
 from shop.user.v1 import user_pb2
 from shop.user.v1.user_pb2_grpc import UserServiceStub
 from tests.support.bus import new_bus
-from tests.support.processes import ServiceProcess, free_port, service_env
+from tests.support.processes import ServiceProcess, free_port, service_env, stop_all
 from tests.support.tokens import KeyPair
 
 # One shop per module: under xdist's loadgroup every test of this file runs on one worker.
@@ -109,8 +109,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory, jwt_keys: KeyPair) -> Iterato
             jwt_keys.service_metadata("order"),
         )
     finally:
-        for process in reversed(started):
-            process.terminate()
+        stop_all(reversed(started))
         bus.delete()
 
 
