@@ -7,9 +7,8 @@ it cannot reach before the order is cancelled
 (:class:`~services.order.saga.runner.SagaSettings`); ``ORDER_OUTBOX_CLAIM_SECONDS`` (10): how
 long the outbox relay's claim on a batch lasts, so how soon another instance publishes the
 events a dead one had claimed (:class:`~services.common.messaging.relay.RelaySettings`);
-``ORDER_FAULT_CRASH_AT``, for the crash
-tests only (:mod:`services.order.saga.faults`). An invalid value stops the process at start
-with a ConfigError naming the variable.
+``ORDER_FAULT_CRASH_AT``, for the crash tests only (:mod:`services.order.saga.faults`). An
+invalid value stops the process at start with a ConfigError naming the variable.
 """
 
 from __future__ import annotations
