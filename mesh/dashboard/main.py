@@ -21,7 +21,7 @@ from aiohttp import web
 from mesh.dashboard.app import build_app
 from mesh.dashboard.otlp import OtlpReceiver
 from mesh.dashboard.registration import DashboardRegistrar, dashboard_instance
-from mesh.dashboard.sampler import Sampler, ViewSource
+from mesh.dashboard.sampler import HealthFeed, Sampler, ViewSource
 from mesh.dashboard.settings import DashboardSettings, add_arguments, dashboard_settings
 from mesh.dashboard.traces import TraceStore
 from mesh.errors import ConfigError, RegistryUnavailable
@@ -54,7 +54,8 @@ class Dashboard:
         self.settings = settings
         self.store = TraceStore(settings.max_traces, settings.max_spans_per_trace)
         self.receiver = OtlpReceiver(self.store)
-        self.sampler = Sampler(source, settings.interval, settings.sample_timeout)
+        feed = source if isinstance(source, HealthFeed) else None
+        self.sampler = Sampler(source, settings.interval, settings.sample_timeout, feed)
         discovery = http_sd_handler(settings.consul_address, settings.consul_token)
         self.app = build_app(self.sampler, self.store, self.receiver, settings.interval, discovery)
         self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from mesh.observe.model import MeshView
 
@@ -31,13 +31,34 @@ class ViewSource(Protocol):
     async def close(self) -> None: ...
 
 
-class Sampler:
-    """Calls ``source.sample()`` every ``interval`` seconds; ``version`` grows per sample."""
+@runtime_checkable
+class HealthFeed(Protocol):
+    """Tells when Consul's health changed (:meth:`mesh.observe.collector.MeshObserver.health_changed`)."""
 
-    def __init__(self, source: ViewSource, interval: float = 1.0, timeout: float = 5.0) -> None:
+    async def health_changed(self, index: str, wait: float) -> str: ...
+
+
+FEED_WAIT_SECONDS = 30.0  # one blocking query's longest wait
+FEED_RETRY_SECONDS = 1.0  # after a failed one (Consul away: the samples say so)
+
+
+class Sampler:
+    """Calls ``source.sample()`` every ``interval`` seconds; ``version`` grows per sample.
+
+    With a ``feed`` it also samples as soon as Consul's health changes: a blocking query on
+    the health index wakes the loop, so a verdict (an instance turning critical) reaches the
+    page within one sample of Consul giving it, not up to a whole interval later.
+    """
+
+    def __init__(
+        self, source: ViewSource, interval: float = 1.0, timeout: float = 5.0, feed: HealthFeed | None = None
+    ) -> None:
         self.source = source
         self.interval = interval
         self.timeout = timeout
+        self.feed = feed
+        self._due = asyncio.Event()  # set: sample now, not at the end of the interval
+        self._follower: asyncio.Task[None] | None = None
         self.latest = MeshView(at=0.0, window_seconds=0.0, consul_error="no sample yet")
         self.version = 0
         self.failures = 0
@@ -46,7 +67,10 @@ class Sampler:
         self._stopping = False
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self.run(), name="dashboard-sampler")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self.run(), name="dashboard-sampler")
+        if self.feed is not None:
+            self._follower = loop.create_task(self._follow(self.feed), name="dashboard-health-feed")
 
     async def stop(self) -> None:
         """End the loop, then close the source.
@@ -56,6 +80,10 @@ class Sampler:
         call finishes, and the loop would then run on; ``_stopping`` ends it at the next turn.
         """
         self._stopping = True
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            follower.cancel()
+            await asyncio.wait({follower})
         task, self._task = self._task, None
         if task is not None:
             while not task.done():
@@ -69,8 +97,27 @@ class Sampler:
         loop = asyncio.get_running_loop()
         while not self._stopping:
             started = loop.time()
+            self._due.clear()  # a change seen from here on is sampled next, at once
             await self.sample_once()
-            await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, self.interval - (loop.time() - started))):
+                    await self._due.wait()
+
+    async def _follow(self, feed: HealthFeed) -> None:
+        """Wake the loop each time Consul's health index moves."""
+        index = ""
+        while not self._stopping:
+            try:
+                moved = await feed.health_changed(index, FEED_WAIT_SECONDS)
+            except Exception as error:  # Consul away or refusing: the samples report it
+                log.debug("health feed failed", extra={"error": repr(error)})
+                index = ""
+                await asyncio.sleep(FEED_RETRY_SECONDS)
+                continue
+            if index and moved != index:
+                self._due.set()
+            # An index that went backwards (Consul restarted) starts over, as Consul advises.
+            index = moved if not index or _index_value(moved) >= _index_value(index) else ""
 
     async def sample_once(self) -> MeshView:
         try:
@@ -107,3 +154,7 @@ class Sampler:
                 async with asyncio.timeout(within):
                     await self._published.wait()
         return self.version
+
+
+def _index_value(index: str) -> int:
+    return int(index) if index.isdigit() else 0

@@ -116,6 +116,11 @@ class MeshObserver:
         ]
         return updated, views
 
+    async def health_changed(self, index: str, wait: float) -> str:
+        """Consul's health index once it moved past ``index`` (or ``wait`` s passed; "" asks at
+        once): what lets a sampler show a new verdict without waiting for its next interval."""
+        return await self._api.health_index(index, wait)
+
     async def close(self) -> None:
         session, self._session = self._session, None
         if session is not None:

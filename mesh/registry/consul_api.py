@@ -239,6 +239,18 @@ class ConsulApi:
             log.info("consul at %s knows a cluster leader again", self.address)
         self.known_leader = known
 
+    async def health_index(self, index: str = "", wait: float = 0.0) -> str:
+        """The index of every check's state (``/v1/health/state/any``); with ``index``, blocks up
+        to ``wait`` seconds for it to move past that. For a caller that only needs to know
+        *that* some health changed: the checks themselves are read elsewhere."""
+        if wait <= 0:
+            index = ""  # an index without a wait would block for Consul's default 5 minutes
+        wait_arg = f"{wait:g}s" if index else None
+        limit = self._timeout + (wait * 1.1 if wait_arg else 0.0)
+        request = self._consul().health.state("any", index=index or None, wait=wait_arg)
+        new_index, _ = await self._run("health state", request, limit)
+        return str(new_index)
+
     async def services(self) -> dict[str, list[str]]:
         """Every service name in the catalog with the union of its tags."""
         _, data = await self._run("list services", self._consul().catalog.services())

@@ -264,3 +264,29 @@ def test_mesh_top_says_when_consul_does_not_answer() -> None:
     )
     assert done.returncode == 2
     assert json.loads(done.stdout)["consul_error"] and "consul" in done.stderr
+
+
+async def test_health_changed_wakes_on_a_check_turning_critical(consul_agent: ConsulDevAgent) -> None:
+    """The dashboard's sampler is woken by this: a blocking query on Consul's health index."""
+    consul_agent.put(
+        "/v1/agent/service/register",
+        {
+            "ID": "woken-1",
+            "Name": "woken",
+            "Port": free_port(),
+            "Check": {"CheckID": "ttl-woken", "TTL": "60s"},
+        },
+    )
+    consul_agent.put("/v1/agent/check/pass/ttl-woken")
+    observer = MeshObserver(consul_agent.http_addr)
+    try:
+        index = await observer.health_changed("", 0)
+        assert index.isdigit()
+        waiting = asyncio.ensure_future(observer.health_changed(index, 20))
+        done, _ = await asyncio.wait({waiting}, timeout=0.2)
+        assert not done  # nothing changed: it blocks
+        consul_agent.put("/v1/agent/check/fail/ttl-woken")
+        moved = await asyncio.wait_for(waiting, 10)  # well before its 20 s wait
+        assert int(moved) > int(index)
+    finally:
+        await observer.close()

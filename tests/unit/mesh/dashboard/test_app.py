@@ -266,3 +266,63 @@ async def test_the_dashboard_serves_on_free_ports_and_an_open_stream_does_not_ho
     finally:
         await dashboard.stop()
     assert source.closed
+
+
+class ScriptedFeed:
+    """A health feed whose index moves when the test says; records the index each call waited on."""
+
+    def __init__(self) -> None:
+        self.moves: asyncio.Queue[str] = asyncio.Queue()
+        self.asked: list[str] = []
+        self.waiting = asyncio.Event()  # set at each call
+
+    async def health_changed(self, index: str, wait: float) -> str:
+        self.asked.append(index)
+        self.waiting.set()
+        if not index:
+            return "100"  # asked at once: the index now
+        return await self.moves.get()
+
+
+async def test_a_change_in_consuls_health_is_sampled_at_once_not_at_the_next_interval() -> None:
+    feed = ScriptedFeed()
+    sampler = Sampler(FakeObserver(view_at(1.0)), interval=60.0, feed=feed)
+    sampler.start()
+    try:
+        first = await sampler.wait_newer(0, 5.0)
+        assert first == 1
+        await feed.moves.put("101")
+        assert await sampler.wait_newer(first, 5.0) == 2  # not after the 60 s interval
+        await feed.moves.put("5")  # Consul restarted: its index went back, so it starts over
+        await wait_for_call(feed, 4)
+        assert feed.asked[:4] == ["", "100", "101", ""]
+        assert sampler.version == 3
+    finally:
+        await sampler.stop()
+
+
+async def wait_for_call(feed: ScriptedFeed, calls: int) -> None:
+    async with asyncio.timeout(5.0):
+        while len(feed.asked) < calls:
+            feed.waiting.clear()
+            await feed.waiting.wait()
+
+
+async def test_a_failing_health_feed_leaves_the_interval_samples_going() -> None:
+    class Refusing:
+        calls = 0
+
+        async def health_changed(self, index: str, wait: float) -> str:
+            self.calls += 1
+            raise ConnectionRefusedError("consul refused")
+
+    feed = Refusing()
+    sampler = Sampler(FakeObserver(view_at(1.0)), interval=0.05, feed=feed)
+    sampler.start()
+    try:
+        async with asyncio.timeout(5.0):
+            while sampler.version < 3:  # three interval samples while the feed keeps failing
+                await sampler.wait_newer(sampler.version, 1.0)
+        assert feed.calls >= 1
+    finally:
+        await sampler.stop()
