@@ -481,8 +481,8 @@ async def test_a_relay_waiting_on_slow_confirms_keeps_its_claim_and_nobody_publi
     """A claim is short (a dead relay's rows are taken over soon), so a live relay renews it
     while the broker's confirms are slow: the other instance's relay claims nothing meanwhile
     and publishes none of those rows a second time, out of order."""
-    claim = 0.6
-    held = 4 * claim  # the confirms are late by several claim lengths
+    claim = 1.0  # renewed every 0.33 s: slack for a slow machine's transaction
+    held = 3 * claim  # the confirms are late by several claim lengths
     forwarder.forwarding = True
     slow = MessagingSettings(amqp_url=forwarder.url(), namespace=messaging.namespace)
     first = OutboxRelay(any_db, slow, replace(FAST, claim_seconds=claim), owner="first")
