@@ -187,11 +187,7 @@ class ConsulApi:
         True adds ``?stale`` (any server answers from its state), False is Consul's default
         (the leader answers; "No cluster leader" without one, raised as RegistryUnavailable).
         """
-        if wait <= 0:
-            index = None  # an index without a wait would block for Consul's default 5 minutes
-        wait_arg = f"{wait:g}s" if index else None
-        # Consul adds up to wait/16 of jitter to a blocking query; allow for it and the network.
-        limit = self._timeout + (wait * 1.1 if wait_arg else 0.0)
+        index, wait_arg, limit = self._blocking(index, wait)
         client = self._consul()
         if self.stale if stale is None else stale:
             params: list[tuple[str, str]] = []
@@ -212,6 +208,14 @@ class ConsulApi:
             request = client.health.service(name, index=index, wait=wait_arg, passing=passing)
         new_index, rows = await self._run(f"health of {name!r}", request, limit)
         return str(new_index), [health_entry(row) for row in rows or ()]
+
+    def _blocking(self, index: str | None, wait: float) -> tuple[str | None, str | None, float]:
+        """A blocking query's ``index`` and ``wait`` arguments, and how long to let it take."""
+        if wait <= 0:
+            index = None  # an index without a wait would block for Consul's default 5 minutes
+        wait_arg = f"{wait:g}s" if index else None
+        # Consul adds up to wait/16 of jitter to a blocking query; allow for it and the network.
+        return index, wait_arg, self._timeout + (wait * 1.1 if wait_arg else 0.0)
 
     def _stale_callback(self, name: str) -> Callable[[Any], Any]:
         """py-consul's ``(index, rows)`` parser, noting the answering server's KnownLeader header."""
@@ -243,11 +247,8 @@ class ConsulApi:
         """The index of every check's state (``/v1/health/state/any``); with ``index``, blocks up
         to ``wait`` seconds for it to move past that. For a caller that only needs to know
         *that* some health changed: the checks themselves are read elsewhere."""
-        if wait <= 0:
-            index = ""  # an index without a wait would block for Consul's default 5 minutes
-        wait_arg = f"{wait:g}s" if index else None
-        limit = self._timeout + (wait * 1.1 if wait_arg else 0.0)
-        request = self._consul().health.state("any", index=index or None, wait=wait_arg)
+        blocking_index, wait_arg, limit = self._blocking(index or None, wait)
+        request = self._consul().health.state("any", index=blocking_index, wait=wait_arg)
         new_index, _ = await self._run("health state", request, limit)
         return str(new_index)
 
