@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -94,8 +95,11 @@ class RelaySettings:
     gauge_interval_seconds: float = 1.0
 
     def __post_init__(self) -> None:
-        if not self.claim_seconds > 0:
-            raise ConfigError(f"ORDER_OUTBOX_CLAIM_SECONDS must be > 0, got {self.claim_seconds}")
+        # Not infinite either: a dead relay's claim must lapse, or its events never leave.
+        if not (math.isfinite(self.claim_seconds) and self.claim_seconds > 0):
+            raise ConfigError(
+                f"ORDER_OUTBOX_CLAIM_SECONDS must be a finite number > 0, got {self.claim_seconds}"
+            )
 
 
 def relay_settings_from_env(environ: Mapping[str, str]) -> RelaySettings:
