@@ -40,6 +40,8 @@ class HealthFeed(Protocol):
 
 FEED_WAIT_SECONDS = 30.0  # one blocking query's longest wait
 FEED_RETRY_SECONDS = 1.0  # after a failed one (Consul away: the samples say so)
+FEED_MIN_GAP_SECONDS = 0.1  # between two queries: flapping checks, or a proxy that drops
+# the blocking arguments and answers at once, must not spin the feed against Consul
 
 
 class Sampler:
@@ -106,7 +108,9 @@ class Sampler:
     async def _follow(self, feed: HealthFeed) -> None:
         """Wake the loop each time Consul's health index moves."""
         index = ""
+        loop = asyncio.get_running_loop()
         while not self._stopping:
+            asked = loop.time()
             try:
                 moved = await feed.health_changed(index, FEED_WAIT_SECONDS)
             except Exception as error:  # Consul away or refusing: the samples report it
@@ -118,6 +122,7 @@ class Sampler:
                 self._due.set()
             # An index that went backwards (Consul restarted) starts over, as Consul advises.
             index = moved if not index or _index_value(moved) >= _index_value(index) else ""
+            await asyncio.sleep(max(0.0, asked + FEED_MIN_GAP_SECONDS - loop.time()))
 
     async def sample_once(self) -> MeshView:
         try:

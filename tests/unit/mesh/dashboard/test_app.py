@@ -25,7 +25,7 @@ from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 from mesh.dashboard.app import build_app
 from mesh.dashboard.main import Dashboard
 from mesh.dashboard.otlp import SERVICE, OtlpReceiver
-from mesh.dashboard.sampler import Sampler
+from mesh.dashboard.sampler import FEED_MIN_GAP_SECONDS, Sampler
 from mesh.dashboard.settings import DashboardSettings
 from mesh.dashboard.traces import TraceStore
 from mesh.observe.model import EdgeView, Golden, InstanceView, MeshView, ServiceView, as_json
@@ -324,5 +324,31 @@ async def test_a_failing_health_feed_leaves_the_interval_samples_going() -> None
             while sampler.version < 3:  # three interval samples while the feed keeps failing
                 await sampler.wait_newer(sampler.version, 1.0)
         assert feed.calls >= 1
+    finally:
+        await sampler.stop()
+
+
+async def test_a_feed_that_answers_at_once_is_not_asked_in_a_tight_loop() -> None:
+    """Flapping checks, or a proxy dropping the blocking arguments: the index moves on every answer."""
+
+    class Instant:
+        calls = 0
+
+        async def health_changed(self, index: str, wait: float) -> str:
+            self.calls += 1
+            await asyncio.sleep(0)  # an answer over the network suspends, however quick
+            return str(100 + self.calls)
+
+    feed = Instant()
+    sampler = Sampler(FakeObserver(view_at(1.0)), interval=60.0, feed=feed)
+    sampler.start()
+    try:
+        async with asyncio.timeout(5.0):
+            while sampler.version < 3:  # woken by the moving index, not by the 60 s interval
+                await sampler.wait_newer(sampler.version, 1.0)
+        started, calls = asyncio.get_running_loop().time(), feed.calls
+        await asyncio.sleep(0.5)  # the span over which the calls are counted
+        elapsed = asyncio.get_running_loop().time() - started
+        assert feed.calls - calls <= elapsed / FEED_MIN_GAP_SECONDS + 2, feed.calls - calls
     finally:
         await sampler.stop()
