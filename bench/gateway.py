@@ -465,7 +465,9 @@ async def bench(rounds: int, seconds: float, warmup: float, with_peer: bool) -> 
         await channel.close()
         return summarize(results, sum(load.errors for load in loads), peer_note, rounds, seconds)
     finally:
-        processes.stop()
+        # In a thread: the loop must stay free to take the inventory's last span export while
+        # it stops, or that export waits out its flush bound and is cancelled by sink.stop().
+        await asyncio.to_thread(processes.stop)
         await sink.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
