@@ -29,6 +29,7 @@ import pytest
 
 from services.common.settings import DEFAULT_PORTS
 from services.launcher import TOKEN_DIR
+from tests.support.freeze import freeze
 from tests.support.launcher_run import read_until, run_block, stop_launcher
 from tests.support.processes import ROOT, free_port
 from tests.support.tokens import KeyPair
@@ -201,9 +202,9 @@ def check_the_dashboard(dashboard: str, gateway: str) -> None:
 
 def frozen(pids: list[int], url: str) -> tuple[int, bytes]:
     """The answer of ``url`` while the processes ``pids`` (the launcher's children) are stopped."""
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
     try:
+        for pid in pids:
+            freeze(pid)
         return answer(url)
     finally:
         for pid in pids:

@@ -27,6 +27,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.integration.dashboard.conftest import Load, Mesh, VerdictWatch, wait_until
 from tests.integration.gateway.conftest import http_request, register
+from tests.support.freeze import freeze
 
 pytestmark = pytest.mark.xdist_group("dashboard-browser")  # one mesh, read in order
 EDGE = '[data-edge="gateway->inventory"]'
@@ -117,9 +118,9 @@ def test_a_frozen_instance_turns_critical_within_3_seconds_and_its_retries_show(
     page.wait_for_selector(f'{marker}[data-health="passing"]', state="attached", timeout=15_000)
     with Load(mesh.gateway, threads=6) as load, VerdictWatch(mesh, "inventory", instance) as verdict:
         time.sleep(1.0)  # some calls in flight to both instances before the freeze
-        started = time.monotonic()
-        os.kill(frozen.pid, signal.SIGSTOP)
         try:
+            freeze(frozen.pid)
+            started = time.monotonic()  # frozen from here: every thread of it stopped
             try:
                 page.wait_for_selector(f'{marker}[data-health="critical"]', state="attached", timeout=3_000)
             except PlaywrightTimeout:

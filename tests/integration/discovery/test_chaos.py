@@ -31,6 +31,7 @@ from mesh.registry.dev_agent import consul_answers
 from tests.integration.discovery.conftest import ConsulAgent, EchoProcess, StartEcho, wait_passing
 from tests.integration.discovery.echo_server import ECHO
 from tests.integration.discovery.load import Load, LoadResult
+from tests.support.freeze import freeze
 from tests.support.waiting import wait_until
 
 # One at a time under `make test` (--dist loadgroup): two load tests side by side on a small
@@ -152,9 +153,9 @@ async def test_consul_frozen_for_10s_under_load_loses_no_call_and_recovers(
     try:
         async with Load(lambda: echo(b"", timeout=5), rate=RATE, max_seconds=60) as result:
             await asyncio.sleep(1.0)
-            os.kill(consul.process.pid, signal.SIGSTOP)
             frozen_at = time.monotonic()
             try:
+                await asyncio.to_thread(freeze, consul.process.pid)
                 assert not await asyncio.to_thread(consul_answers, consul.http_addr)
                 await asyncio.sleep(10.0 - (time.monotonic() - frozen_at))
                 assert len(channel.endpoints) == 3  # last known endpoints kept

@@ -16,6 +16,7 @@ test in test_chaos.py does. The measured figures print with ``pytest -s``.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import signal
 import time
@@ -28,6 +29,7 @@ from mesh.connect.setup import ConnectedWorkload
 from mesh.registry.consul import ConsulDiscovery, ConsulRegistrar
 from tests.integration.discovery.conftest import ConsulAgent, StartEcho, wait_passing
 from tests.integration.discovery.echo_server import ECHO
+from tests.support.freeze import freeze
 from tests.support.waiting import wait_until
 
 # One at a time under `make test` (--dist loadgroup): two load tests side by side on a small
@@ -73,7 +75,8 @@ async def test_a_killed_and_a_frozen_instance_each_leave_the_passing_set_within_
         kill_seconds = await seconds_until(lambda: killed.target not in passing(), killed_at, "killed gone")
 
         frozen_at = time.monotonic()
-        frozen.signal(signal.SIGSTOP)
+        assert frozen.process is not None
+        await asyncio.to_thread(freeze, frozen.process.pid)
         freeze_seconds = await seconds_until(lambda: frozen.target not in passing(), frozen_at, "frozen gone")
         channel_seconds = await seconds_until(
             lambda: {e.target for e in channel.endpoints} == {survivor.target},

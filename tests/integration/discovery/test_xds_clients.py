@@ -22,6 +22,7 @@ import pytest
 from mesh.xds.model import CLUSTER
 from tests.integration.discovery.conftest import ConsulAgent, EchoProcess, StartEcho, wait_passing
 from tests.support.connect import set_intention
+from tests.support.freeze import freeze
 from tests.support.xds import ControlPlane, XdsClient, failures, labels
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("xds-clients")]
@@ -96,7 +97,8 @@ async def test_a_frozen_instance_stops_getting_calls_within_2_s(
     try:
         await wait_for_calls(run, 60)
         frozen_at = time.time()
-        victim.signal(signal.SIGSTOP)
+        assert victim.process is not None
+        await asyncio.to_thread(freeze, victim.process.pid)
         await asyncio.sleep(5)  # load runs on: calls after the freeze are what the test reads
         stop.touch()
         await asyncio.to_thread(run.wait)
@@ -249,8 +251,8 @@ async def test_clients_keep_their_config_through_a_control_plane_restart_and_a_c
         await asyncio.sleep(3)  # clients run on their last config
         control_plane.start()
         assert consul.process is not None
-        os.kill(consul.process.pid, signal.SIGSTOP)  # Consul unreachable for 10 s: queries hang
         try:
+            await asyncio.to_thread(freeze, consul.process.pid)  # Consul unreachable: queries hang
             await asyncio.sleep(10)
         finally:
             os.kill(consul.process.pid, signal.SIGCONT)

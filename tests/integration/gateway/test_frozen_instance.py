@@ -20,6 +20,7 @@ from pathlib import Path
 from gateway.settings import DEFAULT_UPSTREAMS
 from mesh.registry.dev_agent import ConsulDevAgent
 from tests.integration.gateway.conftest import http_request, start_gateway
+from tests.support.freeze import freeze
 from tests.support.processes import ServiceProcess, free_port, service_env
 from tests.support.tokens import KeyPair
 
@@ -70,7 +71,8 @@ def test_reads_answer_while_one_of_two_inventory_instances_is_frozen(
             assert http_request(gateway.port, "GET", path)[0] == 200
 
         frozen = instances[0]
-        frozen.signal(signal.SIGSTOP)
+        assert frozen.process is not None
+        freeze(frozen.process.pid)
         with ThreadPoolExecutor(READS) as pool:
             answers = list(pool.map(lambda _: http_request(gateway.port, "GET", path), range(READS)))
         # Every read has returned and the instance is still frozen (resumed only below).

@@ -23,6 +23,7 @@ from shop.shipping.v1 import shipping_pb2 as ship
 from shop.user.v1 import user_pb2
 from shop.user.v1.user_pb2_grpc import UserServiceStub
 from tests.conftest import StartService
+from tests.support.freeze import freeze
 
 ORDERS = 6  # concurrent orders while one payment instance is frozen: some are sent to it
 Metadata = tuple[tuple[str, str], ...]
@@ -77,8 +78,9 @@ def test_orders_confirm_while_one_of_two_payment_instances_is_frozen(start_servi
         assert place(order.address, who).status == pb.ORDER_STATUS_CONFIRMED
 
     frozen = payments[0]
-    frozen.signal(signal.SIGSTOP)
+    assert frozen.process is not None
     try:
+        freeze(frozen.process.pid)
         with ThreadPoolExecutor(ORDERS) as pool:
             orders = list(pool.map(lambda _: place(order.address, who), range(ORDERS)))
         # Every order has returned and the instance is still frozen (resumed only below).
