@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from mesh.registry.dev_agent import ConsulDevAgent, consul_answers, find_consul
-from tests.support.freeze import freeze, stopped, thread_states
+from tests.support.freeze import all_threads_stopped, freeze, thread_states
 
 ROOT = Path(__file__).resolve().parents[2]
 BUSY_THREADS = 4
 # Threads that never sleep, so each is running (or waiting for a core) when the SIGSTOP comes.
 BUSY = f"""
-import sys, threading
+import threading
 def spin():
     while True:
         pass
@@ -49,7 +49,7 @@ def test_every_thread_is_stopped_when_freeze_returns(busy: subprocess.Popen[str]
     for _ in range(20):  # the race is a few milliseconds wide: try it often
         freeze(busy.pid)
         states = thread_states(busy.pid)
-        assert len(states) == BUSY_THREADS + 1 and stopped(busy.pid), states
+        assert len(states) == BUSY_THREADS + 1 and all_threads_stopped(busy.pid), states
         busy.send_signal(signal.SIGCONT)
 
 

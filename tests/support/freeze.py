@@ -34,7 +34,7 @@ def thread_states(pid: int) -> str:
     return "".join(sorted(states))
 
 
-def stopped(pid: int) -> bool:
+def all_threads_stopped(pid: int) -> bool:
     """Whether every thread of ``pid`` is stopped."""
     states = thread_states(pid)
     return bool(states) and set(states) <= _STOPPED
@@ -45,7 +45,7 @@ def freeze(pid: int, within: float = STOP_SECONDS) -> None:
     within ``within`` seconds, naming the threads' states). Resume it with SIGCONT."""
     os.kill(pid, signal.SIGSTOP)
     deadline = time.monotonic() + within
-    while not stopped(pid):
+    while not all_threads_stopped(pid):
         if time.monotonic() > deadline:
             raise AssertionError(f"process {pid} not stopped {within}s after SIGSTOP: {thread_states(pid)!r}")
         time.sleep(_POLL_SECONDS)
